@@ -1,0 +1,21 @@
+//! BAMF wire formats and their parsers, with no I/O.
+//!
+//! Everything another component reads off the network or writes onto it is defined here once,
+//! and every component uses this one definition. The parsers take the bytes received so far
+//! and say what they are; the caller owns the socket, the buffer and the deadline.
+//!
+//! # Layout
+//!
+//! - [`sni`]: TLS ClientHello detection: server name (SNI) and ALPN, across any number of
+//!   reads and records, under a size cap.
+//! - [`host`]: [`HostName`], a validated, lower-cased DNS host name used for routing.
+//! - [`alert`]: the few TLS alert records the front door sends before closing.
+//! - [`proxy_v2`]: the PROXY protocol v2 header the front door can send to upstreams.
+#![warn(missing_docs)]
+
+pub mod alert;
+pub mod host;
+pub mod proxy_v2;
+pub mod sni;
+
+pub use host::HostName;
