@@ -301,7 +301,7 @@ fn parse_body(body: &[u8]) -> Result<ClientHello, Malformed> {
         return Err(Malformed::BadVector);
     }
     let suites = r.vec_u16()?;
-    if suites.is_empty() || suites.len() % 2 != 0 {
+    if suites.is_empty() || !suites.len().is_multiple_of(2) {
         return Err(Malformed::BadVector);
     }
     if r.vec_u8()?.is_empty() {

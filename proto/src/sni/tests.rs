@@ -373,7 +373,7 @@ fn mutated_captures_never_panic_and_agree_with_rustls_when_both_accept() {
                 let at = usize::try_from(xorshift(&mut state)).unwrap() % raw.len();
                 raw[at] = u8::try_from(xorshift(&mut state) & 0xff).unwrap();
             }
-            if xorshift(&mut state) % 4 == 0 {
+            if xorshift(&mut state).is_multiple_of(4) {
                 raw.truncate(usize::try_from(xorshift(&mut state)).unwrap() % raw.len());
             }
             let ours = parse(&raw, DEFAULT_MAX_HELLO_LEN);

@@ -1,0 +1,281 @@
+//! One front-door connection, start to end: detect the hello under one deadline, route it,
+//! connect upstream under another, replay the buffered bytes, relay until done.
+//!
+//! Every connection ends in exactly one [`Outcome`], which is counted and logged once here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bamf_proto::alert::{self, AlertDescription};
+use bamf_proto::proxy_v2;
+use bamf_proto::sni::HelloError;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Limits, UpstreamAddr};
+use crate::detect::{self, DetectError};
+use crate::metrics;
+use crate::relay::{self, BufferPool, RelayEnd, Side, Transferred};
+use crate::route::{Entry, Route, Router};
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) router: Router,
+    pub(crate) limits: Limits,
+    pub(crate) pool: Arc<BufferPool>,
+    /// Cancelled when the shutdown grace runs out: connections still open are cut.
+    pub(crate) cut: CancellationToken,
+}
+
+/// How a connection ended. The names are stable: they are metric label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Relayed until both sides closed.
+    Closed,
+    /// Relayed, then idle for the idle timeout.
+    IdleTimeout,
+    /// Relayed, then a read or write on the client side failed.
+    ClientError,
+    /// Relayed, then a read or write on the upstream side failed.
+    UpstreamError,
+    /// The client closed (or failed) before completing a hello.
+    ClientClosed,
+    /// No complete hello within the detect timeout.
+    DetectTimeout,
+    /// The first bytes were not TLS.
+    NotTls,
+    /// The hello was larger than the limit.
+    TooLarge,
+    /// The hello broke the protocol.
+    Malformed,
+    /// No route for the name (or no name) and the default is to reject.
+    Rejected,
+    /// The upstream refused the connection.
+    UpstreamRefused,
+    /// The upstream did not accept within the connect timeout.
+    UpstreamTimeout,
+    /// The upstream could not be reached otherwise (name did not resolve, unreachable…).
+    UpstreamUnreachable,
+    /// Still open when the shutdown grace ran out.
+    Shutdown,
+}
+
+impl Outcome {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::IdleTimeout => "idle_timeout",
+            Self::ClientError => "client_error",
+            Self::UpstreamError => "upstream_error",
+            Self::ClientClosed => "client_closed",
+            Self::DetectTimeout => "detect_timeout",
+            Self::NotTls => "not_tls",
+            Self::TooLarge => "too_large",
+            Self::Malformed => "malformed",
+            Self::Rejected => "rejected",
+            Self::UpstreamRefused => "upstream_refused",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What one connection did, for the access log and metrics.
+struct Report {
+    outcome: Outcome,
+    route: &'static str,
+    moved: Transferred,
+    detail: Option<String>,
+}
+
+impl Report {
+    fn early(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            route: "none",
+            moved: Transferred::default(),
+            detail: None,
+        }
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, shared: Arc<Shared>) {
+    let _active = metrics::Active::new(entry);
+    let started = Instant::now();
+    let report = tokio::select! {
+        report = handle(&stream, peer, entry, &shared, started) => report,
+        () = shared.cut.cancelled() => Report::early(Outcome::Shutdown),
+    };
+    metrics::connection_ended(entry, report.route, report.outcome, report.moved);
+    tracing::info!(
+        target: "bamf_bridge::access",
+        listener = entry.as_str(),
+        %peer,
+        route = report.route,
+        outcome = report.outcome.as_str(),
+        bytes_up = report.moved.up,
+        bytes_down = report.moved.down,
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        detail = report.detail.as_deref(),
+        "connection closed"
+    );
+}
+
+async fn handle(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    entry: Entry,
+    shared: &Shared,
+    started: Instant,
+) -> Report {
+    let limits = &shared.limits;
+    let detected = timeout_at(
+        started + limits.detect_timeout,
+        detect::client_hello(stream, limits.max_hello_size),
+    )
+    .await;
+    let detected = match detected {
+        Ok(Ok(d)) => d,
+        Err(_) => return Report::early(Outcome::DetectTimeout),
+        Ok(Err(e)) => {
+            let outcome = match &e {
+                DetectError::Closed | DetectError::Io(_) => Outcome::ClientClosed,
+                DetectError::Hello(HelloError::NotTls) => Outcome::NotTls,
+                DetectError::Hello(HelloError::TooLarge) => {
+                    send_alert(stream, AlertDescription::DecodeError);
+                    Outcome::TooLarge
+                }
+                DetectError::Hello(HelloError::Malformed(_)) => {
+                    send_alert(stream, AlertDescription::DecodeError);
+                    Outcome::Malformed
+                }
+                DetectError::Hello(_) => Outcome::Malformed,
+            };
+            let mut report = Report::early(outcome);
+            report.detail = Some(e.to_string());
+            return report;
+        }
+    };
+    metrics::detected(entry, started.elapsed());
+
+    let server_name = detected.hello.server_name;
+    let route = shared.router.route(entry, server_name.as_ref());
+    let kind = route.kind();
+    let upstream = match route {
+        Route::Local(u)
+        | Route::Static(u)
+        | Route::Default(u)
+        | Route::Peer { upstream: u, .. } => u,
+        Route::Reject => {
+            send_alert(stream, AlertDescription::UnrecognizedName);
+            let mut report = Report::early(Outcome::Rejected);
+            report.detail = Some(match &server_name {
+                Some(name) => format!("no route for {name}"),
+                None => "no server name".to_owned(),
+            });
+            return report;
+        }
+    };
+    let mut report = Report {
+        outcome: Outcome::Closed,
+        route: kind,
+        moved: Transferred::default(),
+        detail: None,
+    };
+
+    let connected = timeout(limits.connect_timeout, connect(&upstream.addr)).await;
+    let mut upstream_stream = match connected {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            send_alert(stream, AlertDescription::InternalError);
+            report.outcome = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                Outcome::UpstreamRefused
+            } else {
+                Outcome::UpstreamUnreachable
+            };
+            report.detail = Some(format!("{}: {e}", upstream.addr));
+            return report;
+        }
+        Err(_) => {
+            send_alert(stream, AlertDescription::InternalError);
+            report.outcome = Outcome::UpstreamTimeout;
+            report.detail = Some(upstream.addr.to_string());
+            return report;
+        }
+    };
+    // Latency matters more than packet count for interactive sessions.
+    let _ = stream.set_nodelay(true);
+
+    // Replay: optional PROXY header, then every byte read from the client, in one write.
+    let mut head = Vec::new();
+    if upstream.proxy_protocol {
+        let destination = stream.local_addr().unwrap_or(peer);
+        proxy_v2::Header {
+            source: peer,
+            destination,
+            authority: server_name,
+        }
+        .encode(&mut head);
+    }
+    let replayed = detected.buffered.len() as u64;
+    if head.is_empty() {
+        head = detected.buffered;
+    } else {
+        head.extend_from_slice(&detected.buffered);
+        drop(detected.buffered);
+    }
+    match timeout(limits.idle_timeout, upstream_stream.write_all(&head)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            report.outcome = Outcome::UpstreamError;
+            report.detail = Some(e.to_string());
+            return report;
+        }
+        Err(_) => {
+            report.outcome = Outcome::IdleTimeout;
+            return report;
+        }
+    }
+    drop(head);
+
+    let (end, mut moved) =
+        relay::relay(stream, &upstream_stream, limits.idle_timeout, &shared.pool).await;
+    moved.up += replayed;
+    report.moved = moved;
+    report.outcome = match end {
+        RelayEnd::Finished => Outcome::Closed,
+        RelayEnd::IdleTimeout => Outcome::IdleTimeout,
+        RelayEnd::Failed(side, e) => {
+            report.detail = Some(e.to_string());
+            match side {
+                Side::Client => Outcome::ClientError,
+                Side::Upstream => Outcome::UpstreamError,
+            }
+        }
+    };
+    report
+}
+
+/// Connects to an upstream: an IP directly, a name through the resolver (each address in
+/// turn, as peers behind a headless Service may have several).
+async fn connect(addr: &UpstreamAddr) -> std::io::Result<TcpStream> {
+    let stream = match addr {
+        UpstreamAddr::Ip(a) => TcpStream::connect(a).await?,
+        UpstreamAddr::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await?,
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Best effort: the socket's send buffer is empty at this point, so a non-blocking write of
+/// seven bytes either goes out at once or the client is gone. Never waits on the peer.
+fn send_alert(stream: &TcpStream, description: AlertDescription) {
+    let _ = stream.try_write(&alert::fatal(description));
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+}

@@ -1,0 +1,330 @@
+//! Routing: from the server name in a hello to where the connection goes.
+//!
+//! Order, first match wins:
+//! 1. `<n>.bridge.<tunnel_domain>`: this bridge when `n` is its ordinal (local), else peer `n`;
+//!    a malformed name inside that namespace is refused, never passed on;
+//! 2. an exact host name;
+//! 3. a `*.suffix` wildcard, matching any name with one or more labels before `.suffix`; the
+//!    longest suffix wins;
+//! 4. the default: reject, or a default backend.
+
+use std::collections::HashMap;
+
+use bamf_proto::HostName;
+
+use crate::config::{BridgeIdentity, DefaultRoute, Upstream, UpstreamAddr};
+
+/// A `*.suffix` route.
+#[derive(Debug, Clone)]
+pub struct Wildcard {
+    /// The part after `*.`.
+    pub suffix: HostName,
+    /// Where matching names go.
+    pub upstream: Upstream,
+}
+
+/// The routing table, immutable once built.
+#[derive(Debug, Clone)]
+pub struct Router {
+    identity: Option<BridgeIdentity>,
+    local: Option<Upstream>,
+    exact: HashMap<HostName, Upstream>,
+    /// Sorted longest suffix first, so the first match is the most specific.
+    wildcards: Vec<Wildcard>,
+    default: DefaultRoute,
+}
+
+/// The decision for one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This bridge's own name: handle here (for now: the local backend).
+    Local(Upstream),
+    /// Another bridge's name: splice to that peer's peer port.
+    Peer {
+        /// The peer's ordinal.
+        ordinal: u32,
+        /// Where it listens for forwarded connections.
+        upstream: Upstream,
+    },
+    /// A static route.
+    Static(Upstream),
+    /// No route matched; the default backend takes it.
+    Default(Upstream),
+    /// Refuse with a TLS `unrecognized_name` alert.
+    Reject,
+}
+
+impl Route {
+    /// Low-cardinality label for metrics and logs: never the host name itself, which is
+    /// attacker-chosen.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Local(_) => "local",
+            Self::Peer { .. } => "peer",
+            Self::Static(_) => "static",
+            Self::Default(_) => "default",
+            Self::Reject => "reject",
+        }
+    }
+}
+
+/// Where a connection arrived, which limits where it may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// The public front door: every route.
+    Front,
+    /// The peer port: only this bridge's own name, so forwarding can never loop.
+    Peer,
+}
+
+impl Entry {
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Front => "front",
+            Self::Peer => "peer",
+        }
+    }
+}
+
+impl Router {
+    /// Builds a table from parsed parts.
+    pub fn new(
+        identity: Option<BridgeIdentity>,
+        local: Option<Upstream>,
+        exact: HashMap<HostName, Upstream>,
+        mut wildcards: Vec<Wildcard>,
+        default: DefaultRoute,
+    ) -> Self {
+        wildcards.sort_by_key(|w| std::cmp::Reverse(w.suffix.as_str().len()));
+        Self {
+            identity,
+            local,
+            exact,
+            wildcards,
+            default,
+        }
+    }
+
+    /// Decides where a connection with this server name goes.
+    pub fn route(&self, entry: Entry, name: Option<&HostName>) -> Route {
+        if let (Some(name), Some(id)) = (name, &self.identity)
+            && let Some(ordinal) = bridge_ordinal(name, &id.tunnel_domain)
+        {
+            return match ordinal {
+                Some(n) if n == id.ordinal => {
+                    self.local.clone().map_or(Route::Reject, Route::Local)
+                }
+                Some(n) if entry == Entry::Front => match &id.peers {
+                    Some(template) => Route::Peer {
+                        ordinal: n,
+                        upstream: Upstream {
+                            addr: template.address(n),
+                            proxy_protocol: false,
+                        },
+                    },
+                    None => Route::Reject,
+                },
+                _ => Route::Reject,
+            };
+        }
+        if entry == Entry::Peer {
+            return Route::Reject;
+        }
+        if let Some(name) = name {
+            if let Some(upstream) = self.exact.get(name) {
+                return Route::Static(upstream.clone());
+            }
+            let text = name.as_str();
+            for w in &self.wildcards {
+                let suffix = w.suffix.as_str();
+                if text.len() > suffix.len() + 1
+                    && text.ends_with(suffix)
+                    && text.as_bytes()[text.len() - suffix.len() - 1] == b'.'
+                {
+                    return Route::Static(w.upstream.clone());
+                }
+            }
+        }
+        match &self.default {
+            DefaultRoute::Reject => Route::Reject,
+            DefaultRoute::Backend(upstream) => Route::Default(upstream.clone()),
+        }
+    }
+
+    /// Every upstream address this table can send to, for start-up logging.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .exact
+            .iter()
+            .map(|(h, u)| (h.to_string(), u.addr.to_string()))
+            .collect();
+        out.sort();
+        out.extend(
+            self.wildcards
+                .iter()
+                .map(|w| (format!("*.{}", w.suffix), w.upstream.addr.to_string())),
+        );
+        if let Some(id) = &self.identity {
+            let local = self
+                .local
+                .as_ref()
+                .map_or_else(|| "reject".to_owned(), |u| u.addr.to_string());
+            out.push((format!("{}.bridge.{}", id.ordinal, id.tunnel_domain), local));
+            if let Some(t) = &id.peers {
+                out.push((format!("<n>.bridge.{}", id.tunnel_domain), t.to_string()));
+            }
+        }
+        let default = match &self.default {
+            DefaultRoute::Reject => "reject".to_owned(),
+            DefaultRoute::Backend(u) => u.addr.to_string(),
+        };
+        out.push(("(default)".to_owned(), default));
+        out
+    }
+}
+
+/// For a name under `bridge.<tunnel_domain>`: `Some(Some(n))` for `<n>.bridge.<domain>` with a
+/// canonical decimal `n`, `Some(None)` for any other name in that namespace, `None` outside.
+pub fn bridge_ordinal(name: &HostName, tunnel_domain: &HostName) -> Option<Option<u32>> {
+    let prefix = name
+        .as_str()
+        .strip_suffix(tunnel_domain.as_str())?
+        .strip_suffix(".bridge.")?;
+    let canonical = !prefix.is_empty()
+        && prefix.bytes().all(|b| b.is_ascii_digit())
+        && (prefix == "0" || !prefix.starts_with('0'));
+    Some(if canonical { prefix.parse().ok() } else { None })
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+impl From<UpstreamAddr> for Upstream {
+    fn from(addr: UpstreamAddr) -> Self {
+        Self {
+            addr,
+            proxy_protocol: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PeerTemplate;
+
+    fn up(addr: &str) -> Upstream {
+        UpstreamAddr::parse(addr).unwrap().into()
+    }
+
+    fn name(s: &str) -> HostName {
+        s.parse().unwrap()
+    }
+
+    fn router(default: DefaultRoute) -> Router {
+        let identity = BridgeIdentity {
+            ordinal: 1,
+            tunnel_domain: name("tunnel.test"),
+            peers: Some(PeerTemplate::parse("bamf-bridge-{n}.headless:8443").unwrap()),
+        };
+        let exact = HashMap::from([(name("api.test"), up("127.0.0.1:1"))]);
+        let wildcards = vec![
+            Wildcard {
+                suffix: name("test"),
+                upstream: up("127.0.0.1:2"),
+            },
+            Wildcard {
+                suffix: name("apps.test"),
+                upstream: up("127.0.0.1:3"),
+            },
+        ];
+        Router::new(
+            Some(identity),
+            Some(up("127.0.0.1:9")),
+            exact,
+            wildcards,
+            default,
+        )
+    }
+
+    #[test]
+    fn bridge_names_go_local_or_to_the_peer() {
+        let r = router(DefaultRoute::Reject);
+        assert_eq!(
+            r.route(Entry::Front, Some(&name("1.bridge.tunnel.test"))),
+            Route::Local(up("127.0.0.1:9"))
+        );
+        assert_eq!(
+            r.route(Entry::Front, Some(&name("12.bridge.tunnel.test"))),
+            Route::Peer {
+                ordinal: 12,
+                upstream: up("bamf-bridge-12.headless:8443")
+            }
+        );
+        // The peer port never forwards again.
+        assert_eq!(
+            r.route(Entry::Peer, Some(&name("12.bridge.tunnel.test"))),
+            Route::Reject
+        );
+        assert_eq!(
+            r.route(Entry::Peer, Some(&name("1.bridge.tunnel.test"))),
+            Route::Local(up("127.0.0.1:9"))
+        );
+        assert_eq!(r.route(Entry::Peer, Some(&name("api.test"))), Route::Reject);
+        for bad in [
+            "01.bridge.tunnel.test",
+            "x.bridge.tunnel.test",
+            "1.2.bridge.tunnel.test",
+            "99999999999.bridge.tunnel.test",
+        ] {
+            assert_eq!(
+                r.route(Entry::Front, Some(&name(bad))),
+                Route::Reject,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn exact_then_longest_wildcard_then_default() {
+        let r = router(DefaultRoute::Backend(up("127.0.0.1:7")));
+        assert_eq!(
+            r.route(Entry::Front, Some(&name("api.test"))),
+            Route::Static(up("127.0.0.1:1"))
+        );
+        assert_eq!(
+            r.route(Entry::Front, Some(&name("x.apps.test"))),
+            Route::Static(up("127.0.0.1:3"))
+        );
+        assert_eq!(
+            r.route(Entry::Front, Some(&name("a.b.apps.test"))),
+            Route::Static(up("127.0.0.1:3"))
+        );
+        assert_eq!(
+            r.route(Entry::Front, Some(&name("apps.test"))),
+            Route::Static(up("127.0.0.1:2"))
+        );
+        assert_eq!(
+            r.route(Entry::Front, Some(&name("xtest"))),
+            Route::Default(up("127.0.0.1:7"))
+        );
+        assert_eq!(
+            r.route(Entry::Front, Some(&name("test"))),
+            Route::Default(up("127.0.0.1:7"))
+        );
+        assert_eq!(
+            r.route(Entry::Front, None),
+            Route::Default(up("127.0.0.1:7"))
+        );
+        let r = router(DefaultRoute::Reject);
+        assert_eq!(
+            r.route(Entry::Front, Some(&name("example.org"))),
+            Route::Reject
+        );
+        assert_eq!(r.route(Entry::Front, None), Route::Reject);
+    }
+}
