@@ -175,6 +175,7 @@ async fn handle(
         Route::Reject => {
             send_alert(stream, AlertDescription::UnrecognizedName);
             let mut report = Report::early(Outcome::Rejected);
+            report.route = kind;
             report.detail = Some(match &server_name {
                 Some(name) => format!("no route for {name}"),
                 None => "no server name".to_owned(),

@@ -1,0 +1,504 @@
+//! BAMF end-to-end harness: real processes and real clients on loopback.
+//!
+//! Every process binds `127.0.0.1:0` and reports its port: the bridge in its JSON log
+//! (`"message":"listening"`), `openssl s_server` on stdout (`ACCEPT 127.0.0.1:PORT`). Nothing
+//! waits on a sleep for readiness, and every wait has a deadline.
+//!
+//! # Layout
+//!
+//! - [`Bridge`]: a `bamf-bridge` process; its ports, metrics, RSS, logs and signals.
+//! - [`OpensslServer`]: an `openssl s_server` with a throwaway certificate.
+//! - [`Tap`]: an in-process TCP forwarder that records both directions byte for byte.
+//! - [`Recorder`]: an in-process TCP backend that records what it receives.
+//! - [`fixture`]: captured ClientHellos from `proto/testdata`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long any process gets to come up.
+pub const START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The workspace's target directory for the profile these tests were built with.
+fn profile_dir() -> PathBuf {
+    // The test binary lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current test executable");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary sits in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, built by `cargo build --workspace --bins` first.
+///
+/// # Panics
+///
+/// When the binary is missing: the message says how to build it.
+pub fn binary(name: &str) -> PathBuf {
+    let path = profile_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before these tests \
+         (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// A captured ClientHello from `proto/testdata/client_hello/NAME.bin`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = workspace()
+        .join("proto/testdata/client_hello")
+        .join(format!("{name}.bin"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A scratch directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory under the system temp dir.
+    pub fn new(tag: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("bamf-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `bamf-bridge`.
+#[derive(Debug)]
+pub struct Bridge {
+    child: Child,
+    /// Public front door.
+    pub front: SocketAddr,
+    /// Peer port, when configured.
+    pub peer: Option<SocketAddr>,
+    /// Admin port (metrics, health, ready); always enabled by the harness.
+    pub metrics: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Bridge {
+    /// Starts a bridge with `args` (plus `--listen 127.0.0.1:0 --metrics 127.0.0.1:0` unless
+    /// given) and waits until it reports its listeners.
+    ///
+    /// # Errors
+    ///
+    /// The process exits or does not report its ports within [`START_DEADLINE`]; the error
+    /// carries its log.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(binary("bamf-bridge"));
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(["--metrics", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env("BAMF_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("spawning bamf-bridge")?;
+        let stderr = child.stderr.take().context("bridge stderr")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = logs.clone();
+        // Drain stderr continuously: a full pipe would block the bridge.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["fields"]["message"] == "listening"
+                {
+                    let which = v["fields"]["listener"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
+                    let _ = tx.send((which, addr));
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let wants_peer = args.contains(&"--peer-listen");
+        let mut found: HashMap<String, SocketAddr> = HashMap::new();
+        let deadline = Instant::now() + START_DEADLINE;
+        while !(found.contains_key("front")
+            && found.contains_key("metrics")
+            && (!wants_peer || found.contains_key("peer")))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((which, Some(addr))) => {
+                    found.insert(which, addr);
+                }
+                Ok((_, None)) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = logs.lock().map(|l| l.join("\n")).unwrap_or_default();
+                    bail!("bridge did not report its listeners:\n{log}");
+                }
+            }
+        }
+        Ok(Self {
+            child,
+            front: found["front"],
+            peer: found.get("peer").copied(),
+            metrics: found["metrics"],
+            logs,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Log lines so far (JSON).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Resident set size in KiB, from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Scrapes `/metrics` with `curl` and returns the sample lines.
+    pub fn scrape(&self) -> String {
+        http_get(self.metrics, "/metrics").1
+    }
+
+    /// The value of one sample: `name{labels}` exactly as Prometheus prints it, e.g.
+    /// `bamf_frontdoor_connections_total{listener="front",route="none",outcome="not_tls"}`.
+    /// Absent samples are 0.
+    pub fn metric(&self, sample: &str) -> f64 {
+        parse_sample(&self.scrape(), sample)
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) with the system `kill`.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls the metric until `pred` holds, up to `limit`; returns the last value.
+    pub fn wait_metric(&self, sample: &str, limit: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.metric(sample);
+            if pred(v) || Instant::now() >= deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Value of `sample` in a Prometheus text exposition; absent is 0.
+pub fn parse_sample(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// `curl -s -w '%{http_code}' http://ADDR/PATH` → (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// A running `openssl s_server` with a throwaway self-signed certificate.
+#[derive(Debug)]
+pub struct OpensslServer {
+    child: Child,
+    /// Where it accepts.
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl OpensslServer {
+    /// Starts `openssl s_server -accept 127.0.0.1:0 <mode…>`, e.g. `&["-www"]`.
+    ///
+    /// # Errors
+    ///
+    /// openssl is missing, fails, or does not report its port in time.
+    pub fn start(mode: &[&str]) -> anyhow::Result<Self> {
+        let dir = TempDir::new("s_server");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .args(["-days", "1", "-subj", "/CN=app.example.test"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl req")?;
+        anyhow::ensure!(status.success(), "openssl req failed");
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-accept", "127.0.0.1:0", "-cert"])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .args(mode)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning openssl s_server")?;
+        let stdout = child.stdout.take().context("s_server stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("ACCEPT ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(START_DEADLINE)
+            .context("s_server did not report ACCEPT")?
+            .parse()
+            .context("s_server ACCEPT address")?;
+        Ok(Self {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bytes seen by a [`Tap`] on one connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// From the connecting side to the target.
+    pub up: Vec<u8>,
+    /// From the target back.
+    pub down: Vec<u8>,
+}
+
+/// An in-process TCP forwarder on `127.0.0.1:0` that records every byte of every connection.
+#[derive(Debug)]
+pub struct Tap {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    recorded: Arc<Mutex<Vec<Arc<Mutex<Recorded>>>>>,
+}
+
+impl Tap {
+    /// Starts a tap forwarding to `target`.
+    ///
+    /// # Errors
+    ///
+    /// Binding fails.
+    pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let recorded: Arc<Mutex<Vec<Arc<Mutex<Recorded>>>>> = Arc::default();
+        let all = recorded.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let rec = Arc::new(Mutex::new(Recorded::default()));
+                if let Ok(mut a) = all.lock() {
+                    a.push(rec.clone());
+                }
+                let (ir, iw) = inbound.into_split();
+                let (or, ow) = outbound.into_split();
+                let r1 = rec.clone();
+                tokio::spawn(copy_recording(ir, ow, move |b| {
+                    if let Ok(mut r) = r1.lock() {
+                        r.up.extend_from_slice(b);
+                    }
+                }));
+                tokio::spawn(copy_recording(or, iw, move |b| {
+                    if let Ok(mut r) = rec.lock() {
+                        r.down.extend_from_slice(b);
+                    }
+                }));
+            }
+        });
+        Ok(Self { addr, recorded })
+    }
+
+    /// What each connection carried so far, in accept order.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        let all = self.recorded.lock().map(|a| a.clone()).unwrap_or_default();
+        all.iter()
+            .map(|r| r.lock().map(|r| r.clone()).unwrap_or_default())
+            .collect()
+    }
+}
+
+async fn copy_recording(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut record: impl FnMut(&[u8]),
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                record(&buf[..n]);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// An in-process TCP backend that records each connection's bytes until the peer closes,
+/// then closes too. Optionally answers with a fixed reply right after accepting.
+#[derive(Debug)]
+pub struct Recorder {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+impl Recorder {
+    /// Starts a recorder that sends `greeting` to every new connection.
+    ///
+    /// # Errors
+    ///
+    /// Binding fails.
+    pub async fn start(greeting: &'static [u8]) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = s.write_all(greeting).await;
+                    let mut all = Vec::new();
+                    let _ = s.read_to_end(&mut all).await;
+                    let _ = tx.send(all);
+                });
+            }
+        });
+        Ok(Self { addr, rx })
+    }
+
+    /// The bytes of the next connection to close, waiting up to `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Option<Vec<u8>> {
+        tokio::time::timeout(limit, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// Reads until EOF or `limit`; returns what arrived and whether EOF was seen.
+pub async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (got, closed)
+}
