@@ -67,6 +67,8 @@ pub struct RawConfig {
     pub proxy_protocol: Option<bool>,
     /// Tokio worker threads (default: one per core).
     pub threads: Option<usize>,
+    /// Relay with splice(2) (zero-copy); `false` copies through user-space buffers.
+    pub splice: Option<bool>,
     /// Resource limits.
     #[serde(default)]
     pub limits: RawLimits,
@@ -257,6 +259,8 @@ pub struct Config {
     pub limits: Limits,
     /// Tokio worker threads.
     pub threads: Option<NonZeroUsize>,
+    /// Relay with splice(2).
+    pub splice: bool,
 }
 
 /// Every problem found in a configuration.
@@ -501,6 +505,7 @@ impl TryFrom<RawConfig> for Config {
                     shutdown_grace,
                 },
                 threads,
+                splice: raw.splice.unwrap_or(true),
             }),
             _ => Err(ConfigErrors(p.0)),
         }
@@ -561,6 +566,9 @@ pub struct Flags {
     /// Tokio worker threads [default: one per core]
     #[arg(long, value_name = "N")]
     pub threads: Option<String>,
+    /// Copy through user-space buffers instead of splice(2)
+    #[arg(long)]
+    pub no_splice: bool,
 }
 
 impl Flags {
@@ -612,6 +620,9 @@ impl Flags {
         }
         if self.proxy_protocol {
             raw.proxy_protocol = Some(true);
+        }
+        if self.no_splice {
+            raw.splice = Some(false);
         }
         for route in self.routes {
             match route.split_once('=') {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Limits, UpstreamAddr};
 use crate::detect::{self, DetectError};
 use crate::metrics;
-use crate::relay::{self, BufferPool, RelayEnd, Side, Transferred};
+use crate::relay::{self, Carriers, RelayEnd, Side, Transferred};
 use crate::route::{Entry, Route, Router};
 
 /// What every connection task shares.
@@ -25,7 +25,7 @@ use crate::route::{Entry, Route, Router};
 pub(crate) struct Shared {
     pub(crate) router: Router,
     pub(crate) limits: Limits,
-    pub(crate) pool: Arc<BufferPool>,
+    pub(crate) pool: Arc<Carriers>,
     /// Cancelled when the shutdown grace runs out: connections still open are cut.
     pub(crate) cut: CancellationToken,
 }

@@ -10,7 +10,8 @@
 //! - [`config`]: TOML file and flags → typed [`config::Config`]; every problem reported at once.
 //! - [`route`]: server name → [`route::Route`] (local, peer, static, default, reject).
 //! - [`detect`]: read a ClientHello off a socket under the size cap.
-//! - [`relay`]: copy both ways with borrowed buffers, idle deadline and half-close.
+//! - [`relay`]: splice (or copy) both ways with borrowed pipes or buffers, idle deadline and
+//!   half-close.
 //! - `frontdoor`: one connection from accept to close; its [`Outcome`].
 //! - `listener`: accept loops with a connection limit and error back-off.
 //! - `metrics`: Prometheus metrics and the admin listener (`/metrics`, `/health`, `/ready`).
@@ -130,7 +131,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         router: config.router,
         limits: config.limits.clone(),
-        pool: Arc::default(),
+        pool: Arc::new(relay::Carriers::new(config.splice)),
         cut: cut.clone(),
     });
     let slots = Arc::new(Semaphore::new(config.limits.max_connections.get()));

@@ -1,10 +1,14 @@
 //! Copying bytes both ways between two TCP connections until both sides are done.
 //!
 //! Differences from `tokio::io::copy_bidirectional`, each for a measured reason:
-//! - **Buffers are borrowed, not owned.** A direction takes a buffer from a shared
-//!   [`BufferPool`] only when its source has data, and gives it back once it has written
-//!   everything and the source would block. An idle connection holds no buffer at all, so
-//!   10 000 idle tunnels cost sockets and task state, not 10 000 × 2 × buffer size.
+//! - **Zero-copy with `splice(2)`.** Bytes move socket → pipe → socket inside the kernel,
+//!   never through user space; this is what HAProxy's forced splicing does and it is worth
+//!   about a third more throughput on one core. Where a pipe cannot be had (descriptor limit,
+//!   splicing turned off) a direction falls back to a user-space buffer.
+//! - **Carriers are borrowed, not owned.** A direction takes a pipe or buffer from the shared
+//!   [`Carriers`] pool only when its source has data, and gives it back once everything is
+//!   written and the source would block. An idle connection holds neither, so 10 000 idle
+//!   tunnels cost sockets and task state, not 10 000 × 2 × 64 KiB.
 //! - **One idle deadline** for both directions, re-armed lazily from a timestamp instead of
 //!   resetting a timer on every chunk.
 //! - **Half-close is passed on:** EOF from one side shuts down only the other side's write
@@ -18,6 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use std::os::fd::OwnedFd;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -25,29 +32,91 @@ use tokio::time::{Instant, Sleep};
 /// links; it is only held while data is in flight.
 pub const BUFFER_SIZE: usize = 64 * 1024;
 
-/// Free buffers kept for reuse; beyond this, returned buffers are freed so a burst does not
-/// pin memory forever.
-const POOL_KEEP: usize = 256;
+/// Requested pipe capacity. Larger pipes mean fewer splice calls per megabyte; the kernel may
+/// refuse (per-user pipe quota) and then the default 64 KiB stays, which still works.
+const PIPE_SIZE: usize = 1024 * 1024;
 
-/// Relay buffers shared by all connections of a process.
-#[derive(Debug, Default)]
-pub struct BufferPool {
-    free: Mutex<Vec<Box<[u8]>>>,
+/// Free carriers kept for reuse; beyond this they are freed, so a burst does not pin memory
+/// (or, for pipes, two descriptors each) forever.
+const POOL_KEEP: usize = 64;
+
+/// What carries one direction's bytes while they are in flight.
+enum Carrier {
+    /// A kernel pipe: bytes are spliced in and out, never copied to user space.
+    Pipe { read: OwnedFd, write: OwnedFd },
+    /// A user-space buffer.
+    Buffer(Box<[u8]>),
 }
 
-impl BufferPool {
-    fn take(&self) -> Box<[u8]> {
-        let reused = self.free.lock().ok().and_then(|mut f| f.pop());
-        reused.unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice())
-    }
+/// Pipes and buffers shared by every connection of a process.
+#[derive(Debug)]
+pub struct Carriers {
+    splice: bool,
+    pipes: Mutex<Vec<(OwnedFd, OwnedFd)>>,
+    buffers: Mutex<Vec<Box<[u8]>>>,
+}
 
-    fn give(&self, buf: Box<[u8]>) {
-        if let Ok(mut free) = self.free.lock()
-            && free.len() < POOL_KEEP
-        {
-            free.push(buf);
+impl Carriers {
+    /// A pool that splices when `splice` is true (and a pipe can be had), else copies.
+    pub fn new(splice: bool) -> Self {
+        Self {
+            splice,
+            pipes: Mutex::default(),
+            buffers: Mutex::default(),
         }
     }
+
+    fn take(&self) -> Carrier {
+        if self.splice {
+            let reused = self.pipes.lock().ok().and_then(|mut p| p.pop());
+            if let Some((read, write)) = reused.or_else(new_pipe) {
+                return Carrier::Pipe { read, write };
+            }
+        }
+        let reused = self.buffers.lock().ok().and_then(|mut b| b.pop());
+        Carrier::Buffer(reused.unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice()))
+    }
+
+    /// Returns an *empty* carrier (a pipe with bytes left in it must be closed instead).
+    fn give(&self, carrier: Carrier) {
+        match carrier {
+            Carrier::Pipe { read, write } => {
+                if let Ok(mut p) = self.pipes.lock()
+                    && p.len() < POOL_KEEP
+                {
+                    p.push((read, write));
+                }
+            }
+            Carrier::Buffer(buf) => {
+                if let Ok(mut b) = self.buffers.lock()
+                    && b.len() < POOL_KEEP
+                {
+                    b.push(buf);
+                }
+            }
+        }
+    }
+}
+
+impl Default for Carriers {
+    fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl std::fmt::Debug for Carrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pipe { .. } => "Pipe",
+            Self::Buffer(_) => "Buffer",
+        })
+    }
+}
+
+fn new_pipe() -> Option<(OwnedFd, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC).ok()?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
+    Some((read, write))
 }
 
 /// Which side of a relay failed.
@@ -98,7 +167,7 @@ pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     idle: Duration,
-    pool: &Arc<BufferPool>,
+    pool: &Arc<Carriers>,
 ) -> (RelayEnd, Transferred) {
     let mut relay = Relay {
         client,
@@ -125,7 +194,7 @@ struct Relay<'a> {
     upstream: &'a TcpStream,
     up: Direction,
     down: Direction,
-    pool: &'a Arc<BufferPool>,
+    pool: &'a Arc<Carriers>,
     idle: Duration,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
@@ -160,10 +229,11 @@ impl Relay<'_> {
     }
 }
 
-/// One direction's state: an optional borrowed buffer with `[start, end)` pending.
+/// One direction's state: an optional borrowed carrier with `end - start` bytes pending
+/// (for a buffer, the pending bytes are `buf[start..end]`; for a pipe, its whole content).
 #[derive(Default)]
 struct Direction {
-    buf: Option<Box<[u8]>>,
+    carrier: Option<Carrier>,
     start: usize,
     end: usize,
     read_eof: bool,
@@ -173,13 +243,15 @@ struct Direction {
 
 type SideError = (Side, io::Error);
 
+const SPLICE: SpliceFlags = SpliceFlags::NONBLOCK.union(SpliceFlags::MOVE);
+
 impl Direction {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         (from, from_side): (&TcpStream, Side),
         (to, to_side): (&TcpStream, Side),
-        pool: &BufferPool,
+        pool: &Carriers,
     ) -> Poll<Result<(), SideError>> {
         loop {
             if self.done {
@@ -188,8 +260,15 @@ impl Direction {
             // Write out what is pending before reading more.
             while self.start < self.end {
                 ready!(to.poll_write_ready(cx)).map_err(|e| (to_side, e))?;
-                let Some(buf) = &self.buf else { break };
-                match to.try_write(&buf[self.start..self.end]) {
+                let pending = self.end - self.start;
+                let written = match &self.carrier {
+                    Some(Carrier::Pipe { read, .. }) => to.try_io(Interest::WRITABLE, || {
+                        Ok(rustix::pipe::splice(read, None, to, None, pending, SPLICE)?)
+                    }),
+                    Some(Carrier::Buffer(buf)) => to.try_write(&buf[self.start..self.end]),
+                    None => break,
+                };
+                match written {
                     Ok(0) => return Poll::Ready(Err((to_side, io::ErrorKind::WriteZero.into()))),
                     Ok(n) => {
                         self.start += n;
@@ -216,12 +295,21 @@ impl Direction {
                 .map_err(|e| (from_side, e))?
                 .is_pending()
             {
-                // Idle: hold no buffer while waiting.
+                // Idle: hold no carrier while waiting.
                 self.release(pool);
                 return Poll::Pending;
             }
-            let buf = self.buf.get_or_insert_with(|| pool.take());
-            match from.try_read(buf) {
+            let carrier = self.carrier.get_or_insert_with(|| pool.take());
+            let read = match carrier {
+                // The pipe is empty here, so EAGAIN can only mean the socket has no data.
+                Carrier::Pipe { write, .. } => from.try_io(Interest::READABLE, || {
+                    Ok(rustix::pipe::splice(
+                        from, None, &*write, None, PIPE_SIZE, SPLICE,
+                    )?)
+                }),
+                Carrier::Buffer(buf) => from.try_read(buf),
+            };
+            match read {
                 Ok(0) => self.read_eof = true,
                 Ok(n) => {
                     self.start = 0;
@@ -233,11 +321,15 @@ impl Direction {
         }
     }
 
-    fn release(&mut self, pool: &BufferPool) {
-        if self.start == self.end
-            && let Some(buf) = self.buf.take()
-        {
-            pool.give(buf);
+    /// Gives the carrier back when nothing is pending; a pipe that still holds bytes (the
+    /// relay failed mid-way) is closed rather than reused.
+    fn release(&mut self, pool: &Carriers) {
+        if let Some(carrier) = self.carrier.take() {
+            if self.start == self.end {
+                pool.give(carrier);
+            }
+            self.start = 0;
+            self.end = 0;
         }
     }
 }
@@ -258,11 +350,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn half_close_keeps_the_other_direction_flowing() {
+    async fn half_close_keeps_the_other_direction_flowing_spliced() {
+        half_close_keeps_the_other_direction_flowing(true).await;
+    }
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction_flowing_copied() {
+        half_close_keeps_the_other_direction_flowing(false).await;
+    }
+
+    async fn half_close_keeps_the_other_direction_flowing(splice: bool) {
         // client_end <-> [client | relay | upstream] <-> upstream_end
         let (mut client_end, client) = pair().await;
         let (upstream, mut upstream_end) = pair().await;
-        let pool = Arc::new(BufferPool::default());
+        let pool = Arc::new(Carriers::new(splice));
         let relay =
             tokio::spawn(
                 async move { relay(&client, &upstream, Duration::from_secs(10), &pool).await },
@@ -294,7 +395,7 @@ mod tests {
     async fn idle_connections_time_out_and_activity_defers_it() {
         let (mut client_end, client) = pair().await;
         let (upstream, mut upstream_end) = pair().await;
-        let pool = Arc::new(BufferPool::default());
+        let pool = Arc::new(Carriers::default());
         let started = Instant::now();
         let relay =
             tokio::spawn(
@@ -315,10 +416,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn idle_relays_hold_no_pipe() {
+        idle_relays_hold_no_carrier(true).await;
+    }
+
+    #[tokio::test]
     async fn idle_relays_hold_no_buffer() {
+        idle_relays_hold_no_carrier(false).await;
+    }
+
+    async fn idle_relays_hold_no_carrier(splice: bool) {
         let (mut client_end, client) = pair().await;
         let (upstream, mut upstream_end) = pair().await;
-        let pool = Arc::new(BufferPool::default());
+        let pool = Arc::new(Carriers::new(splice));
         let pool2 = pool.clone();
         let relay = tokio::spawn(async move {
             relay(&client, &upstream, Duration::from_secs(10), &pool2).await
@@ -326,14 +436,18 @@ mod tests {
         client_end.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         upstream_end.read_exact(&mut buf).await.unwrap();
-        // Once the relay is idle again, its buffer is back in the pool.
+        // Once the relay is idle again, its carrier is back in the pool.
         for _ in 0..100 {
-            if pool.free.lock().unwrap().len() == 1 {
+            if pool.pipes.lock().unwrap().len() + pool.buffers.lock().unwrap().len() == 1 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(pool.free.lock().unwrap().len(), 1);
+        let (pipes, buffers) = (
+            pool.pipes.lock().unwrap().len(),
+            pool.buffers.lock().unwrap().len(),
+        );
+        assert_eq!((pipes, buffers), if splice { (1, 0) } else { (0, 1) });
         drop(client_end);
         drop(upstream_end);
         let _ = relay.await.unwrap();

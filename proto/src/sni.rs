@@ -4,9 +4,8 @@
 //! (`Ok(None)`), found ([`ClientHello`]), not TLS, too large, or malformed. It handles a hello
 //! split across any number of reads *and* across several handshake records (RFC 8446 §5.1
 //! lets a client fragment a handshake message over records; HAProxy's `req.ssl_sni` does not
-//! follow it), and post-quantum hellos of several KiB. It never allocates for a hello that fits
-//! one record except for the results; a fragmented one is reassembled into one buffer bounded
-//! by the caller's cap.
+//! follow it), and post-quantum hellos of several KiB. A hello that fits one record is parsed
+//! in place; a fragmented one is reassembled into one buffer bounded by the caller's cap.
 //!
 //! The caller keeps the raw bytes and replays them upstream unchanged: this module only reads.
 

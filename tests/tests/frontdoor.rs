@@ -1,4 +1,5 @@
 //! The front door end to end: a real `bamf-bridge` process, real TLS clients and servers.
+#![allow(clippy::unwrap_used)] // a test binary: a failed unwrap is a failed test
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
