@@ -284,6 +284,12 @@ async fn bad_input_gets_a_bounded_counted_logged_outcome_and_never_a_panic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_bad_connections_keep_memory_bounded() {
     const N: usize = 10_000;
+    // The test holds N sockets itself; raise the soft limit to the hard one.
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    assert!(
+        limit > N as u64 + 500,
+        "RLIMIT_NOFILE {limit} is too low for {N} connections"
+    );
     let mut good = Recorder::start(b"").await.unwrap();
     let route = format!("openssl.example.test={}", good.addr);
     let bridge = Bridge::start(&[
