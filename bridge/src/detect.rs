@@ -83,23 +83,13 @@ pub async fn client_hello(stream: &TcpStream, max_len: usize) -> Result<Detected
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::tcp_pair;
     use bamf_proto::sni::build::{client_hello as build_hello, records};
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        client.set_nodelay(true).unwrap();
-        (client, server)
-    }
 
     #[tokio::test]
     async fn hello_dribbled_one_byte_at_a_time_in_tiny_records() {
-        let (mut client, server) = pair().await;
+        let (mut client, server) = tcp_pair().await;
         let raw = records(&build_hello(Some("slow.example.test"), &["h2"], 1500), 7);
         let sent = raw.clone();
         let writer = tokio::spawn(async move {
@@ -122,7 +112,7 @@ mod tests {
 
     #[tokio::test]
     async fn never_reads_past_the_cap() {
-        let (mut client, server) = pair().await;
+        let (mut client, server) = tcp_pair().await;
         // Records of 1 byte: the hello needs more raw bytes than the cap allows.
         let raw = records(&build_hello(Some("a.test"), &[], 4000), 1);
         let writer = tokio::spawn(async move {
@@ -139,13 +129,13 @@ mod tests {
 
     #[tokio::test]
     async fn early_close_and_garbage() {
-        let (client, server) = pair().await;
+        let (client, server) = tcp_pair().await;
         drop(client);
         assert!(matches!(
             client_hello(&server, 32768).await,
             Err(DetectError::Closed)
         ));
-        let (mut client, server) = pair().await;
+        let (mut client, server) = tcp_pair().await;
         client
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -160,7 +150,7 @@ mod tests {
     async fn a_waiting_detection_is_small() {
         // Every stalled client holds one of these futures: keep it far below the 2 KiB stack
         // buffer it uses for its first read.
-        let (_client, server) = pair().await;
+        let (_client, server) = tcp_pair().await;
         let future = client_hello(&server, sni::DEFAULT_MAX_HELLO_LEN);
         let size = std::mem::size_of_val(&future);
         assert!(size < 512, "detection future is {size} bytes");

@@ -40,6 +40,23 @@ pub mod route;
 
 pub use frontdoor::Outcome;
 
+/// Helpers shared by this crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Two ends of a fresh loopback TCP connection: (connecting side, accepted side).
+    pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        a.set_nodelay(true).unwrap();
+        (a, b)
+    }
+}
+
 use crate::config::Config;
 use crate::frontdoor::Shared;
 use crate::route::Entry;

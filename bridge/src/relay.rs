@@ -348,16 +348,48 @@ impl Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::tcp_pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (b, _) = listener.accept().await.unwrap();
-        (a, b)
+    /// A relay running between two loopback connections whose outer ends the test holds:
+    /// `client_end <-> [client | relay | upstream] <-> upstream_end`.
+    struct Running {
+        client_end: TcpStream,
+        upstream_end: TcpStream,
+        pool: Arc<Carriers>,
+        relay: JoinHandle<(RelayEnd, Transferred)>,
+    }
+
+    async fn start(splice: bool, idle: Duration) -> Running {
+        let (client_end, client) = tcp_pair().await;
+        let (upstream, upstream_end) = tcp_pair().await;
+        let pool = Arc::new(Carriers::new(splice));
+        let shared = pool.clone();
+        let relay = tokio::spawn(async move { relay(&client, &upstream, idle, &shared).await });
+        Running {
+            client_end,
+            upstream_end,
+            pool,
+            relay,
+        }
+    }
+
+    /// (pipes, buffers) back in the pool, waiting briefly for the relay to go idle.
+    async fn pooled_once_idle(pool: &Carriers, want: (usize, usize)) -> (usize, usize) {
+        let count = || {
+            (
+                pool.pipes.lock().unwrap().len(),
+                pool.buffers.lock().unwrap().len(),
+            )
+        };
+        for _ in 0..100 {
+            if count() == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        count()
     }
 
     #[tokio::test]
@@ -371,14 +403,12 @@ mod tests {
     }
 
     async fn half_close_keeps_the_other_direction_flowing(splice: bool) {
-        // client_end <-> [client | relay | upstream] <-> upstream_end
-        let (mut client_end, client) = pair().await;
-        let (upstream, mut upstream_end) = pair().await;
-        let pool = Arc::new(Carriers::new(splice));
-        let relay =
-            tokio::spawn(
-                async move { relay(&client, &upstream, Duration::from_secs(10), &pool).await },
-            );
+        let Running {
+            mut client_end,
+            mut upstream_end,
+            relay,
+            ..
+        } = start(splice, Duration::from_secs(10)).await;
         client_end.write_all(b"request").await.unwrap();
         client_end.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -404,14 +434,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_time_out_and_activity_defers_it() {
-        let (mut client_end, client) = pair().await;
-        let (upstream, mut upstream_end) = pair().await;
-        let pool = Arc::new(Carriers::default());
         let started = Instant::now();
-        let relay =
-            tokio::spawn(
-                async move { relay(&client, &upstream, Duration::from_secs(30), &pool).await },
-            );
+        let Running {
+            mut client_end,
+            mut upstream_end,
+            relay,
+            ..
+        } = start(true, Duration::from_secs(30)).await;
         tokio::time::sleep(Duration::from_secs(20)).await;
         client_end.write_all(b"x").await.unwrap();
         let mut one = [0u8; 1];
@@ -437,68 +466,45 @@ mod tests {
     }
 
     async fn idle_relays_hold_no_carrier(splice: bool) {
-        let (mut client_end, client) = pair().await;
-        let (upstream, mut upstream_end) = pair().await;
-        let pool = Arc::new(Carriers::new(splice));
-        let pool2 = pool.clone();
-        let relay = tokio::spawn(async move {
-            relay(&client, &upstream, Duration::from_secs(10), &pool2).await
-        });
-        client_end.write_all(b"ping").await.unwrap();
+        let mut r = start(splice, Duration::from_secs(10)).await;
+        r.client_end.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
-        upstream_end.read_exact(&mut buf).await.unwrap();
-        // Once the relay is idle again, its carrier is back in the pool.
-        for _ in 0..100 {
-            if pool.pipes.lock().unwrap().len() + pool.buffers.lock().unwrap().len() == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let (pipes, buffers) = (
-            pool.pipes.lock().unwrap().len(),
-            pool.buffers.lock().unwrap().len(),
+        r.upstream_end.read_exact(&mut buf).await.unwrap();
+        // Idle again: its carrier is back in the pool. Four bytes are not bulk, so even a
+        // splicing relay used a buffer for them.
+        assert_eq!(
+            pooled_once_idle(&r.pool, (0, 1)).await,
+            (0, 1),
+            "splice = {splice}"
         );
-        // Four bytes are not bulk: even a splicing relay used a buffer for them.
-        assert_eq!((pipes, buffers), (0, 1), "splice = {splice}");
-        drop(client_end);
-        drop(upstream_end);
-        let _ = relay.await.unwrap();
+        drop((r.client_end, r.upstream_end));
+        let _ = r.relay.await.unwrap();
     }
 
     #[tokio::test]
     async fn bulk_data_moves_through_a_pipe_when_splicing() {
         for splice in [true, false] {
-            let (mut client_end, client) = pair().await;
-            let (upstream, mut upstream_end) = pair().await;
-            let pool = Arc::new(Carriers::new(splice));
-            let pool2 = pool.clone();
-            let relay = tokio::spawn(async move {
-                relay(&client, &upstream, Duration::from_secs(10), &pool2).await
-            });
+            let mut r = start(splice, Duration::from_secs(10)).await;
             let bulk: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
             let sent = bulk.clone();
+            let mut client_end = r.client_end;
             let writer = tokio::spawn(async move {
                 client_end.write_all(&sent).await.unwrap();
                 client_end
             });
             let mut got = vec![0u8; bulk.len()];
-            upstream_end.read_exact(&mut got).await.unwrap();
+            r.upstream_end.read_exact(&mut got).await.unwrap();
             assert!(got == bulk, "bytes differ (splice = {splice})");
             let client_end = writer.await.unwrap();
             // Idle again: the pipe (if any) is back in the pool.
-            for _ in 0..100 {
-                if pool.pipes.lock().unwrap().len() == usize::from(splice) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let want = (usize::from(splice), 1);
             assert_eq!(
-                pool.pipes.lock().unwrap().len(),
-                usize::from(splice),
+                pooled_once_idle(&r.pool, want).await.0,
+                want.0,
                 "splice = {splice}"
             );
-            drop((client_end, upstream_end));
-            let (_, moved) = relay.await.unwrap();
+            drop((client_end, r.upstream_end));
+            let (_, moved) = r.relay.await.unwrap();
             assert_eq!(moved.up, bulk.len() as u64);
         }
     }
