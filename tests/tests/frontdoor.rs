@@ -583,3 +583,61 @@ async fn the_peer_port_serves_only_its_own_name_so_forwarding_cannot_loop() {
     s.shutdown().await.unwrap();
     assert_eq!(local.next(Duration::from_secs(5)).await.unwrap(), own);
 }
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_backs_off_and_recovers_without_losing_clients() {
+    let bridge = Bridge::start(&["--detect-timeout", "1s"]).unwrap();
+    // Leave the bridge a handful of descriptors beyond what it already uses.
+    let used = std::fs::read_dir(format!("/proc/{}/fd", bridge.pid()))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={}:{}", used + 8, used + 8);
+    let status = Command::new("prlimit")
+        .args(["--pid", &bridge.pid().to_string(), &limit])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success());
+    const N: usize = 40;
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        clients.push(TcpStream::connect(bridge.front).await.unwrap()); // queued by the kernel
+    }
+    // Out of descriptors: the accept loop must back off, not spin.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_seconds(bridge.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu_seconds(bridge.pid()) - before;
+    assert!(
+        spent < 0.3,
+        "bridge used {spent} CPU s in 1 s while out of descriptors"
+    );
+    // Every client is eventually accepted and closed at the detect deadline: none is lost.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let (_, closed) = read_until_close(c, Duration::from_secs(20)).await;
+        assert!(closed, "client {i} was never served");
+    }
+    drop(clients);
+    let timeouts = outcome("none", "detect_timeout");
+    assert_eq!(
+        bridge.wait_metric(&timeouts, Duration::from_secs(5), |v| v >= N as f64),
+        N as f64
+    );
+    let errors = bridge.metric("bamf_frontdoor_accept_errors_total{listener=\"front\"}");
+    assert!(errors >= 1.0, "accept errors were not counted");
+}
