@@ -10,9 +10,10 @@ ensure_cargo_fuzz
 
 export RUSTC_BOOTSTRAP=1
 corpus=fuzz/corpus/client_hello
-mkdir -p "$corpus" fuzz/corpus/proxy_v2
+mkdir -p "$corpus" fuzz/corpus/proxy_v2 fuzz/corpus/san
+printf 'bamf://kind/user\nbamf://user/alice' > fuzz/corpus/san/user
 cp proto/testdata/client_hello/*.bin "$corpus/"
-for target in client_hello proxy_v2; do
+for target in client_hello proxy_v2 san; do
   echo "fuzz: $target for ${seconds}s"
   log="fuzz/$target.log"
   status=0

@@ -11,11 +11,14 @@
 //! - [`host`]: [`HostName`], a validated, lower-cased DNS host name used for routing.
 //! - [`alert`]: the few TLS alert records the front door sends before closing.
 //! - [`proxy_v2`]: the PROXY protocol v2 header the front door can send to upstreams.
+//! - [`san`]: identities in certificates (`bamf://kind/…` SAN URIs): users, agents, bridges
+//!   and session clients, parsed strictly.
 #![warn(missing_docs)]
 
 pub mod alert;
 pub mod host;
 pub mod proxy_v2;
+pub mod san;
 pub mod sni;
 
 pub use host::HostName;
