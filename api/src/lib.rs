@@ -1,5 +1,15 @@
 //! BAMF control plane (`bamf-api`).
 //!
-//! Placeholder crate laid down with the workspace. The control-plane issue fills it: the
-//! internal CA, users, RBAC, join tokens, `/connect`, the session and audit store, and
-//! presence. Nothing here is functional yet.
+//! The control plane is the only holder of the CA key, the only writer of the store and the
+//! judge of who may reach what. This crate is being built up by the control-plane issue;
+//! what exists so far:
+//!
+//! # Layout
+//!
+//! - [`ca`]: the internal certificate authority: generate or bring your own, issue
+//!   certificates only from CSRs, with identities from `bamf_proto::san`.
+//!
+//! Still to come (control-plane issue): the hyper server and router, users and login, join
+//! tokens, RBAC, the PostgreSQL/SQLite store, presence in Redis, audit and OpenAPI.
+
+pub mod ca;
