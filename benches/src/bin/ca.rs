@@ -1,0 +1,87 @@
+//! Certificate issuance rate of the internal CA on one core: `bamf_api::ca::Authority::issue`
+//! for session certificates (the hot path: one per connect), CSR generation excluded (the
+//! client pays for it). Prints a Markdown section; `--record` appends it to RESULTS.md.
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bamf_api::ca::Authority;
+use bamf_proto::san::Identity;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "ca", about = "Certificates issued per second per core")]
+struct Cli {
+    /// Certificates per run.
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+    /// Runs; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Append the report to benches/RESULTS.md.
+    #[arg(long)]
+    record: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let now = time::OffsetDateTime::now_utc();
+    let ca = Authority::generate("BAMF bench CA", now).context("generating the CA")?;
+    let identity = Identity::Client {
+        session: "6f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f".parse()?,
+        user: "alice".parse()?,
+        resource: "db".parse()?,
+        agent: "0123abcd-0000-4000-8000-00000000cafe".parse()?,
+        bridge: 0,
+    };
+    let csrs: Vec<String> = (0..cli.count)
+        .map(|_| {
+            let key = rcgen::KeyPair::generate()?;
+            rcgen::CertificateParams::default()
+                .serialize_request(&key)?
+                .pem()
+        })
+        .collect::<Result<_, rcgen::Error>>()?;
+    let mut rates = Vec::new();
+    for _ in 0..cli.runs.max(1) {
+        let started = Instant::now();
+        for csr in &csrs {
+            ca.issue(csr, &identity, None, Duration::from_secs(60), now)?;
+        }
+        rates.push(cli.count as f64 / started.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let report = format!(
+        "\n## CA issuance, {}\n\n- commit: {commit}; machine: {cpu}, one thread\n- what: `Authority::issue` of a 60 s session certificate from an ECDSA P-256 CSR (parse, signature check, policy, sign), CSR generation excluded; CA key ECDSA P-256 (ring)\n- {} runs of {} certificates: median **{median:.0} certificates/s per core** (range {:.0}–{:.0})\n",
+        now.date(),
+        rates.len(),
+        cli.count,
+        rates[0],
+        rates[rates.len() - 1],
+    );
+    println!("{report}");
+    if cli.record {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md");
+        let mut text = std::fs::read_to_string(path).unwrap_or_default();
+        text.push_str(&report);
+        std::fs::write(path, text).context("writing RESULTS.md")?;
+    }
+    Ok(())
+}
