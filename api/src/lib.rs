@@ -8,8 +8,11 @@
 //!
 //! - [`ca`]: the internal certificate authority: generate or bring your own, issue
 //!   certificates only from CSRs, with identities from `bamf_proto::san`.
+//! - [`store`]: PostgreSQL or SQLite behind one set of queries; embedded migrations; the CA
+//!   row and the append-only audit log so far.
 //!
 //! Still to come (control-plane issue): the hyper server and router, users and login, join
-//! tokens, RBAC, the PostgreSQL/SQLite store, presence in Redis, audit and OpenAPI.
+//! tokens, RBAC, the rest of the store's queries, presence in Redis, and OpenAPI.
 
 pub mod ca;
+pub mod store;

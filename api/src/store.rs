@@ -1,0 +1,278 @@
+//! The durable store: PostgreSQL in production, SQLite for a single node.
+//!
+//! One set of queries serves both: sqlx's `Any` driver, `$n` placeholders (SQLite reads them
+//! as numbered parameters), times as Unix milliseconds and ids as text. Only the DDL differs,
+//! in `migrations/postgres` and `migrations/sqlite`, which are embedded in the binary and run
+//! at connect. No SQL lives outside this module.
+
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::Row;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a request waits for a pooled connection before the store counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest page of audit events one call returns.
+pub const MAX_AUDIT_PAGE: u32 = 500;
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL (`postgres://` or `postgresql://`).
+    Postgres,
+    /// SQLite (`sqlite:`), the single-node default.
+    Sqlite,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The URL names neither PostgreSQL nor SQLite.
+    #[error("unsupported database URL: use postgres://… or sqlite:…")]
+    Scheme,
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The CA as persisted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredCa {
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// Private key, PEM, or its encrypted form when `key_encrypted`.
+    pub key_pem: String,
+    /// Whether `key_pem` is encrypted with the configured key.
+    pub key_encrypted: bool,
+}
+
+impl std::fmt::Debug for StoredCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCa")
+            .field("key_encrypted", &self.key_encrypted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An audit event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditEvent {
+    /// Unix milliseconds.
+    pub at: i64,
+    /// Who acted: `user:alice`, `agent:<id>`, `bridge:3`, `anonymous:<address>`.
+    pub actor: String,
+    /// What happened, e.g. `auth.login`, `user.create`, `connect.denied`.
+    pub kind: String,
+    /// `allowed`, `denied`, `failed`.
+    pub outcome: String,
+    /// JSON object with the details (never secrets).
+    pub detail: String,
+}
+
+/// A stored audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Increasing id; also the pagination cursor.
+    pub id: i64,
+    /// The event.
+    pub event: NewAuditEvent,
+}
+
+/// Which audit events to list. Every field narrows the result; `None` means any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Exact actor.
+    pub actor: Option<String>,
+    /// Exact kind.
+    pub kind: Option<String>,
+    /// At or after, Unix milliseconds.
+    pub since: Option<i64>,
+    /// Before, Unix milliseconds.
+    pub until: Option<i64>,
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects and runs the embedded migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] if the URL is not supported, the database is unreachable, or a
+    /// migration fails.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Scheme);
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Postgres => 16,
+                // SQLite serialises writers anyway; a few readers are enough.
+                Backend::Sqlite => 4,
+            })
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
+        match backend {
+            Backend::Postgres => POSTGRES.run(&pool).await?,
+            Backend::Sqlite => SQLITE.run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the database answers (for `/ready`).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`] when it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The persisted CA, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn ca(&self) -> Result<Option<StoredCa>, StoreError> {
+        let row = sqlx::query(
+            "SELECT cert_pem, key_pem, key_encrypted FROM certificate_authority WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(StoredCa {
+                cert_pem: r.try_get(0)?,
+                key_pem: r.try_get(1)?,
+                key_encrypted: r.try_get::<i64, _>(2)? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    /// Saves the CA unless one is already stored, and returns the one that is stored now.
+    ///
+    /// Several API replicas starting at once each generate a CA; the first insert wins and
+    /// every replica then uses the winner's.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn save_ca_if_absent(
+        &self,
+        ca: &StoredCa,
+        now_ms: i64,
+    ) -> Result<StoredCa, StoreError> {
+        sqlx::query(
+            "INSERT INTO certificate_authority (id, cert_pem, key_pem, key_encrypted, created_at) \
+             VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ca.cert_pem)
+        .bind(&ca.key_pem)
+        .bind(i64::from(ca.key_encrypted))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        self.ca()
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Appends an audit event and returns its id.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO audit_events (at, actor, kind, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.kind)
+        .bind(&e.outcome)
+        .bind(&e.detail)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Audit events matching `filter`, newest first, at most `limit` (capped at
+    /// [`MAX_AUDIT_PAGE`]), strictly older than the cursor `before` (an event id).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn audit(
+        &self,
+        filter: &AuditFilter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, kind, outcome, detail FROM audit_events \
+             WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR kind = $2) \
+               AND ($3 IS NULL OR at >= $3) AND ($4 IS NULL OR at < $4) \
+               AND ($5 IS NULL OR id < $5) \
+             ORDER BY id DESC LIMIT $6",
+        )
+        .bind(filter.actor.as_deref())
+        .bind(filter.kind.as_deref())
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(before)
+        .bind(i64::from(limit.clamp(1, MAX_AUDIT_PAGE)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_event).collect()
+    }
+
+    /// The pool, for the store's own tests.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+fn audit_event(r: &AnyRow) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        id: r.try_get(0)?,
+        event: NewAuditEvent {
+            at: r.try_get(1)?,
+            actor: r.try_get(2)?,
+            kind: r.try_get(3)?,
+            outcome: r.try_get(4)?,
+            detail: r.try_get(5)?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

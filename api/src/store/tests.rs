@@ -1,0 +1,221 @@
+//! Every test runs against both backends: a fresh SQLite file, and a fresh schema in the
+//! PostgreSQL at `DATABASE_URL` (default: the machine's, `postgresql://postgres@127.0.0.1:5432/test`).
+//! An unreachable PostgreSQL fails the test: it is never skipped.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::*;
+
+const DEFAULT_DATABASE_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
+
+/// A store on a fresh database of `backend`, and what to drop afterwards.
+struct Fresh {
+    store: Store,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    File(std::path::PathBuf),
+    Schema {
+        admin: sqlx::AnyPool,
+        schema: String,
+    },
+}
+
+impl Fresh {
+    async fn new(backend: Backend) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}_{n}", std::process::id());
+        match backend {
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("bamf-store-{tag}.db"));
+                let _ = std::fs::remove_file(&path);
+                let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+                    .await
+                    .expect("SQLite store");
+                Self {
+                    store,
+                    cleanup: Cleanup::File(path),
+                }
+            }
+            Backend::Postgres => {
+                sqlx::any::install_default_drivers();
+                let url = std::env::var("DATABASE_URL")
+                    .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+                let admin = sqlx::AnyPool::connect(&url).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL is not reachable at {url} ({e}): run scripts/test, which starts one, or set DATABASE_URL")
+                });
+                let schema = format!("bamf_test_{tag}");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(&admin)
+                    .await
+                    .expect("create schema");
+                let sep = if url.contains('?') { '&' } else { '?' };
+                let store =
+                    Store::connect(&format!("{url}{sep}options=-c%20search_path%3D{schema}"))
+                        .await
+                        .expect("PostgreSQL store");
+                Self {
+                    store,
+                    cleanup: Cleanup::Schema { admin, schema },
+                }
+            }
+        }
+    }
+
+    async fn drop_now(self) {
+        self.store.pool.close().await;
+        match self.cleanup {
+            Cleanup::File(path) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Cleanup::Schema { admin, schema } => {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                    .execute(&admin)
+                    .await;
+            }
+        }
+    }
+}
+
+const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+#[tokio::test]
+async fn both_backends_migrate_and_answer() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        assert_eq!(fresh.store.backend(), backend);
+        fresh.store.ping().await.unwrap();
+        // Connecting again runs no migration twice.
+        fresh.drop_now().await;
+    }
+    assert!(matches!(
+        Store::connect("mysql://x").await,
+        Err(StoreError::Scheme)
+    ));
+}
+
+#[tokio::test]
+async fn the_first_ca_saved_wins() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        assert_eq!(fresh.store.ca().await.unwrap(), None);
+        let first = StoredCa {
+            cert_pem: "cert-1".into(),
+            key_pem: "key-1".into(),
+            key_encrypted: false,
+        };
+        let second = StoredCa {
+            cert_pem: "cert-2".into(),
+            key_pem: "key-2".into(),
+            key_encrypted: true,
+        };
+        assert_eq!(
+            fresh.store.save_ca_if_absent(&first, 1).await.unwrap(),
+            first
+        );
+        assert_eq!(
+            fresh.store.save_ca_if_absent(&second, 2).await.unwrap(),
+            first,
+            "{backend:?}"
+        );
+        assert!(
+            !format!("{first:?}").contains("key-1"),
+            "Debug never prints the key"
+        );
+        fresh.drop_now().await;
+    }
+}
+
+fn event(at: i64, actor: &str, kind: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        at,
+        actor: actor.into(),
+        kind: kind.into(),
+        outcome: "allowed".into(),
+        detail: "{}".into(),
+    }
+}
+
+#[tokio::test]
+async fn audit_pages_newest_first_with_filters_and_a_cursor() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let s = &fresh.store;
+        for i in 0..25 {
+            let actor = if i % 2 == 0 { "user:alice" } else { "user:bob" };
+            let kind = if i % 5 == 0 { "auth.login" } else { "connect" };
+            s.append_audit(&event(1000 + i, actor, kind)).await.unwrap();
+        }
+        // Pages of 10 walk all 25 newest first, without overlap.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = s.audit(&AuditFilter::default(), cursor, 10).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            cursor = page.last().map(|e| e.id);
+            seen.extend(page.into_iter().map(|e| e.event.at));
+        }
+        assert_eq!(seen, (1000..1025).rev().collect::<Vec<_>>(), "{backend:?}");
+        let alice = AuditFilter {
+            actor: Some("user:alice".into()),
+            ..AuditFilter::default()
+        };
+        assert_eq!(s.audit(&alice, None, 100).await.unwrap().len(), 13);
+        let logins = AuditFilter {
+            kind: Some("auth.login".into()),
+            since: Some(1005),
+            until: Some(1020),
+            ..AuditFilter::default()
+        };
+        let at: Vec<i64> = s
+            .audit(&logins, None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.event.at)
+            .collect();
+        assert_eq!(at, vec![1015, 1010, 1005]);
+        fresh.drop_now().await;
+    }
+}
+
+#[tokio::test]
+async fn audit_events_cannot_be_changed_or_deleted() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let id = fresh
+            .store
+            .append_audit(&event(1, "user:alice", "auth.login"))
+            .await
+            .unwrap();
+        let update = sqlx::query("UPDATE audit_events SET actor = 'user:mallory' WHERE id = $1")
+            .bind(id)
+            .execute(fresh.store.pool())
+            .await;
+        assert!(
+            update.unwrap_err().to_string().contains("append-only"),
+            "{backend:?}"
+        );
+        let delete = sqlx::query("DELETE FROM audit_events")
+            .execute(fresh.store.pool())
+            .await;
+        assert!(
+            delete.unwrap_err().to_string().contains("append-only"),
+            "{backend:?}"
+        );
+        assert_eq!(
+            fresh
+                .store
+                .audit(&AuditFilter::default(), None, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        fresh.drop_now().await;
+    }
+}
