@@ -1,0 +1,404 @@
+//! Presence: who is alive right now, and the channel that reaches each agent.
+//!
+//! Everything here expires on its own (heartbeats and API tokens carry a TTL), so losing it
+//! loses nothing durable: bridges and agents re-register within one heartbeat, and users
+//! log in again. One trait, two implementations: [`RedisPresence`] shared by every API
+//! replica, and [`MemoryPresence`] for a single node.
+//!
+//! Agent commands travel by publish/subscribe, so whichever replica holds an agent's command
+//! stream receives the commands any replica publishes. Subscriptions are bounded queues: a
+//! subscriber that falls behind loses commands (each one is time-bound anyway) instead of
+//! growing memory.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bamf_proto::san::AgentId;
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Commands queued per subscriber before new ones are dropped.
+pub const COMMAND_QUEUE: usize = 64;
+
+/// Key prefix, so one Redis can serve several BAMF installations.
+const PREFIX: &str = "bamf";
+
+/// Why presence could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// Redis refused or is unreachable.
+    #[error("presence backend: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A stored value did not parse.
+    #[error("presence value is malformed")]
+    Malformed,
+}
+
+/// A bridge's heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BridgeStatus {
+    /// Its ordinal.
+    pub ordinal: u32,
+    /// Open tunnels (the load the API balances on).
+    pub load: u32,
+    /// Draining: alive, but takes no new sessions.
+    pub draining: bool,
+}
+
+impl BridgeStatus {
+    fn encode(&self) -> String {
+        format!("{} {} {}", self.ordinal, self.load, u8::from(self.draining))
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        let status = Self {
+            ordinal: parts.next()?.parse().ok()?,
+            load: parts.next()?.parse().ok()?,
+            draining: parts.next()? == "1",
+        };
+        parts.next().is_none().then_some(status)
+    }
+}
+
+/// What the API needs to know about liveness.
+pub trait Presence: Send + Sync {
+    /// Records a bridge heartbeat, alive for `ttl`.
+    fn heartbeat_bridge(
+        &self,
+        status: BridgeStatus,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), PresenceError>> + Send;
+    /// Bridges whose heartbeat has not expired.
+    fn live_bridges(&self)
+    -> impl Future<Output = Result<Vec<BridgeStatus>, PresenceError>> + Send;
+    /// Records an agent heartbeat, alive for `ttl`.
+    fn heartbeat_agent(
+        &self,
+        agent: AgentId,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), PresenceError>> + Send;
+    /// Whether the agent's heartbeat has not expired.
+    fn agent_online(
+        &self,
+        agent: AgentId,
+    ) -> impl Future<Output = Result<bool, PresenceError>> + Send;
+    /// Stores an API token (by its hash) for `user`, valid for `ttl`.
+    fn put_token(
+        &self,
+        token_hash: &str,
+        user: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), PresenceError>> + Send;
+    /// The user of a token, if it is valid.
+    fn token_user(
+        &self,
+        token_hash: &str,
+    ) -> impl Future<Output = Result<Option<String>, PresenceError>> + Send;
+    /// Revokes a token (logout).
+    fn revoke_token(
+        &self,
+        token_hash: &str,
+    ) -> impl Future<Output = Result<(), PresenceError>> + Send;
+    /// Publishes a command to an agent; returns how many subscribers it reached.
+    fn publish_command(
+        &self,
+        agent: AgentId,
+        command: &str,
+    ) -> impl Future<Output = Result<usize, PresenceError>> + Send;
+    /// Subscribes to an agent's commands (bounded; see [`COMMAND_QUEUE`]).
+    fn subscribe_commands(
+        &self,
+        agent: AgentId,
+    ) -> impl Future<Output = Result<mpsc::Receiver<String>, PresenceError>> + Send;
+    /// Whether the backend answers (for `/ready`).
+    fn ping(&self) -> impl Future<Output = Result<(), PresenceError>> + Send;
+}
+
+/// Presence for a single node: in this process, gone with it.
+#[derive(Debug, Default)]
+pub struct MemoryPresence {
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    bridges: HashMap<u32, (BridgeStatus, Instant)>,
+    agents: HashMap<AgentId, Instant>,
+    tokens: HashMap<String, (String, Instant)>,
+    subscribers: HashMap<AgentId, Vec<mpsc::Sender<String>>>,
+}
+
+impl MemoryPresence {
+    fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> T) -> T {
+        // A poisoned lock only means another task panicked mid-update of expiring data;
+        // the data is still usable.
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut state)
+    }
+}
+
+impl Presence for MemoryPresence {
+    async fn heartbeat_bridge(
+        &self,
+        status: BridgeStatus,
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
+        let until = Instant::now() + ttl;
+        self.with(|s| s.bridges.insert(status.ordinal, (status, until)));
+        Ok(())
+    }
+
+    async fn live_bridges(&self) -> Result<Vec<BridgeStatus>, PresenceError> {
+        let now = Instant::now();
+        Ok(self.with(|s| {
+            s.bridges.retain(|_, (_, until)| *until > now);
+            let mut live: Vec<_> = s.bridges.values().map(|(b, _)| *b).collect();
+            live.sort_by_key(|b| b.ordinal);
+            live
+        }))
+    }
+
+    async fn heartbeat_agent(&self, agent: AgentId, ttl: Duration) -> Result<(), PresenceError> {
+        let until = Instant::now() + ttl;
+        self.with(|s| s.agents.insert(agent, until));
+        Ok(())
+    }
+
+    async fn agent_online(&self, agent: AgentId) -> Result<bool, PresenceError> {
+        let now = Instant::now();
+        Ok(self.with(|s| s.agents.get(&agent).is_some_and(|until| *until > now)))
+    }
+
+    async fn put_token(
+        &self,
+        token_hash: &str,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
+        let until = Instant::now() + ttl;
+        let now = Instant::now();
+        self.with(|s| {
+            // Sweep on write, so the map holds only live tokens.
+            s.tokens.retain(|_, (_, until)| *until > now);
+            s.tokens
+                .insert(token_hash.to_owned(), (user.to_owned(), until));
+        });
+        Ok(())
+    }
+
+    async fn token_user(&self, token_hash: &str) -> Result<Option<String>, PresenceError> {
+        let now = Instant::now();
+        Ok(self.with(|s| {
+            s.tokens
+                .get(token_hash)
+                .filter(|(_, until)| *until > now)
+                .map(|(user, _)| user.clone())
+        }))
+    }
+
+    async fn revoke_token(&self, token_hash: &str) -> Result<(), PresenceError> {
+        self.with(|s| s.tokens.remove(token_hash));
+        Ok(())
+    }
+
+    async fn publish_command(&self, agent: AgentId, command: &str) -> Result<usize, PresenceError> {
+        Ok(self.with(|s| {
+            let Some(subscribers) = s.subscribers.get_mut(&agent) else {
+                return 0;
+            };
+            subscribers.retain(|tx| !tx.is_closed());
+            // A full queue drops this command for that subscriber; it still counts as
+            // reached, as a Redis subscriber with a full queue would.
+            subscribers
+                .iter()
+                .filter(|tx| {
+                    !matches!(
+                        tx.try_send(command.to_owned()),
+                        Err(mpsc::error::TrySendError::Closed(_))
+                    )
+                })
+                .count()
+        }))
+    }
+
+    async fn subscribe_commands(
+        &self,
+        agent: AgentId,
+    ) -> Result<mpsc::Receiver<String>, PresenceError> {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        self.with(|s| s.subscribers.entry(agent).or_default().push(tx));
+        Ok(rx)
+    }
+
+    async fn ping(&self) -> Result<(), PresenceError> {
+        Ok(())
+    }
+}
+
+/// Presence in Redis, shared by every API replica.
+#[derive(Clone)]
+pub struct RedisPresence {
+    client: redis::Client,
+    conn: redis::aio::ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisPresence").finish_non_exhaustive()
+    }
+}
+
+impl RedisPresence {
+    /// Connects (the connection manager reconnects by itself after a Redis restart).
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError::Redis`] when the URL is invalid or Redis is unreachable.
+    pub async fn connect(url: &str) -> Result<Self, PresenceError> {
+        let client = redis::Client::open(url)?;
+        let conn = client.get_connection_manager().await?;
+        Ok(Self { client, conn })
+    }
+}
+
+fn bridge_key(ordinal: u32) -> String {
+    format!("{PREFIX}:bridge:{ordinal}")
+}
+
+fn agent_key(agent: AgentId) -> String {
+    format!("{PREFIX}:agent:{agent}")
+}
+
+fn token_key(hash: &str) -> String {
+    format!("{PREFIX}:token:{hash}")
+}
+
+fn command_channel(agent: AgentId) -> String {
+    format!("{PREFIX}:commands:{agent}")
+}
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Presence for RedisPresence {
+    async fn heartbeat_bridge(
+        &self,
+        status: BridgeStatus,
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
+        let mut c = self.conn.clone();
+        let _: () = c
+            .pset_ex(bridge_key(status.ordinal), status.encode(), millis(ttl))
+            .await?;
+        Ok(())
+    }
+
+    async fn live_bridges(&self) -> Result<Vec<BridgeStatus>, PresenceError> {
+        let mut c = self.conn.clone();
+        let mut keys: Vec<String> = Vec::new();
+        {
+            let mut scan = c
+                .scan_match::<_, String>(format!("{PREFIX}:bridge:*"))
+                .await?;
+            while let Some(key) = scan.next().await {
+                keys.push(key?);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = self.conn.clone().mget(&keys).await?;
+        let mut live = values
+            .into_iter()
+            .flatten()
+            .map(|v| BridgeStatus::decode(&v).ok_or(PresenceError::Malformed))
+            .collect::<Result<Vec<_>, _>>()?;
+        live.sort_by_key(|b| b.ordinal);
+        Ok(live)
+    }
+
+    async fn heartbeat_agent(&self, agent: AgentId, ttl: Duration) -> Result<(), PresenceError> {
+        let mut c = self.conn.clone();
+        let _: () = c.pset_ex(agent_key(agent), 1, millis(ttl)).await?;
+        Ok(())
+    }
+
+    async fn agent_online(&self, agent: AgentId) -> Result<bool, PresenceError> {
+        let mut c = self.conn.clone();
+        Ok(c.exists(agent_key(agent)).await?)
+    }
+
+    async fn put_token(
+        &self,
+        token_hash: &str,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
+        let mut c = self.conn.clone();
+        let _: () = c.pset_ex(token_key(token_hash), user, millis(ttl)).await?;
+        Ok(())
+    }
+
+    async fn token_user(&self, token_hash: &str) -> Result<Option<String>, PresenceError> {
+        let mut c = self.conn.clone();
+        Ok(c.get(token_key(token_hash)).await?)
+    }
+
+    async fn revoke_token(&self, token_hash: &str) -> Result<(), PresenceError> {
+        let mut c = self.conn.clone();
+        let _: () = c.del(token_key(token_hash)).await?;
+        Ok(())
+    }
+
+    async fn publish_command(&self, agent: AgentId, command: &str) -> Result<usize, PresenceError> {
+        let mut c = self.conn.clone();
+        Ok(c.publish(command_channel(agent), command).await?)
+    }
+
+    async fn subscribe_commands(
+        &self,
+        agent: AgentId,
+    ) -> Result<mpsc::Receiver<String>, PresenceError> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(command_channel(agent)).await?;
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            // Ends when the subscriber drops its receiver or the Redis connection goes away
+            // (the agent's stream then ends and the agent reconnects).
+            loop {
+                tokio::select! {
+                    () = tx.closed() => break,
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let Ok(payload) = message.get_payload::<String>() else { continue };
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(payload) {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn ping(&self) -> Result<(), PresenceError> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+//! The same behaviour checked on both implementations: in-process, and the Redis at
+//! `REDIS_URL` (default: the machine's, `redis://127.0.0.1:6379`). An unreachable Redis fails
+//! the test: it is never skipped.
+
+use super::*;
+
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+async fn redis() -> RedisPresence {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned());
+    RedisPresence::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("Redis is not reachable at {url} ({e}): run scripts/test, which starts one, or set REDIS_URL"))
+}
+
+/// A fresh id per test run, so runs against a shared Redis never see each other's keys.
+fn agent() -> AgentId {
+    let mut bytes = [0u8; 16];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    bytes.copy_from_slice(&nanos.to_be_bytes());
+    bytes[0] ^= u8::try_from(std::process::id() % 251).unwrap();
+    AgentId(bamf_proto::san::Uuid::from_bytes(bytes))
+}
+
+async fn heartbeats_expire(p: &impl Presence, ordinal: u32) {
+    let a = agent();
+    assert!(!p.agent_online(a).await.unwrap());
+    p.heartbeat_agent(a, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(p.agent_online(a).await.unwrap());
+    let b = BridgeStatus {
+        ordinal,
+        load: 7,
+        draining: false,
+    };
+    p.heartbeat_bridge(b, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(p.live_bridges().await.unwrap().contains(&b));
+    // A heartbeat refreshes the status.
+    let draining = BridgeStatus {
+        draining: true,
+        ..b
+    };
+    p.heartbeat_bridge(draining, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let live = p.live_bridges().await.unwrap();
+    assert!(live.contains(&draining) && !live.contains(&b));
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        !p.agent_online(a).await.unwrap(),
+        "agent heartbeat outlived its TTL"
+    );
+    assert!(
+        !p.live_bridges()
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.ordinal == ordinal)
+    );
+}
+
+async fn tokens_expire_and_revoke(p: &impl Presence) {
+    let hash = format!("test-{}", agent());
+    assert_eq!(p.token_user(&hash).await.unwrap(), None);
+    p.put_token(&hash, "alice", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(p.token_user(&hash).await.unwrap().as_deref(), Some("alice"));
+    p.revoke_token(&hash).await.unwrap();
+    assert_eq!(p.token_user(&hash).await.unwrap(), None);
+    p.put_token(&hash, "alice", Duration::from_millis(200))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        p.token_user(&hash).await.unwrap(),
+        None,
+        "token outlived its TTL"
+    );
+}
+
+/// `publisher` and `subscriber` may be two replicas (Redis) or the same node (memory).
+async fn commands_reach_the_subscriber(publisher: &impl Presence, subscriber: &impl Presence) {
+    let a = agent();
+    assert_eq!(
+        publisher
+            .publish_command(a, "nobody listens")
+            .await
+            .unwrap(),
+        0
+    );
+    let mut rx = subscriber.subscribe_commands(a).await.unwrap();
+    assert_eq!(publisher.publish_command(a, "dial 1").await.unwrap(), 1);
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("dial 1"));
+    // Another agent's commands do not arrive here.
+    publisher
+        .publish_command(agent(), "not for you")
+        .await
+        .unwrap();
+    publisher.publish_command(a, "dial 2").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("dial 2"));
+    // A subscriber that stops reading loses commands beyond its queue, nothing more.
+    for i in 0..COMMAND_QUEUE + 10 {
+        publisher
+            .publish_command(a, &format!("flood {i}"))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut queued = 0;
+    while rx.try_recv().is_ok() {
+        queued += 1;
+    }
+    assert!(queued <= COMMAND_QUEUE, "{queued} queued");
+    drop(rx);
+    subscriber.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_presence() {
+    let p = MemoryPresence::default();
+    heartbeats_expire(&p, 1).await;
+    tokens_expire_and_revoke(&p).await;
+    commands_reach_the_subscriber(&p, &p).await;
+}
+
+#[tokio::test]
+async fn redis_presence_shared_by_two_replicas() {
+    let (one, two) = (redis().await, redis().await);
+    one.ping().await.unwrap();
+    // An ordinal no real bridge uses, so a shared Redis is safe.
+    heartbeats_expire(&one, 4_000_000_000 + (std::process::id() % 1000)).await;
+    tokens_expire_and_revoke(&one).await;
+    commands_reach_the_subscriber(&one, &two).await;
+}
+
+#[test]
+fn bridge_status_round_trips_and_rejects_junk() {
+    let b = BridgeStatus {
+        ordinal: 3,
+        load: 12,
+        draining: true,
+    };
+    assert_eq!(BridgeStatus::decode(&b.encode()), Some(b));
+    for junk in ["", "3", "3 x 1", "3 1 1 extra", "-1 0 0"] {
+        assert_eq!(BridgeStatus::decode(junk), None, "{junk}");
+    }
+}
