@@ -205,15 +205,44 @@ impl Authority {
         lifetime: Duration,
         now: OffsetDateTime,
     ) -> Result<Issued, CaError> {
+        let mut sans: Vec<SanType> = Vec::new();
+        for uri in identity.uris() {
+            sans.push(SanType::URI(uri.try_into().map_err(CaError::Signing)?));
+        }
+        let common_name = format!("bamf {}", identity.kind());
+        self.sign(csr_pem, sans, dns_name, &common_name, lifetime, now)
+    }
+
+    /// Issues the API's own TLS server certificate: only the DNS name, no identity.
+    ///
+    /// # Errors
+    ///
+    /// As [`Authority::issue`].
+    pub fn issue_api_server(
+        &self,
+        csr_pem: &str,
+        host: &HostName,
+        lifetime: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Issued, CaError> {
+        self.sign(csr_pem, Vec::new(), Some(host), "bamf api", lifetime, now)
+    }
+
+    /// Checks the CSR, then signs its key with exactly `sans` (plus `dns_name`).
+    fn sign(
+        &self,
+        csr_pem: &str,
+        mut sans: Vec<SanType>,
+        dns_name: Option<&HostName>,
+        common_name: &str,
+        lifetime: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Issued, CaError> {
         // Parsing verifies the CSR's signature: the requester holds the private key.
         let csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| CaError::BadCsr)?;
         if !ACCEPTED_KEYS.contains(&csr.public_key.algorithm()) {
             return Err(CaError::KeyType);
-        }
-        let mut sans: Vec<SanType> = Vec::new();
-        for uri in identity.uris() {
-            sans.push(SanType::URI(uri.try_into().map_err(CaError::Signing)?));
         }
         if let Some(name) = dns_name {
             sans.push(SanType::DnsName(
@@ -234,7 +263,7 @@ impl Authority {
         params.subject_alt_names = sans;
         params
             .distinguished_name
-            .push(DnType::CommonName, format!("bamf {}", identity.kind()));
+            .push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         if dns_name.is_some() {

@@ -7,6 +7,7 @@
 //! # Layout
 //!
 //! - [`Bridge`]: a `bamf-bridge` process; its ports, metrics, RSS, logs and signals.
+//! - [`Api`]: a `bamf-api` process on `127.0.0.1:0`.
 //! - [`OpensslServer`]: an `openssl s_server` with a throwaway certificate.
 //! - [`Tap`]: an in-process TCP forwarder that records both directions byte for byte.
 //! - [`Recorder`]: an in-process TCP backend that records what it receives.
@@ -109,31 +110,25 @@ pub struct Bridge {
     logs: Arc<Mutex<Vec<String>>>,
 }
 
-impl Bridge {
-    /// Starts a bridge with `args` (plus `--listen 127.0.0.1:0 --metrics 127.0.0.1:0` unless
-    /// given) and waits until it reports its listeners.
-    ///
-    /// # Errors
-    ///
-    /// The process exits or does not report its ports within [`START_DEADLINE`]; the error
-    /// carries its log.
-    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(binary("bamf-bridge"));
-        if !args.contains(&"--listen") {
-            cmd.args(["--listen", "127.0.0.1:0"]);
-        }
-        cmd.args(["--metrics", "127.0.0.1:0", "--log-format", "json"])
-            .args(args)
-            .env("BAMF_LOG", "info")
-            .stdin(Stdio::null())
+/// A child process that logs JSON lines on stderr: its logs are collected continuously (a
+/// full pipe would block it), and the addresses of its `"listening"` lines are reported.
+struct Logged {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    listening: HashMap<String, SocketAddr>,
+}
+
+impl Logged {
+    /// Spawns `cmd` and waits until it has reported every listener in `wanted`.
+    fn spawn(mut cmd: Command, wanted: &[&str]) -> anyhow::Result<Self> {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("spawning bamf-bridge")?;
-        let stderr = child.stderr.take().context("bridge stderr")?;
+        let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        let stderr = child.stderr.take().context("child stderr")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let sink = logs.clone();
-        // Drain stderr continuously: a full pipe would block the bridge.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -152,31 +147,60 @@ impl Bridge {
                 }
             }
         });
-        let wants_peer = args.contains(&"--peer-listen");
-        let mut found: HashMap<String, SocketAddr> = HashMap::new();
+        let mut listening = HashMap::new();
         let deadline = Instant::now() + START_DEADLINE;
-        while !(found.contains_key("front")
-            && found.contains_key("metrics")
-            && (!wants_peer || found.contains_key("peer")))
-        {
+        while !wanted.iter().all(|w| listening.contains_key(*w)) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok((which, Some(addr))) => {
-                    found.insert(which, addr);
+                    listening.insert(which, addr);
                 }
                 Ok((_, None)) => {}
                 Err(_) => {
                     let _ = child.kill();
                     let log = logs.lock().map(|l| l.join("\n")).unwrap_or_default();
-                    bail!("bridge did not report its listeners:\n{log}");
+                    bail!("process did not report its listeners {wanted:?}:\n{log}");
                 }
             }
         }
         Ok(Self {
             child,
-            front: found["front"],
-            peer: found.get("peer").copied(),
-            metrics: found["metrics"],
+            logs,
+            listening,
+        })
+    }
+}
+
+impl Bridge {
+    /// Starts a bridge with `args` (plus `--listen 127.0.0.1:0 --metrics 127.0.0.1:0` unless
+    /// given) and waits until it reports its listeners.
+    ///
+    /// # Errors
+    ///
+    /// The process exits or does not report its ports within [`START_DEADLINE`]; the error
+    /// carries its log.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(binary("bamf-bridge"));
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(["--metrics", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env("BAMF_LOG", "info");
+        let mut wanted = vec!["front", "metrics"];
+        if args.contains(&"--peer-listen") {
+            wanted.push("peer");
+        }
+        let Logged {
+            child,
+            logs,
+            listening,
+        } = Logged::spawn(cmd, &wanted)?;
+        Ok(Self {
+            child,
+            front: listening["front"],
+            peer: listening.get("peer").copied(),
+            metrics: listening["metrics"],
             logs,
         })
     }
@@ -279,6 +303,53 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// A running `bamf-api`.
+#[derive(Debug)]
+pub struct Api {
+    child: Child,
+    /// Its HTTPS address.
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Api {
+    /// Starts `bamf-api --listen 127.0.0.1:0 <args…>` and waits until it listens.
+    ///
+    /// # Errors
+    ///
+    /// The process exits or does not report its address in time; the error carries its log.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(binary("bamf-api"));
+        cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env("BAMF_LOG", "info")
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL");
+        let Logged {
+            child,
+            logs,
+            listening,
+        } = Logged::spawn(cmd, &["api"])?;
+        Ok(Self {
+            child,
+            addr: listening["api"],
+            logs,
+        })
+    }
+
+    /// Log lines so far (JSON).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A running `openssl s_server` with a throwaway self-signed certificate.

@@ -1,0 +1,93 @@
+//! API errors: each maps to one HTTP status and one stable machine code.
+//!
+//! Internal details never reach the response: a store or presence failure is logged where
+//! it happens and answered as `internal` or `not_ready`. Authentication failures all look
+//! the same from outside (`unauthenticated`), whatever the reason.
+
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Bytes;
+
+/// A refusal or failure, as the caller will see it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// No valid credentials for a route that needs them.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Valid credentials, not allowed here.
+    #[error("not allowed")]
+    Forbidden,
+    /// No such route or object.
+    #[error("not found")]
+    NotFound,
+    /// The route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The request body or parameters are invalid; the message says which field, never
+    /// internal state.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is larger than the limit.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// A dependency (store, presence) is unavailable.
+    #[error("{0} unavailable")]
+    Unavailable(&'static str),
+    /// Anything else; details are in the log under the request id.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// Status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The JSON response: `{"error": {"code", "message", "request_id"}}`.
+    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({
+            "error": { "code": code, "message": self.to_string(), "request_id": request_id }
+        });
+        json_response(status, &body)
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn errors_carry_status_code_and_request_id_only() {
+        let r = ApiError::Unavailable("store").into_response("req-1");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "not_ready");
+        assert_eq!(v["error"]["message"], "store unavailable");
+        assert_eq!(v["error"]["request_id"], "req-1");
+    }
+}

@@ -1,0 +1,168 @@
+//! `bamf-api`: the control plane server.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bamf_api::presence::{MemoryPresence, Presence, RedisPresence};
+use bamf_api::server::{self, AppState};
+use bamf_api::store::Store;
+use bamf_proto::HostName;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// BAMF control plane: internal CA, identities, sessions.
+#[derive(Debug, Parser)]
+#[command(name = "bamf-api", version, about, long_about = None)]
+struct Cli {
+    /// HTTPS address
+    #[arg(long, env = "BAMF_API_LISTEN", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// postgres://… or sqlite:… (SQLite is the single-node default)
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://bamf.db?mode=rwc"
+    )]
+    database_url: String,
+    /// redis://…; without it, presence lives in this process (single node only)
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Host name clients use for the API (its TLS certificate names it)
+    #[arg(long, env = "BAMF_API_HOST", default_value = "localhost")]
+    api_host: HostName,
+    /// How long shutdown waits for open requests
+    #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// Log format on stderr; level from BAMF_LOG (default: info)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(start(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(cli: Cli) -> anyhow::Result<()> {
+    let store = Store::connect(&cli.database_url)
+        .await
+        .context("connecting to the store")?;
+    let ca = bamf_api::load_or_create_ca(&store, "BAMF internal CA")
+        .await
+        .context("loading the CA")?;
+    let tls = server::tls_config(&ca, &cli.api_host).context("setting up TLS")?;
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("listening on {}", cli.listen))?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    let ca = Arc::new(ca);
+    match cli.redis_url {
+        Some(url) => {
+            let presence = RedisPresence::connect(&url)
+                .await
+                .context("connecting to Redis")?;
+            run(
+                listener,
+                tls,
+                store,
+                presence,
+                ca,
+                metrics,
+                shutdown,
+                cli.shutdown_grace,
+            )
+            .await;
+        }
+        None => {
+            tracing::info!("no REDIS_URL: presence is in process (single node)");
+            run(
+                listener,
+                tls,
+                store,
+                MemoryPresence::default(),
+                ca,
+                metrics,
+                shutdown,
+                cli.shutdown_grace,
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)] // the wiring of the whole process, in one place
+async fn run<P: Presence + 'static>(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    store: Store,
+    presence: P,
+    ca: Arc<bamf_api::ca::Authority>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let state = Arc::new(AppState {
+        store,
+        presence,
+        ca,
+        metrics: Some(metrics),
+    });
+    server::serve(listener, tls, state, shutdown, grace).await;
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    }
+    shutdown.cancel();
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BAMF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,276 @@
+//! The HTTPS server: TLS with optional client certificates, hyper 1.x (HTTP/1.1 and HTTP/2),
+//! bounded connections and deadlines, request ids, one log line per request, graceful
+//! shutdown.
+//!
+//! Client certificates are *requested* at the handshake and must chain to our CA when
+//! presented; routes that need one check the [`Caller`]. Identity comes only from the
+//! handshake, never from a header.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bamf_proto::HostName;
+use bamf_proto::san::Identity;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::{Authority, CaError};
+use crate::presence::Presence;
+use crate::routes;
+use crate::store::Store;
+
+/// TLS handshake deadline: a client that has not finished by then is not coming.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for a request's headers (slow-loris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent connections.
+const MAX_CONNECTIONS: usize = 4096;
+/// Lifetime of the API's own server certificate; it is re-issued at every start.
+const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What every request handler can reach.
+#[derive(Debug)]
+pub struct AppState<P> {
+    /// The durable store.
+    pub store: Store,
+    /// Liveness and agent commands.
+    pub presence: P,
+    /// The internal CA.
+    pub ca: Arc<Authority>,
+    /// Prometheus handle, when metrics are installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Who is calling, as established by the TLS handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// No client certificate (user routes authenticate by token instead).
+    Anonymous,
+    /// A client certificate that chains to our CA and carries a valid identity.
+    Certified {
+        /// Its identity.
+        identity: Identity,
+        /// Its serial, lower-case hex (checked against revocations by the routes).
+        serial: String,
+    },
+}
+
+impl Caller {
+    /// Reads the caller from the verified peer certificate chain, if any. A certificate of
+    /// ours whose identity does not parse is treated as none: such a caller can only reach
+    /// public routes.
+    fn from_peer(certs: Option<&[CertificateDer<'static>]>) -> Self {
+        let Some(leaf) = certs.and_then(<[_]>::first) else {
+            return Self::Anonymous;
+        };
+        use x509_parser::prelude::FromDer;
+        let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(leaf) else {
+            return Self::Anonymous;
+        };
+        let uris: Vec<&str> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        match Identity::from_uris(uris) {
+            Ok(identity) => Self::Certified {
+                identity,
+                serial: cert
+                    .raw_serial()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+            },
+            Err(_) => Self::Anonymous,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Anonymous => "anonymous",
+            Self::Certified { identity, .. } => identity.kind(),
+        }
+    }
+}
+
+/// Why the server could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The server certificate could not be issued.
+    #[error("issuing the API's certificate: {0}")]
+    Certificate(#[from] CaError),
+    /// TLS configuration failed.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// Builds the TLS configuration: a fresh key and a certificate for `host` issued by our CA
+/// (the key never leaves this process), and client certificates optional but, when
+/// presented, required to chain to our CA.
+///
+/// # Errors
+///
+/// [`ServerError`] when the certificate or the rustls configuration cannot be made.
+pub fn tls_config(ca: &Authority, host: &HostName) -> Result<Arc<ServerConfig>, ServerError> {
+    let tls_err = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let key = rcgen::KeyPair::generate().map_err(|e| tls_err(&e))?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| tls_err(&e))?;
+    let issued = ca.issue_api_server(
+        &csr,
+        host,
+        SERVER_CERT_LIFETIME,
+        time::OffsetDateTime::now_utc(),
+    )?;
+    let chain = vec![
+        CertificateDer::from_pem_slice(issued.pem.as_bytes()).map_err(|e| tls_err(&e))?,
+        CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).map_err(|e| tls_err(&e))?,
+    ];
+    let key =
+        PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(|e| tls_err(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(chain[1].clone()).map_err(|e| tls_err(&e))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls_err(&e))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls_err(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves until `shutdown`, then lets open requests finish for up to `grace`.
+pub async fn serve<P: Presence + 'static>(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    state: Arc<AppState<P>>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listener = "api", %addr, "listening");
+    }
+    loop {
+        let Some(Ok(permit)) = shutdown
+            .run_until_cancelled(slots.clone().acquire_owned())
+            .await
+        else {
+            break;
+        };
+        let Some(accepted) = shutdown.run_until_cancelled(listener.accept()).await else {
+            break;
+        };
+        let Ok((tcp, peer)) = accepted else {
+            // Out of descriptors and the like: pause instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let caller = Arc::new(Caller::from_peer(tls.get_ref().1.peer_certificates()));
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                let caller = caller.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &caller, peer, req).await) }
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            let _ = watcher.watch(conn.into_owned()).await;
+        });
+    }
+    drop(listener);
+    tracing::info!("shutdown: stopped accepting, draining requests");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown complete: grace period ran out with requests open");
+    } else {
+        tracing::info!("shutdown complete: every request finished");
+    }
+}
+
+async fn handle<P: Presence>(
+    state: &AppState<P>,
+    caller: &Caller,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
+    let request_id = request_id();
+    let mut response = match routes::route(state, caller, &req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(&request_id),
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    // Method, path and status only: never headers or bodies, which carry secrets.
+    tracing::info!(
+        target: "bamf_api::access",
+        request_id,
+        %peer,
+        caller = caller.kind(),
+        method = %req.method(),
+        path = req.uri().path(),
+        status = response.status().as_u16(),
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "request"
+    );
+    response
+}
+
+/// 64 random bits, hex.
+fn request_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
