@@ -38,19 +38,13 @@ struct Cli {
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
     /// Log format on stderr; level from BAMF_LOG (default: info)
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    #[arg(long, value_enum, default_value_t = bamf_runtime::LogFormat::Text)]
+    log_format: bamf_runtime::LogFormat,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    bamf_runtime::init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -82,7 +76,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
+    tokio::spawn(bamf_runtime::shutdown_on_signals(shutdown.clone()));
     let ca = Arc::new(ca);
     match cli.redis_url {
         Some(url) => {
@@ -137,32 +131,4 @@ async fn run<P: Presence + 'static>(
         metrics: Some(metrics),
     });
     server::serve(listener, tls, state, shutdown, grace).await;
-}
-
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
-    }
-    shutdown.cancel();
-}
-
-fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("BAMF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

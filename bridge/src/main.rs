@@ -21,17 +21,11 @@ struct Cli {
     #[command(flatten)]
     flags: config::Flags,
     /// Log format on stderr; the level comes from BAMF_LOG (default: info)
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[arg(long, value_enum, default_value_t = bamf_runtime::LogFormat::Text)]
+    log_format: bamf_runtime::LogFormat,
     /// Check the configuration, print the routes and exit
     #[arg(long)]
     check: bool,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -50,7 +44,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    init_tracing(cli.log_format);
+    bamf_runtime::init_logging(cli.log_format);
     match start(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -82,43 +76,8 @@ fn start(config: config::Config) -> anyhow::Result<()> {
             tracing::info!(%host, %backend, "route");
         }
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        tokio::spawn(bamf_runtime::shutdown_on_signals(shutdown.clone()));
         run(config, listeners, handle, shutdown).await;
         Ok(())
     })
-}
-
-/// First SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
-    }
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::warn!("second signal: exiting without draining");
-    std::process::exit(130);
-}
-
-fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("BAMF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
