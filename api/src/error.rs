@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The body is larger than the limit.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// Too many failed attempts; retry after this many seconds.
+    #[error("too many attempts; retry later")]
+    TooManyRequests(u64),
     /// A dependency (store, presence) is unavailable.
     #[error("{0} unavailable")]
     Unavailable(&'static str),
@@ -49,6 +52,7 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -60,7 +64,13 @@ impl ApiError {
         let body = serde_json::json!({
             "error": { "code": code, "message": self.to_string(), "request_id": request_id }
         });
-        json_response(status, &body)
+        let mut response = json_response(status, &body);
+        if let Self::TooManyRequests(seconds) = self {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        response
     }
 }
 

@@ -15,10 +15,12 @@
 //! - [`server`]: HTTPS with optional client certificates, the [`server::Caller`] they
 //!   establish, limits, request logs, graceful shutdown.
 //! - [`routes`]: every route in one match. [`error`]: status and stable code per refusal.
+//! - [`auth`]: argon2id password hashes, opaque API tokens (kept as hashes), login limits.
 //!
-//! Still to come (control-plane issue): users and login, join tokens, RBAC, the rest of the
+//! Still to come (control-plane issue): join tokens, RBAC, admin CRUD, the rest of the
 //! store's queries, CA key encryption at rest, and OpenAPI.
 
+pub mod auth;
 pub mod ca;
 pub mod error;
 pub mod presence;
@@ -28,6 +30,53 @@ pub mod store;
 
 use crate::ca::{Authority, CaError};
 use crate::store::{Store, StoreError, StoredCa};
+
+/// Name of the first administrator, created when the store has no users.
+pub const BOOTSTRAP_ADMIN: &str = "admin";
+
+/// Creates the first administrator when there are no users yet, with `password` or, when
+/// none is given, a generated one. Returns the generated password (to be shown once).
+///
+/// # Errors
+///
+/// The store fails, or the password cannot be hashed.
+pub async fn bootstrap_admin(
+    store: &Store,
+    password: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    if store.count_users().await? > 0 {
+        return Ok(None);
+    }
+    let (password, generated) = match password {
+        Some(p) => (p, false),
+        None => (generate_password()?, true),
+    };
+    let to_hash = password.clone();
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&to_hash))
+        .await?
+        .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
+    let millis = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX);
+    if store.create_user(BOOTSTRAP_ADMIN, &hash, millis).await? {
+        store.bind_role(BOOTSTRAP_ADMIN, "admin").await?;
+        store.bind_role(BOOTSTRAP_ADMIN, "everyone").await?;
+    }
+    Ok(generated.then_some(password))
+}
+
+/// 20 characters from a 32-letter alphabet without look-alikes: 100 bits.
+fn generate_password() -> anyhow::Result<String> {
+    use ring::rand::SecureRandom;
+    const ALPHABET: &[u8; 32] = b"abcdefghjkmnpqrstuvwxyz23456789-";
+    let mut bytes = [0u8; 20];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("random source failed"))?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(b % 32)]))
+        .collect())
+}
 
 /// Why the CA could not be made ready.
 #[derive(Debug, thiserror::Error)]

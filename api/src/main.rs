@@ -13,6 +13,11 @@ use bamf_proto::HostName;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+/// Failed logins allowed per client address and per user name in [`LOGIN_WINDOW`].
+const LOGIN_FAILURES: u32 = 10;
+/// The login rate-limit window.
+const LOGIN_WINDOW: Duration = Duration::from_secs(300);
+
 /// BAMF control plane: internal CA, identities, sessions.
 #[derive(Debug, Parser)]
 #[command(name = "bamf-api", version, about, long_about = None)]
@@ -31,6 +36,10 @@ struct Cli {
     /// redis://…; without it, presence lives in this process (single node only)
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// Password for the first administrator, used only when the store has no users
+    /// (otherwise one is generated and printed once)
+    #[arg(long, env = "BAMF_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
     /// Host name clients use for the API (its TLS certificate names it)
     #[arg(long, env = "BAMF_API_HOST", default_value = "localhost")]
     api_host: HostName,
@@ -61,13 +70,27 @@ fn main() -> ExitCode {
     }
 }
 
-async fn start(cli: Cli) -> anyhow::Result<()> {
+async fn start(mut cli: Cli) -> anyhow::Result<()> {
     let store = Store::connect(&cli.database_url)
         .await
         .context("connecting to the store")?;
     let ca = bamf_api::load_or_create_ca(&store, "BAMF internal CA")
         .await
         .context("loading the CA")?;
+    if let Some(password) = bamf_api::bootstrap_admin(&store, cli.admin_password.take())
+        .await
+        .context("creating the first administrator")?
+    {
+        // On stdout, once, for the operator: never in the logs.
+        #[allow(clippy::print_stdout)]
+        {
+            println!(
+                "bamf-api: created user '{}' with password: {password}",
+                bamf_api::BOOTSTRAP_ADMIN
+            );
+            println!("bamf-api: this password is shown only now; keep it safe.");
+        }
+    }
     let tls = server::tls_config(&ca, &cli.api_host).context("setting up TLS")?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
@@ -129,6 +152,8 @@ async fn run<P: Presence + 'static>(
         presence,
         ca,
         metrics: Some(metrics),
+        lifetimes: bamf_api::ca::Lifetimes::default(),
+        login_limits: bamf_api::auth::RateLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW),
     });
     server::serve(listener, tls, state, shutdown, grace).await;
 }

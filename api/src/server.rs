@@ -29,7 +29,8 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::ca::{Authority, CaError};
+use crate::auth::RateLimiter;
+use crate::ca::{Authority, CaError, Lifetimes};
 use crate::presence::Presence;
 use crate::routes;
 use crate::store::Store;
@@ -54,6 +55,21 @@ pub struct AppState<P> {
     pub ca: Arc<Authority>,
     /// Prometheus handle, when metrics are installed.
     pub metrics: Option<PrometheusHandle>,
+    /// Certificate lifetimes (user certificates and API tokens share the user lifetime).
+    pub lifetimes: Lifetimes,
+    /// Failed-login limits, per client address and per user name.
+    pub login_limits: RateLimiter,
+}
+
+/// What the router knows about a request besides the request itself.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// Who is calling, from the TLS handshake.
+    pub caller: Arc<Caller>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// This request's id (in the response header, error bodies and logs).
+    pub request_id: String,
 }
 
 /// Who is calling, as established by the TLS handshake.
@@ -239,27 +255,32 @@ pub async fn serve<P: Presence + 'static>(
 
 async fn handle<P: Presence>(
     state: &AppState<P>,
-    caller: &Caller,
+    caller: &Arc<Caller>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let started = std::time::Instant::now();
-    let request_id = request_id();
-    let mut response = match routes::route(state, caller, &req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(&request_id),
+    let ctx = RequestContext {
+        caller: caller.clone(),
+        peer,
+        request_id: request_id(),
     };
-    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let mut response = match routes::route(state, &ctx, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(&ctx.request_id),
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&ctx.request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
     // Method, path and status only: never headers or bodies, which carry secrets.
     tracing::info!(
         target: "bamf_api::access",
-        request_id,
+        request_id = ctx.request_id,
         %peer,
         caller = caller.kind(),
-        method = %req.method(),
-        path = req.uri().path(),
+        %method,
+        path,
         status = response.status().as_u16(),
         duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "request"

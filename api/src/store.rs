@@ -204,6 +204,86 @@ impl Store {
             .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
     }
 
+    /// Creates a user; `false` when the name is taken.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn create_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO users (name, password_hash, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(password_hash)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A user's password hash, if the user exists and is not disabled.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn password_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT password_hash FROM users WHERE name = $1 AND disabled = 0")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// How many users exist (zero means the first admin must be bootstrapped).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn count_users(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Binds a user to a role (idempotent).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`], also when the user or role does not exist.
+    pub async fn bind_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO role_bindings (user_name, role_name) VALUES ($1, $2) \
+             ON CONFLICT (user_name, role_name) DO NOTHING",
+        )
+        .bind(user)
+        .bind(role)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The roles a user is bound to, by name.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn user_roles(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT role_name FROM role_bindings WHERE user_name = $1 ORDER BY role_name",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     /// Appends an audit event and returns its id.
     ///
     /// # Errors

@@ -214,3 +214,222 @@ fn the_api_runs_on_postgresql_and_redis() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// POSTs `body` as JSON to the API with curl; returns (status, body, headers).
+fn post(api: &Api, ca: &Path, path: &str, body: &str, extra: &[&str]) -> (u16, String, String) {
+    let mut args = vec![
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        "@-",
+        "-D",
+        "/dev/stderr",
+    ];
+    args.extend_from_slice(extra);
+    let port = api.addr.port();
+    let mut child = Command::new("curl")
+        .args(["-s", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .args(["-w", "\n%{http_code}"])
+        .args(&args)
+        .arg(format!("https://localhost:{port}{path}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn error_code(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["error"]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_logout_bad_input_and_rate_limits_are_real_and_audited() {
+    let dir = TempDir::new("api-login");
+    let url = sqlite_url(dir.path());
+    let api = Api::start(&[
+        "--database-url",
+        &url,
+        "--admin-password",
+        "correct horse battery",
+    ])
+    .unwrap();
+    let ca = fetch_ca(&api, dir.path());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let login = |user: &str, password: &str| {
+        serde_json::json!({"user": user, "password": password, "csr": csr}).to_string()
+    };
+
+    // A good login: an opaque token and a user certificate for our key.
+    let (status, body, _) = post(
+        &api,
+        &ca,
+        "/api/v1/auth/login",
+        &login("admin", "correct horse battery"),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = v["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("bamf_"));
+    let cert = dir.path().join("admin.crt");
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&cert, v["certificate"].as_str().unwrap()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let auth = format!("authorization: Bearer {token}");
+    let (_, status, body) = curl(&api, &ca, "/api/v1/whoami", &["-H", &auth]);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["user"].as_str(), v["via"].as_str()),
+        (Some("admin"), Some("token"))
+    );
+    assert_eq!(v["roles"], serde_json::json!(["admin", "everyone"]));
+    let (cert, key_file) = (cert.display().to_string(), key_file.display().to_string());
+    let (_, status, body) = curl(
+        &api,
+        &ca,
+        "/api/v1/whoami",
+        &["--cert", &cert, "--key", &key_file],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("bamf://user/admin") && body.contains("\"via\":\"certificate\""),
+        "{body}"
+    );
+
+    // Logout revokes the token.
+    assert_eq!(
+        post(&api, &ca, "/api/v1/auth/logout", "", &["-H", &auth]).0,
+        204
+    );
+    assert_eq!(curl(&api, &ca, "/api/v1/whoami", &["-H", &auth]).1, 401);
+
+    // Bad input: a status, a stable code, and never an echoed value.
+    let (status, body, _) = post(&api, &ca, "/api/v1/auth/login", "{not json", &[]);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "bad_request"),
+        "{body}"
+    );
+    let extra = serde_json::json!({"user": "admin", "password": "x", "csr": "x", "admin": true})
+        .to_string();
+    let (status, body, _) = post(&api, &ca, "/api/v1/auth/login", &extra, &[]);
+    assert_eq!(status, 400);
+    assert!(body.contains("unknown field `admin`"), "{body}");
+    let typed = r#"{"user": "admin", "password": 31337421, "csr": "x"}"#;
+    let (status, body, _) = post(&api, &ca, "/api/v1/auth/login", typed, &[]);
+    assert_eq!(status, 400);
+    assert!(
+        !body.contains("31337421"),
+        "a submitted value was echoed: {body}"
+    );
+    let huge = format!("{{\"user\": \"{}\"}}", "a".repeat(70 * 1024));
+    assert_eq!(post(&api, &ca, "/api/v1/auth/login", &huge, &[]).0, 413);
+
+    // A wrong password and an unknown user get the same answer.
+    let (s1, wrong, _) = post(
+        &api,
+        &ca,
+        "/api/v1/auth/login",
+        &login("admin", "wrong"),
+        &[],
+    );
+    let (s2, unknown, _) = post(
+        &api,
+        &ca,
+        "/api/v1/auth/login",
+        &login("nobody", "wrong"),
+        &[],
+    );
+    assert_eq!((s1, s2), (401, 401));
+    let strip = |b: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(b).unwrap();
+        v["error"]["request_id"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(strip(&wrong), strip(&unknown));
+
+    // Failures are limited per address: the 11th failure in the window is refused with
+    // Retry-After, and so is a correct password from the same address.
+    let mut failures = 2;
+    let (status, headers) = loop {
+        let (status, _, headers) = post(
+            &api,
+            &ca,
+            "/api/v1/auth/login",
+            &login("mallory", "guess"),
+            &[],
+        );
+        if status != 401 {
+            break (status, headers);
+        }
+        failures += 1;
+        assert!(failures <= 10, "no limit after {failures} failures");
+    };
+    assert_eq!((status, failures), (429, 10));
+    assert!(headers.to_lowercase().contains("retry-after:"), "{headers}");
+    let (status, _, _) = post(
+        &api,
+        &ca,
+        "/api/v1/auth/login",
+        &login("admin", "correct horse battery"),
+        &[],
+    );
+    assert_eq!(status, 429);
+
+    // Every attempt is in the audit log.
+    let store = Store::connect(&url).await.unwrap();
+    let events = store
+        .audit(&bamf_api::store::AuditFilter::default(), None, 100)
+        .await
+        .unwrap();
+    let count = |kind: &str, outcome: &str| {
+        events
+            .iter()
+            .filter(|e| e.event.kind == kind && e.event.outcome == outcome)
+            .count()
+    };
+    assert_eq!(count("auth.login", "allowed"), 1);
+    assert_eq!(count("auth.login", "denied"), 10);
+    assert_eq!(count("auth.login", "rate_limited"), 2);
+    assert_eq!(count("auth.logout", "allowed"), 1);
+    assert!(
+        events
+            .iter()
+            .all(|e| !e.event.detail.contains("correct horse")),
+        "a password reached the audit log"
+    );
+    assert!(
+        api.logs()
+            .iter()
+            .all(|l| !l.contains("correct horse") && !l.contains(&token)),
+        "a secret reached the logs"
+    );
+}

@@ -219,3 +219,31 @@ async fn audit_events_cannot_be_changed_or_deleted() {
         fresh.drop_now().await;
     }
 }
+
+#[tokio::test]
+async fn users_and_their_roles() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let s = &fresh.store;
+        assert_eq!(s.count_users().await.unwrap(), 0);
+        assert!(s.create_user("alice", "$argon2id$x", 1).await.unwrap());
+        assert!(
+            !s.create_user("alice", "$argon2id$y", 2).await.unwrap(),
+            "names are unique"
+        );
+        assert_eq!(
+            s.password_hash("alice").await.unwrap().as_deref(),
+            Some("$argon2id$x")
+        );
+        assert_eq!(s.password_hash("bob").await.unwrap(), None);
+        s.bind_role("alice", "admin").await.unwrap();
+        s.bind_role("alice", "admin").await.unwrap();
+        s.bind_role("alice", "everyone").await.unwrap();
+        assert_eq!(s.user_roles("alice").await.unwrap(), ["admin", "everyone"]);
+        assert!(
+            s.bind_role("alice", "no-such-role").await.is_err(),
+            "{backend:?}: foreign key"
+        );
+        fresh.drop_now().await;
+    }
+}
