@@ -1,6 +1,8 @@
-//! Certificate issuance rate of the internal CA on one core: `bamf_api::ca::Authority::issue`
-//! for session certificates (the hot path: one per connect), CSR generation excluded (the
-//! client pays for it). Prints a Markdown section; `--record` appends it to RESULTS.md.
+//! Control-plane costs on one core: certificate issuance by the internal CA
+//! (`bamf_api::ca::Authority::issue` for session certificates, the hot path: one per
+//! connect; CSR generation excluded, the client pays for it) and password verification at
+//! the argon2id cost login uses (the ceiling on logins per second per core). Prints a
+//! Markdown section; `--record` appends it to RESULTS.md.
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
@@ -11,11 +13,17 @@ use bamf_proto::san::Identity;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "ca", about = "Certificates issued per second per core")]
+#[command(
+    name = "control",
+    about = "Certificates issued and logins verified per second per core"
+)]
 struct Cli {
     /// Certificates per run.
     #[arg(long, default_value_t = 2000)]
     count: usize,
+    /// Password verifications per run.
+    #[arg(long, default_value_t = 50)]
+    logins: usize,
     /// Runs; the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -51,8 +59,20 @@ fn main() -> Result<()> {
         }
         rates.push(cli.count as f64 / started.elapsed().as_secs_f64());
     }
-    rates.sort_by(f64::total_cmp);
-    let median = rates[rates.len() / 2];
+    let (median, low, high) = summary(&mut rates);
+    let hash = bamf_api::auth::hash_password("correct horse battery").context("hashing")?;
+    let mut login_rates = Vec::new();
+    for _ in 0..cli.runs.max(1) {
+        let started = Instant::now();
+        for _ in 0..cli.logins {
+            anyhow::ensure!(bamf_api::auth::verify_password(
+                "correct horse battery",
+                Some(&hash)
+            ));
+        }
+        login_rates.push(cli.logins as f64 / started.elapsed().as_secs_f64());
+    }
+    let (login_median, login_low, login_high) = summary(&mut login_rates);
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -69,12 +89,13 @@ fn main() -> Result<()> {
         })
         .unwrap_or_default();
     let report = format!(
-        "\n## CA issuance, {}\n\n- commit: {commit}; machine: {cpu}, one thread\n- what: `Authority::issue` of a 60 s session certificate from an ECDSA P-256 CSR (parse, signature check, policy, sign), CSR generation excluded; CA key ECDSA P-256 (ring)\n- {} runs of {} certificates: median **{median:.0} certificates/s per core** (range {:.0}–{:.0})\n",
+        "\n## Control plane, {}\n\n- commit: {commit}; machine: {cpu}, one thread\n- certificate issuance: `Authority::issue` of a 60 s session certificate from an ECDSA P-256 CSR (parse, signature check, policy, sign), CSR generation excluded; CA key ECDSA P-256 (ring). {} runs of {}: median **{median:.0} certificates/s per core** (range {low:.0}–{high:.0})\n- login: argon2id verification at the login cost ({}), {} runs of {}: median **{login_median:.1} logins/s per core** (range {login_low:.1}–{login_high:.1}); the store and token write add little next to it\n",
         now.date(),
         rates.len(),
         cli.count,
-        rates[0],
-        rates[rates.len() - 1],
+        hash.split('$').nth(3).unwrap_or("default parameters"),
+        login_rates.len(),
+        cli.logins,
     );
     println!("{report}");
     if cli.record {
@@ -84,4 +105,10 @@ fn main() -> Result<()> {
         std::fs::write(path, text).context("writing RESULTS.md")?;
     }
     Ok(())
+}
+
+/// Sorts and returns (median, min, max).
+fn summary(rates: &mut [f64]) -> (f64, f64, f64) {
+    rates.sort_by(f64::total_cmp);
+    (rates[rates.len() / 2], rates[0], rates[rates.len() - 1])
 }
