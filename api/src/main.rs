@@ -43,6 +43,9 @@ struct Cli {
     /// Host name clients use for the API (its TLS certificate names it)
     #[arg(long, env = "BAMF_API_HOST", default_value = "localhost")]
     api_host: HostName,
+    /// Domain under which bridges are named (`<n>.bridge.<domain>`)
+    #[arg(long, env = "BAMF_TUNNEL_DOMAIN", default_value = "tunnel.localhost")]
+    tunnel_domain: HostName,
     /// How long shutdown waits for open requests
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -115,6 +118,7 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
                 metrics,
                 shutdown,
                 cli.shutdown_grace,
+                cli.tunnel_domain,
             )
             .await;
         }
@@ -129,6 +133,7 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
                 metrics,
                 shutdown,
                 cli.shutdown_grace,
+                cli.tunnel_domain,
             )
             .await;
         }
@@ -146,6 +151,7 @@ async fn run<P: Presence + 'static>(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
     grace: Duration,
+    tunnel_domain: HostName,
 ) {
     let state = Arc::new(AppState {
         store,
@@ -154,6 +160,7 @@ async fn run<P: Presence + 'static>(
         metrics: Some(metrics),
         lifetimes: bamf_api::ca::Lifetimes::default(),
         login_limits: bamf_api::auth::RateLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW),
+        tunnel_domain,
     });
     server::serve(listener, tls, state, shutdown, grace).await;
 }

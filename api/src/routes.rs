@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use bamf_proto::san::{Identity, Name};
+use bamf_proto::HostName;
+use bamf_proto::san::{AgentId, Identity, Name, Uuid};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -17,7 +18,7 @@ use crate::auth;
 use crate::error::{ApiError, json_response};
 use crate::presence::Presence;
 use crate::server::{AppState, Caller, RequestContext};
-use crate::store::NewAuditEvent;
+use crate::store::{JoinKind, JoinOutcome, JoinToken, NewAuditEvent};
 
 /// Largest request body: requests are small JSON documents (a CSR is about 500 bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -55,11 +56,26 @@ pub async fn route<P: Presence>(
         (&Method::POST, ["api", "v1", "auth", "logout"]) => logout(state, ctx, &req).await,
         // Certificate or token holders: who am I.
         (&Method::GET, ["api", "v1", "whoami"]) => whoami(state, ctx, &req).await,
+        // Administrators.
+        (&Method::POST, ["api", "v1", "join-tokens"]) => create_join_token(state, ctx, req).await,
+        (&Method::GET, ["api", "v1", "join-tokens"]) => list_join_tokens(state, ctx, &req).await,
+        (&Method::DELETE, ["api", "v1", "join-tokens", id]) => {
+            revoke_join_token(state, ctx, &req, id).await
+        }
+        // Join tokens (the token is in the body): agents and bridges get their certificates.
+        (&Method::POST, ["api", "v1", "agents", "join"]) => {
+            join_agent(state, ctx, read_json(req).await?).await
+        }
+        (&Method::POST, ["api", "v1", "bridges", "join"]) => {
+            join_bridge(state, ctx, read_json(req).await?).await
+        }
         (
             _,
             ["health" | "ready" | "metrics"]
-            | ["api", "v1", "ca" | "whoami"]
-            | ["api", "v1", "auth", "login" | "logout"],
+            | ["api", "v1", "ca" | "whoami" | "join-tokens"]
+            | ["api", "v1", "auth", "login" | "logout"]
+            | ["api", "v1", "join-tokens", _]
+            | ["api", "v1", "agents" | "bridges", "join"],
         ) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
@@ -274,7 +290,15 @@ async fn token_user<P: Presence>(
     state: &AppState<P>,
     req: &Request<Incoming>,
 ) -> Result<String, ApiError> {
-    let token = bearer(req).ok_or(ApiError::Unauthenticated)?;
+    user_of(state, bearer(req)).await
+}
+
+/// The user `token` belongs to, if it is valid.
+async fn user_of<P: Presence>(
+    state: &AppState<P>,
+    token: Option<&str>,
+) -> Result<String, ApiError> {
+    let token = token.ok_or(ApiError::Unauthenticated)?;
     state
         .presence
         .token_user(&auth::token_hash(token))
@@ -329,5 +353,302 @@ async fn whoami<P: Presence>(
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({"kind": "user", "user": user, "roles": roles, "via": "token"}),
+    ))
+}
+
+/// The administrator behind the bearer token; refusals are audited.
+async fn admin<P: Presence>(
+    state: &AppState<P>,
+    ctx: &RequestContext,
+    token: Option<&str>,
+    action: &str,
+) -> Result<String, ApiError> {
+    let user = user_of(state, token).await?;
+    let roles = state
+        .store
+        .user_roles(&user)
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    if !roles.iter().any(|r| r == "admin") {
+        let detail = serde_json::json!({"action": action, "request_id": ctx.request_id});
+        audit(
+            state,
+            format!("user:{user}"),
+            "admin.denied",
+            "denied",
+            detail,
+        )
+        .await;
+        return Err(ApiError::Forbidden);
+    }
+    Ok(user)
+}
+
+/// Longest a join token may live.
+const MAX_JOIN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most uses one join token may allow.
+const MAX_JOIN_USES: i64 = 10_000;
+
+/// `POST /api/v1/join-tokens`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewJoinToken {
+    /// `agent` or `bridge`.
+    kind: String,
+    /// Seconds until it expires.
+    ttl_seconds: u64,
+    /// How many joins it admits.
+    max_uses: i64,
+}
+
+async fn create_join_token<P: Presence>(
+    state: &AppState<P>,
+    ctx: &RequestContext,
+    req: Request<Incoming>,
+) -> Reply {
+    // Read the (bounded) body before answering, so a refusal never races an unread upload.
+    let token = bearer(&req).map(str::to_owned);
+    let body: NewJoinToken = read_json(req).await?;
+    let user = admin(state, ctx, token.as_deref(), "join_token.create").await?;
+    let kind = JoinKind::parse(&body.kind)
+        .ok_or_else(|| ApiError::BadRequest("kind must be \"agent\" or \"bridge\"".into()))?;
+    let ttl = Duration::from_secs(body.ttl_seconds);
+    if ttl.is_zero() || ttl > MAX_JOIN_TTL {
+        return Err(ApiError::BadRequest(format!(
+            "ttl_seconds must be 1..={}",
+            MAX_JOIN_TTL.as_secs()
+        )));
+    }
+    if !(1..=MAX_JOIN_USES).contains(&body.max_uses) {
+        return Err(ApiError::BadRequest(format!(
+            "max_uses must be 1..={MAX_JOIN_USES}"
+        )));
+    }
+    let secret = auth::new_token().map_err(|_| ApiError::Internal)?;
+    let now = now_ms();
+    let token = JoinToken {
+        id: new_uuid()?.to_string(),
+        kind,
+        expires_at: now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+        max_uses: body.max_uses,
+        uses: 0,
+        revoked: false,
+        created_by: format!("user:{user}"),
+        created_at: now,
+    };
+    state
+        .store
+        .create_join_token(&token, &auth::token_hash(&secret))
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let detail = serde_json::json!({"id": token.id, "kind": kind.as_str(), "max_uses": token.max_uses, "request_id": ctx.request_id});
+    audit(
+        state,
+        token.created_by.clone(),
+        "join_token.create",
+        "allowed",
+        detail,
+    )
+    .await;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &serde_json::json!({"id": token.id, "kind": kind.as_str(), "token": secret, "expires_at": token.expires_at / 1000, "max_uses": token.max_uses}),
+    ))
+}
+
+async fn list_join_tokens<P: Presence>(
+    state: &AppState<P>,
+    ctx: &RequestContext,
+    req: &Request<Incoming>,
+) -> Reply {
+    admin(state, ctx, bearer(req), "join_token.list").await?;
+    let tokens = state
+        .store
+        .join_tokens()
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let items: Vec<_> = tokens
+        .iter()
+        .map(|t| {
+            serde_json::json!({"id": t.id, "kind": t.kind.as_str(), "expires_at": t.expires_at / 1000, "max_uses": t.max_uses,
+                "uses": t.uses, "revoked": t.revoked, "created_by": t.created_by, "created_at": t.created_at / 1000})
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"items": items}),
+    ))
+}
+
+async fn revoke_join_token<P: Presence>(
+    state: &AppState<P>,
+    ctx: &RequestContext,
+    req: &Request<Incoming>,
+    id: &str,
+) -> Reply {
+    let user = admin(state, ctx, bearer(req), "join_token.revoke").await?;
+    if !state
+        .store
+        .revoke_join_token(id)
+        .await
+        .map_err(|_| ApiError::Internal)?
+    {
+        return Err(ApiError::NotFound);
+    }
+    audit(
+        state,
+        format!("user:{user}"),
+        "join_token.revoke",
+        "allowed",
+        serde_json::json!({"id": id, "request_id": ctx.request_id}),
+    )
+    .await;
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
+}
+
+/// A random (v4) UUID.
+fn new_uuid() -> Result<Uuid, ApiError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| ApiError::Internal)?;
+    Ok(Uuid::new_v4(bytes))
+}
+
+/// `POST /api/v1/agents/join`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentJoin {
+    token: String,
+    /// Unique agent name (the rule for duplicates: a second agent may not take a name in
+    /// use; an agent that lost its key is deleted by an administrator and joins again).
+    name: String,
+    csr: String,
+}
+
+async fn join_agent<P: Presence>(
+    state: &AppState<P>,
+    ctx: &RequestContext,
+    body: AgentJoin,
+) -> Reply {
+    let actor = format!("anonymous:{}", ctx.peer.ip());
+    let name: Name = body.name.parse().map_err(|_| {
+        ApiError::BadRequest(
+            "name must be 1-63 of a-z 0-9 - _ . starting with a letter or digit".into(),
+        )
+    })?;
+    let agent = AgentId(new_uuid()?);
+    let identity = Identity::Agent { agent };
+    // The CSR is checked before the token is spent.
+    let certificate = state
+        .ca
+        .issue(
+            &body.csr,
+            &identity,
+            None,
+            state.lifetimes.agent,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| ApiError::BadRequest(format!("csr: {e}")))?;
+    let outcome = state
+        .store
+        .join_agent(
+            &auth::token_hash(&body.token),
+            &agent.to_string(),
+            name.as_str(),
+            now_ms(),
+        )
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let detail = serde_json::json!({"name": name.as_str(), "request_id": ctx.request_id});
+    match outcome {
+        JoinOutcome::Joined => {
+            audit(
+                state,
+                format!("agent:{agent}"),
+                "join.agent",
+                "allowed",
+                detail,
+            )
+            .await;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &serde_json::json!({"agent_id": agent.to_string(), "name": name.as_str(), "certificate": certificate.pem,
+                    "certificate_expires_at": certificate.not_after.unix_timestamp(), "ca": state.ca.cert_pem()}),
+            ))
+        }
+        JoinOutcome::InvalidToken => {
+            audit(state, actor, "join.agent", "denied", detail).await;
+            Err(ApiError::Unauthenticated)
+        }
+        JoinOutcome::NameTaken => {
+            audit(state, actor, "join.agent", "denied", detail).await;
+            Err(ApiError::Conflict("an agent with this name exists"))
+        }
+    }
+}
+
+/// `POST /api/v1/bridges/join`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BridgeJoin {
+    token: String,
+    ordinal: u32,
+    csr: String,
+}
+
+async fn join_bridge<P: Presence>(
+    state: &AppState<P>,
+    ctx: &RequestContext,
+    body: BridgeJoin,
+) -> Reply {
+    let name: HostName = format!("{}.bridge.{}", body.ordinal, state.tunnel_domain)
+        .parse()
+        .map_err(|_| ApiError::BadRequest("ordinal does not make a valid bridge name".into()))?;
+    let identity = Identity::Bridge {
+        ordinal: body.ordinal,
+    };
+    let certificate = state
+        .ca
+        .issue(
+            &body.csr,
+            &identity,
+            Some(&name),
+            state.lifetimes.bridge,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| ApiError::BadRequest(format!("csr: {e}")))?;
+    let outcome = state
+        .store
+        .join_bridge(&auth::token_hash(&body.token), body.ordinal, now_ms())
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let detail = serde_json::json!({"ordinal": body.ordinal, "request_id": ctx.request_id});
+    if outcome != JoinOutcome::Joined {
+        audit(
+            state,
+            format!("anonymous:{}", ctx.peer.ip()),
+            "join.bridge",
+            "denied",
+            detail,
+        )
+        .await;
+        return Err(ApiError::Unauthenticated);
+    }
+    audit(
+        state,
+        format!("bridge:{}", body.ordinal),
+        "join.bridge",
+        "allowed",
+        detail,
+    )
+    .await;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &serde_json::json!({"name": name.as_str(), "certificate": certificate.pem,
+            "certificate_expires_at": certificate.not_after.unix_timestamp(), "ca": state.ca.cert_pem()}),
     ))
 }

@@ -59,6 +59,8 @@ pub struct AppState<P> {
     pub lifetimes: Lifetimes,
     /// Failed-login limits, per client address and per user name.
     pub login_limits: RateLimiter,
+    /// Bridges are named `<n>.bridge.<tunnel_domain>`.
+    pub tunnel_domain: HostName,
 }
 
 /// What the router knows about a request besides the request itself.

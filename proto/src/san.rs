@@ -70,6 +70,14 @@ impl Uuid {
         Self(bytes)
     }
 
+    /// A version 4 (random) UUID from 16 random bytes: the caller supplies the randomness,
+    /// this sets the version and variant bits (RFC 9562 §5.4).
+    pub const fn new_v4(mut random: [u8; 16]) -> Self {
+        random[6] = (random[6] & 0x0f) | 0x40;
+        random[8] = (random[8] & 0x3f) | 0x80;
+        Self(random)
+    }
+
     /// The 16 bytes.
     pub const fn as_bytes(&self) -> &[u8; 16] {
         &self.0
@@ -401,6 +409,14 @@ mod tests {
             uris.reverse();
             assert_eq!(parse(&uris), Ok(id));
         }
+    }
+
+    #[test]
+    fn v4_uuids_carry_version_and_variant() {
+        let id = Uuid::new_v4([0xff; 16]).to_string();
+        assert_eq!(&id[14..15], "4");
+        assert_eq!(&id[19..20], "b");
+        assert_eq!(id.parse::<Uuid>().unwrap().to_string(), id);
     }
 
     #[test]

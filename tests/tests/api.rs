@@ -433,3 +433,195 @@ async fn login_logout_bad_input_and_rate_limits_are_real_and_audited() {
         "a secret reached the logs"
     );
 }
+
+/// A fresh P-256 key and a CSR for it.
+fn key_and_csr() -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    (key, csr)
+}
+
+/// Writes a certificate and key to `dir` for curl; returns their paths.
+fn cert_files(dir: &Path, tag: &str, cert_pem: &str, key: &rcgen::KeyPair) -> (String, String) {
+    let (cert, key_path) = (
+        dir.join(format!("{tag}.crt")),
+        dir.join(format!("{tag}.key")),
+    );
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert.display().to_string(), key_path.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_and_bridges_join_with_tokens_that_expire_run_out_and_can_be_revoked() {
+    let dir = TempDir::new("api-join");
+    let url = sqlite_url(dir.path());
+    let api = Api::start(&[
+        "--database-url",
+        &url,
+        "--admin-password",
+        "pw-admin-1",
+        "--tunnel-domain",
+        "tunnel.test",
+    ])
+    .unwrap();
+    let ca = fetch_ca(&api, dir.path());
+    let (_, csr) = key_and_csr();
+    let login =
+        serde_json::json!({"user": "admin", "password": "pw-admin-1", "csr": csr}).to_string();
+    let (_, body, _) = post(&api, &ca, "/api/v1/auth/login", &login, &[]);
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let auth = format!("authorization: Bearer {}", token["token"].as_str().unwrap());
+    let new_token = |kind: &str, ttl: u64, uses: i64| {
+        let body =
+            serde_json::json!({"kind": kind, "ttl_seconds": ttl, "max_uses": uses}).to_string();
+        let (status, body, _) = post(&api, &ca, "/api/v1/join-tokens", &body, &["-H", &auth]);
+        assert_eq!(status, 201, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
+    };
+    // Only administrators create tokens; bad parameters are refused.
+    let body = serde_json::json!({"kind": "agent", "ttl_seconds": 60, "max_uses": 1}).to_string();
+    assert_eq!(post(&api, &ca, "/api/v1/join-tokens", &body, &[]).0, 401);
+    let bad = serde_json::json!({"kind": "robot", "ttl_seconds": 60, "max_uses": 1}).to_string();
+    assert_eq!(
+        post(&api, &ca, "/api/v1/join-tokens", &bad, &["-H", &auth]).0,
+        400
+    );
+    let bad = serde_json::json!({"kind": "agent", "ttl_seconds": 60, "max_uses": 0}).to_string();
+    assert_eq!(
+        post(&api, &ca, "/api/v1/join-tokens", &bad, &["-H", &auth]).0,
+        400
+    );
+
+    // An agent joins once per use, proves its identity with the certificate it got.
+    let (_, agent_token) = new_token("agent", 600, 1);
+    let (agent_key, agent_csr) = key_and_csr();
+    let join = |token: &str, name: &str, csr: &str| {
+        let body = serde_json::json!({"token": token, "name": name, "csr": csr}).to_string();
+        post(&api, &ca, "/api/v1/agents/join", &body, &[])
+    };
+    let (status, body, _) = join(&agent_token, "db-agent", &agent_csr);
+    assert_eq!(status, 201, "{body}");
+    let joined: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (cert, key) = cert_files(
+        dir.path(),
+        "agent",
+        joined["certificate"].as_str().unwrap(),
+        &agent_key,
+    );
+    let (_, status, body) = curl(
+        &api,
+        &ca,
+        "/api/v1/whoami",
+        &["--cert", &cert, "--key", &key],
+    );
+    assert_eq!(status, 200, "{body}");
+    let whoami: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(whoami["kind"], "agent");
+    assert_eq!(
+        whoami["uris"][1],
+        format!("bamf://agent/{}", joined["agent_id"].as_str().unwrap())
+    );
+    // The token is spent; a fresh one cannot take a name in use.
+    assert_eq!(join(&agent_token, "other-agent", &agent_csr).0, 401);
+    let (_, second) = new_token("agent", 600, 1);
+    let (status, body, _) = join(&second, "db-agent", &agent_csr);
+    assert_eq!((status, error_code(&body).as_str()), (409, "conflict"));
+    assert_eq!(
+        join(&second, "web-agent", &agent_csr).0,
+        201,
+        "the 409 did not spend the token"
+    );
+    // Expired and revoked tokens are refused.
+    let (_, short) = new_token("agent", 1, 5);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(join(&short, "late-agent", &agent_csr).0, 401);
+    let (revoked_id, revoked) = new_token("agent", 600, 5);
+    let port = api.addr.port();
+    let deleted = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+            "-H",
+            &auth,
+            "--cacert",
+        ])
+        .arg(&ca)
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg(format!(
+            "https://localhost:{port}/api/v1/join-tokens/{revoked_id}"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&deleted.stdout), "204");
+    assert_eq!(join(&revoked, "revoked-agent", &agent_csr).0, 401);
+    // An agent token does not admit a bridge; a bridge token does, with its DNS name.
+    let (bridge_key, bridge_csr) = key_and_csr();
+    let bridge_join = |token: &str| {
+        let body = serde_json::json!({"token": token, "ordinal": 2, "csr": bridge_csr}).to_string();
+        post(&api, &ca, "/api/v1/bridges/join", &body, &[])
+    };
+    let (_, wrong_kind) = new_token("agent", 600, 1);
+    assert_eq!(bridge_join(&wrong_kind).0, 401);
+    let (_, bridge_token) = new_token("bridge", 600, 1);
+    let (status, body, _) = bridge_join(&bridge_token);
+    assert_eq!(status, 201, "{body}");
+    let joined: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(joined["name"], "2.bridge.tunnel.test");
+    let (cert, key) = cert_files(
+        dir.path(),
+        "bridge",
+        joined["certificate"].as_str().unwrap(),
+        &bridge_key,
+    );
+    let (_, _, body) = curl(
+        &api,
+        &ca,
+        "/api/v1/whoami",
+        &["--cert", &cert, "--key", &key],
+    );
+    assert!(body.contains("bamf://bridge/2"), "{body}");
+    // The listing shows uses and revocation, never a token secret.
+    let (_, status, listing) = curl(&api, &ca, "/api/v1/join-tokens", &["-H", &auth]);
+    assert_eq!(status, 200);
+    assert!(
+        !listing.contains(&agent_token) && !listing.contains("bamf_"),
+        "{listing}"
+    );
+    assert!(listing.contains("\"revoked\":true"), "{listing}");
+    // Refused joins are audited.
+    let store = Store::connect(&url).await.unwrap();
+    let denied = bamf_api::store::AuditFilter {
+        kind: Some("join.agent".into()),
+        ..Default::default()
+    };
+    let events = store.audit(&denied, None, 100).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.outcome == "denied")
+            .count(),
+        4
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.outcome == "allowed")
+            .count(),
+        2
+    );
+}

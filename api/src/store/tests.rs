@@ -247,3 +247,74 @@ async fn users_and_their_roles() {
         fresh.drop_now().await;
     }
 }
+
+#[tokio::test]
+async fn join_tokens_are_used_atomically_and_refused_when_spent_expired_or_revoked() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let s = &fresh.store;
+        let token = |id: &str, kind, expires_at, max_uses| JoinToken {
+            id: id.into(),
+            kind,
+            expires_at,
+            max_uses,
+            uses: 0,
+            revoked: false,
+            created_by: "user:admin".into(),
+            created_at: 0,
+        };
+        s.create_join_token(&token("t1", JoinKind::Agent, 10_000, 2), "h1")
+            .await
+            .unwrap();
+        s.create_join_token(&token("t2", JoinKind::Agent, 100, 5), "h2")
+            .await
+            .unwrap();
+        s.create_join_token(&token("t3", JoinKind::Bridge, 10_000, 1), "h3")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.join_agent("h1", "id-a", "a", 50).await.unwrap(),
+            JoinOutcome::Joined
+        );
+        // A taken name does not spend the token's second use.
+        assert_eq!(
+            s.join_agent("h1", "id-b", "a", 50).await.unwrap(),
+            JoinOutcome::NameTaken
+        );
+        assert_eq!(
+            s.join_agent("h1", "id-b", "b", 50).await.unwrap(),
+            JoinOutcome::Joined
+        );
+        assert_eq!(
+            s.join_agent("h1", "id-c", "c", 50).await.unwrap(),
+            JoinOutcome::InvalidToken,
+            "exhausted"
+        );
+        assert_eq!(
+            s.join_agent("h2", "id-c", "c", 200).await.unwrap(),
+            JoinOutcome::InvalidToken,
+            "expired"
+        );
+        assert_eq!(
+            s.join_agent("h3", "id-c", "c", 50).await.unwrap(),
+            JoinOutcome::InvalidToken,
+            "wrong kind"
+        );
+        assert_eq!(
+            s.join_agent("nope", "id-c", "c", 50).await.unwrap(),
+            JoinOutcome::InvalidToken
+        );
+        assert!(s.revoke_join_token("t3").await.unwrap());
+        assert!(!s.revoke_join_token("t9").await.unwrap());
+        assert_eq!(
+            s.join_bridge("h3", 2, 50).await.unwrap(),
+            JoinOutcome::InvalidToken,
+            "revoked"
+        );
+        let listed = s.join_tokens().await.unwrap();
+        let t1 = listed.iter().find(|t| t.id == "t1").unwrap();
+        assert_eq!((t1.uses, t1.revoked), (2, false), "{backend:?}");
+        assert!(listed.iter().find(|t| t.id == "t3").unwrap().revoked);
+        fresh.drop_now().await;
+    }
+}
