@@ -428,15 +428,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<JoinOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let used = sqlx::query(
-            "UPDATE join_tokens SET uses = uses + 1 WHERE token_hash = $1 AND kind = 'agent' \
-             AND revoked = 0 AND expires_at > $2 AND uses < max_uses",
-        )
-        .bind(token_hash)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        if used.rows_affected() != 1 {
+        if !use_join_token(&mut tx, token_hash, JoinKind::Agent, now_ms).await? {
             return Ok(JoinOutcome::InvalidToken);
         }
         let inserted = sqlx::query(
@@ -467,15 +459,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<JoinOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let used = sqlx::query(
-            "UPDATE join_tokens SET uses = uses + 1 WHERE token_hash = $1 AND kind = 'bridge' \
-             AND revoked = 0 AND expires_at > $2 AND uses < max_uses",
-        )
-        .bind(token_hash)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        if used.rows_affected() != 1 {
+        if !use_join_token(&mut tx, token_hash, JoinKind::Bridge, now_ms).await? {
             return Ok(JoinOutcome::InvalidToken);
         }
         // A bridge pod that restarts joins again under the same ordinal.
@@ -546,6 +530,26 @@ impl Store {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
+
+/// Uses a join token of `kind` once if it is valid at `now_ms` (not revoked, not expired,
+/// uses left). One statement decides, so concurrent joins never overuse a token.
+async fn use_join_token(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    token_hash: &str,
+    kind: JoinKind,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let used = sqlx::query(
+        "UPDATE join_tokens SET uses = uses + 1 WHERE token_hash = $1 AND kind = $2 \
+         AND revoked = 0 AND expires_at > $3 AND uses < max_uses",
+    )
+    .bind(token_hash)
+    .bind(kind.as_str())
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(used.rows_affected() == 1)
 }
 
 fn audit_event(r: &AnyRow) -> Result<AuditEvent, StoreError> {
