@@ -445,15 +445,30 @@ fn key_and_csr() -> (rcgen::KeyPair, String) {
     (key, csr)
 }
 
-/// Writes a certificate and key to `dir` for curl; returns their paths.
-fn cert_files(dir: &Path, tag: &str, cert_pem: &str, key: &rcgen::KeyPair) -> (String, String) {
+/// `whoami` over mutual TLS with the certificate in a join answer and its key (written to
+/// `dir` for curl); returns (status, body).
+fn whoami_with(
+    api: &Api,
+    ca: &Path,
+    dir: &Path,
+    tag: &str,
+    joined: &serde_json::Value,
+    key: &rcgen::KeyPair,
+) -> (u16, String) {
     let (cert, key_path) = (
         dir.join(format!("{tag}.crt")),
         dir.join(format!("{tag}.key")),
     );
-    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&cert, joined["certificate"].as_str().unwrap()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert.display().to_string(), key_path.display().to_string())
+    let (cert, key_path) = (cert.display().to_string(), key_path.display().to_string());
+    let (_, status, body) = curl(
+        api,
+        ca,
+        "/api/v1/whoami",
+        &["--cert", &cert, "--key", &key_path],
+    );
+    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,18 +526,7 @@ async fn agents_and_bridges_join_with_tokens_that_expire_run_out_and_can_be_revo
     let (status, body, _) = join(&agent_token, "db-agent", &agent_csr);
     assert_eq!(status, 201, "{body}");
     let joined: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let (cert, key) = cert_files(
-        dir.path(),
-        "agent",
-        joined["certificate"].as_str().unwrap(),
-        &agent_key,
-    );
-    let (_, status, body) = curl(
-        &api,
-        &ca,
-        "/api/v1/whoami",
-        &["--cert", &cert, "--key", &key],
-    );
+    let (status, body) = whoami_with(&api, &ca, dir.path(), "agent", &joined, &agent_key);
     assert_eq!(status, 200, "{body}");
     let whoami: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(whoami["kind"], "agent");
@@ -582,18 +586,7 @@ async fn agents_and_bridges_join_with_tokens_that_expire_run_out_and_can_be_revo
     assert_eq!(status, 201, "{body}");
     let joined: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(joined["name"], "2.bridge.tunnel.test");
-    let (cert, key) = cert_files(
-        dir.path(),
-        "bridge",
-        joined["certificate"].as_str().unwrap(),
-        &bridge_key,
-    );
-    let (_, _, body) = curl(
-        &api,
-        &ca,
-        "/api/v1/whoami",
-        &["--cert", &cert, "--key", &key],
-    );
+    let (_, body) = whoami_with(&api, &ca, dir.path(), "bridge", &joined, &bridge_key);
     assert!(body.contains("bamf://bridge/2"), "{body}");
     // The listing shows uses and revocation, never a token secret.
     let (_, status, listing) = curl(&api, &ca, "/api/v1/join-tokens", &["-H", &auth]);
