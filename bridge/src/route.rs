@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use bamf_proto::HostName;
 
-use crate::config::{BridgeIdentity, DefaultRoute, Upstream, UpstreamAddr};
+use crate::config::{BridgeIdentity, DefaultRoute, Upstream};
 
 /// A `*.suffix` route.
 #[derive(Debug, Clone)]
@@ -197,28 +197,16 @@ pub fn bridge_ordinal(name: &HostName, tunnel_domain: &HostName) -> Option<Optio
     Some(if canonical { prefix.parse().ok() } else { None })
 }
 
-impl std::fmt::Display for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.addr.fmt(f)
-    }
-}
-
-impl From<UpstreamAddr> for Upstream {
-    fn from(addr: UpstreamAddr) -> Self {
-        Self {
-            addr,
-            proxy_protocol: false,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PeerTemplate;
+    use crate::config::{PeerTemplate, UpstreamAddr};
 
     fn up(addr: &str) -> Upstream {
-        UpstreamAddr::parse(addr).unwrap().into()
+        Upstream {
+            addr: UpstreamAddr::parse(addr).unwrap(),
+            proxy_protocol: false,
+        }
     }
 
     fn name(s: &str) -> HostName {
