@@ -103,64 +103,54 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         .context("installing the metrics recorder")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(bamf_runtime::shutdown_on_signals(shutdown.clone()));
-    let ca = Arc::new(ca);
+    let wiring = Wiring {
+        listener,
+        tls,
+        store,
+        ca: Arc::new(ca),
+        metrics,
+        shutdown,
+        grace: cli.shutdown_grace,
+        tunnel_domain: cli.tunnel_domain,
+    };
     match cli.redis_url {
         Some(url) => {
             let presence = RedisPresence::connect(&url)
                 .await
                 .context("connecting to Redis")?;
-            run(
-                listener,
-                tls,
-                store,
-                presence,
-                ca,
-                metrics,
-                shutdown,
-                cli.shutdown_grace,
-                cli.tunnel_domain,
-            )
-            .await;
+            wiring.run(presence).await;
         }
         None => {
             tracing::info!("no REDIS_URL: presence is in process (single node)");
-            run(
-                listener,
-                tls,
-                store,
-                MemoryPresence::default(),
-                ca,
-                metrics,
-                shutdown,
-                cli.shutdown_grace,
-                cli.tunnel_domain,
-            )
-            .await;
+            wiring.run(MemoryPresence::default()).await;
         }
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)] // the wiring of the whole process, in one place
-async fn run<P: Presence + 'static>(
+/// Everything the server needs except presence, whose type depends on the configuration.
+struct Wiring {
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     store: Store,
-    presence: P,
     ca: Arc<bamf_api::ca::Authority>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
     grace: Duration,
     tunnel_domain: HostName,
-) {
-    let state = Arc::new(AppState {
-        store,
-        presence,
-        ca,
-        metrics: Some(metrics),
-        lifetimes: bamf_api::ca::Lifetimes::default(),
-        login_limits: bamf_api::auth::RateLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW),
-        tunnel_domain,
-    });
-    server::serve(listener, tls, state, shutdown, grace).await;
+}
+
+impl Wiring {
+    async fn run<P: Presence + 'static>(self, presence: P) {
+        let state = Arc::new(AppState {
+            store: self.store,
+            presence,
+            ca: self.ca,
+            metrics: Some(self.metrics),
+            lifetimes: bamf_api::ca::Lifetimes::default(),
+            login_limits: bamf_api::auth::RateLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW),
+            tunnel_domain: self.tunnel_domain,
+        });
+        server::serve(self.listener, self.tls, state, self.shutdown, self.grace).await;
+    }
 }
