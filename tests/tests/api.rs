@@ -100,12 +100,7 @@ fn client_cert(
     dir: &Path,
     tag: &str,
 ) -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (key, csr) = key_and_csr();
     let issued = ca.issue(&csr, identity, None, lifetime, at).unwrap();
     let cert_path = dir.join(format!("{tag}.crt"));
     let key_path = dir.join(format!("{tag}.key"));
@@ -276,12 +271,7 @@ async fn login_logout_bad_input_and_rate_limits_are_real_and_audited() {
     ])
     .unwrap();
     let ca = fetch_ca(&api, dir.path());
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (key, csr) = key_and_csr();
     let login = |user: &str, password: &str| {
         serde_json::json!({"user": user, "password": password, "csr": csr}).to_string()
     };

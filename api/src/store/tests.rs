@@ -11,6 +11,8 @@ const DEFAULT_DATABASE_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
 /// A store on a fresh database of `backend`, and what to drop afterwards.
 struct Fresh {
     store: Store,
+    /// The URL the store was opened with, to open it again.
+    url: String,
     cleanup: Cleanup,
 }
 
@@ -31,11 +33,11 @@ impl Fresh {
             Backend::Sqlite => {
                 let path = std::env::temp_dir().join(format!("bamf-store-{tag}.db"));
                 let _ = std::fs::remove_file(&path);
-                let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-                    .await
-                    .expect("SQLite store");
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                let store = Store::connect(&url).await.expect("SQLite store");
                 Self {
                     store,
+                    url,
                     cleanup: Cleanup::File(path),
                 }
             }
@@ -52,12 +54,11 @@ impl Fresh {
                     .await
                     .expect("create schema");
                 let sep = if url.contains('?') { '&' } else { '?' };
-                let store =
-                    Store::connect(&format!("{url}{sep}options=-c%20search_path%3D{schema}"))
-                        .await
-                        .expect("PostgreSQL store");
+                let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+                let store = Store::connect(&url).await.expect("PostgreSQL store");
                 Self {
                     store,
+                    url,
                     cleanup: Cleanup::Schema { admin, schema },
                 }
             }
@@ -87,7 +88,19 @@ async fn both_backends_migrate_and_answer() {
         let fresh = Fresh::new(backend).await;
         assert_eq!(fresh.store.backend(), backend);
         fresh.store.ping().await.unwrap();
-        // Connecting again runs no migration twice.
+        // Opening the same database again finds its migrations applied and keeps its data.
+        fresh
+            .store
+            .append_audit(&event(7, "user:alice", "auth.login"))
+            .await
+            .unwrap();
+        let again = Store::connect(&fresh.url).await.expect("reopen");
+        let kept = again
+            .audit(&AuditFilter::default(), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(kept.len(), 1, "{backend:?}");
+        again.pool.close().await;
         fresh.drop_now().await;
     }
     assert!(matches!(
