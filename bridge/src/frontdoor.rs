@@ -25,7 +25,7 @@ use crate::route::{Entry, Route, Router};
 pub(crate) struct Shared {
     pub(crate) router: Router,
     pub(crate) limits: Limits,
-    pub(crate) pool: Arc<Carriers>,
+    pub(crate) pool: Carriers,
     /// Cancelled when the shutdown grace runs out: connections still open are cut.
     pub(crate) cut: CancellationToken,
 }

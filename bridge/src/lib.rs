@@ -148,7 +148,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         router: config.router,
         limits: config.limits.clone(),
-        pool: Arc::new(relay::Carriers::new(config.splice)),
+        pool: relay::Carriers::new(config.splice),
         cut: cut.clone(),
     });
     let slots = Arc::new(Semaphore::new(config.limits.max_connections.get()));

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -169,7 +169,7 @@ pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     idle: Duration,
-    pool: &Arc<Carriers>,
+    pool: &Carriers,
 ) -> (RelayEnd, Transferred) {
     let mut relay = Relay {
         client,
@@ -196,7 +196,7 @@ struct Relay<'a> {
     upstream: &'a TcpStream,
     up: Direction,
     down: Direction,
-    pool: &'a Arc<Carriers>,
+    pool: &'a Carriers,
     idle: Duration,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
@@ -349,6 +349,7 @@ impl Direction {
 mod tests {
     use super::*;
     use crate::testing::tcp_pair;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::task::JoinHandle;
 
