@@ -102,6 +102,8 @@ pub struct Issued {
     pub pem: String,
     /// Serial number, lower-case hex (what revocation lists name).
     pub serial: String,
+    /// SHA-256 of the DER, lower-case hex (revocation may name it instead).
+    pub fingerprint: String,
     /// End of validity.
     pub not_after: OffsetDateTime,
 }
@@ -213,7 +215,7 @@ impl Authority {
         self.sign(csr_pem, sans, dns_name, &common_name, lifetime, now)
     }
 
-    /// Issues the API's own TLS server certificate: only the DNS name, no identity.
+    /// Issues the API's own TLS server certificate: only DNS names, no identity.
     ///
     /// # Errors
     ///
@@ -221,11 +223,18 @@ impl Authority {
     pub fn issue_api_server(
         &self,
         csr_pem: &str,
-        host: &HostName,
+        hosts: &[HostName],
         lifetime: Duration,
         now: OffsetDateTime,
     ) -> Result<Issued, CaError> {
-        self.sign(csr_pem, Vec::new(), Some(host), "bamf api", lifetime, now)
+        let (first, rest) = hosts.split_first().ok_or(CaError::BadCa("no host name"))?;
+        let mut sans = Vec::new();
+        for host in rest {
+            sans.push(SanType::DnsName(
+                host.as_str().try_into().map_err(CaError::Signing)?,
+            ));
+        }
+        self.sign(csr_pem, sans, Some(first), "bamf api", lifetime, now)
     }
 
     /// Checks the CSR, then signs its key with exactly `sans` (plus `dns_name`).
@@ -280,11 +289,28 @@ impl Authority {
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(CaError::Signing)?;
         Ok(Issued {
+            fingerprint: fingerprint(cert.der()),
             pem: cert.pem(),
             serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
             not_after: params.not_after,
         })
     }
+}
+
+/// SHA-256 of a DER certificate, lower-case hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The DER of the first certificate in a PEM text (to compare certificates, not texts).
+pub fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|c| c.to_vec())
 }
 
 /// 16 random bytes, top bit clear so the DER integer stays positive and 16 bytes long.

@@ -1,30 +1,30 @@
 //! BAMF control plane (`bamf-api`).
 //!
 //! The control plane is the only holder of the CA key, the only writer of the store and the
-//! judge of who may reach what. This crate is being built up by the control-plane issue;
-//! what exists so far:
+//! judge of who may reach what.
 //!
 //! # Layout
 //!
 //! - [`ca`]: the internal certificate authority: generate or bring your own, issue
-//!   certificates only from CSRs, with identities from `bamf_proto::san`.
-//! - [`store`]: PostgreSQL or SQLite behind one set of queries; embedded migrations; the CA
-//!   row and the append-only audit log so far.
+//!   certificates only from CSRs, with identities from `bamf_proto::san`. [`seal`]: the CA
+//!   key encrypted at rest.
+//! - [`store`]: PostgreSQL or SQLite behind one set of queries; embedded migrations; users,
+//!   roles, join tokens, agents, bridges, resources, revocations, the append-only audit log.
 //! - [`presence`]: liveness with TTLs (bridges, agents, API tokens) and agent command
 //!   pub/sub, in Redis or in process.
 //! - [`server`]: HTTPS with optional client certificates, the [`server::Caller`] they
 //!   establish, limits, request logs, graceful shutdown.
-//! - [`routes`]: every route in one match. [`error`]: status and stable code per refusal.
+//! - [`routes`]: every route in one table with the access it needs. [`error`]: status and
+//!   stable code per refusal. [`rbac`]: roles, rules, deny wins, default deny.
 //! - [`auth`]: argon2id password hashes, opaque API tokens (kept as hashes), login limits.
-//!
-//! Still to come (control-plane issue): join tokens, RBAC, admin CRUD, the rest of the
-//! store's queries, CA key encryption at rest, and OpenAPI.
 
 pub mod auth;
 pub mod ca;
 pub mod error;
 pub mod presence;
+pub mod rbac;
 pub mod routes;
+pub mod seal;
 pub mod server;
 pub mod store;
 
@@ -78,43 +78,83 @@ fn generate_password() -> anyhow::Result<String> {
         .collect())
 }
 
+/// Where the CA comes from and how its key is kept.
+#[derive(Debug, Default)]
+pub struct CaSetup {
+    /// Bring your own CA: certificate and key PEM, used when the store has no CA yet (and
+    /// required to match the stored one otherwise).
+    pub provided: Option<(String, String)>,
+    /// Encrypts the CA key at rest; a key stored in the clear is encrypted at start.
+    pub sealing: Option<seal::SealingKey>,
+}
+
 /// Why the CA could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum CaSetupError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The stored or generated CA is unusable.
+    /// The stored, provided or generated CA is unusable.
     #[error(transparent)]
     Ca(#[from] CaError),
-    /// The stored key is encrypted and this build cannot decrypt it yet.
-    #[error("the stored CA key is encrypted; key decryption is not implemented yet")]
-    Encrypted,
+    /// The CA key could not be sealed or opened.
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
+    /// The stored key is encrypted and no key was configured.
+    #[error("the stored CA key is encrypted: set BAMF_CA_ENCRYPTION_KEY")]
+    KeyRequired,
+    /// The provided CA is not the one in the store.
+    #[error("the store already holds a different CA than the one provided (BAMF_CA_CERT_FILE)")]
+    Different,
 }
 
-/// The CA from the store, or a new one saved there. Replicas starting together each
-/// generate one; the first saved wins and all use it.
+/// The CA from the store, or a new one (provided or generated) saved there. Replicas
+/// starting together each make one; the first saved wins and all use it.
 ///
 /// # Errors
 ///
 /// [`CaSetupError`].
-pub async fn load_or_create_ca(store: &Store, name: &str) -> Result<Authority, CaSetupError> {
+pub async fn load_or_create_ca(
+    store: &Store,
+    name: &str,
+    setup: &CaSetup,
+) -> Result<Authority, CaSetupError> {
     let now = time::OffsetDateTime::now_utc();
     let stored = match store.ca().await? {
         Some(stored) => stored,
         None => {
-            let fresh = Authority::generate(name, now)?;
+            let fresh = match &setup.provided {
+                Some((cert, key)) => Authority::from_pem(cert, key)?,
+                None => Authority::generate(name, now)?,
+            };
+            let key_pem = match &setup.sealing {
+                Some(s) => s.seal(fresh.key_pem(), fresh.cert_pem())?,
+                None => fresh.key_pem().to_owned(),
+            };
             let candidate = StoredCa {
                 cert_pem: fresh.cert_pem().to_owned(),
-                key_pem: fresh.key_pem().to_owned(),
-                key_encrypted: false,
+                key_pem,
+                key_encrypted: setup.sealing.is_some(),
             };
             let millis = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
             store.save_ca_if_absent(&candidate, millis).await?
         }
     };
-    if stored.key_encrypted {
-        return Err(CaSetupError::Encrypted);
+    if let Some((cert, _)) = &setup.provided
+        && ca::pem_der(cert) != ca::pem_der(&stored.cert_pem)
+    {
+        return Err(CaSetupError::Different);
     }
-    Ok(Authority::from_pem(&stored.cert_pem, &stored.key_pem)?)
+    let key_pem = match (stored.key_encrypted, &setup.sealing) {
+        (true, Some(s)) => s.open(&stored.key_pem, &stored.cert_pem)?,
+        (true, None) => return Err(CaSetupError::KeyRequired),
+        (false, Some(s)) => {
+            let sealed = s.seal(&stored.key_pem, &stored.cert_pem)?;
+            store.update_ca_key(&sealed, true).await?;
+            tracing::info!("the CA key is now encrypted at rest");
+            stored.key_pem
+        }
+        (false, None) => stored.key_pem,
+    };
+    Ok(Authority::from_pem(&stored.cert_pem, &key_pem)?)
 }

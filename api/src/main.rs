@@ -43,6 +43,30 @@ struct Cli {
     /// Host name clients use for the API (its TLS certificate names it)
     #[arg(long, env = "BAMF_API_HOST", default_value = "localhost")]
     api_host: HostName,
+    /// More names for the API's TLS certificate, comma-separated (e.g. in-cluster names)
+    #[arg(long, env = "BAMF_API_ALT_NAMES", value_delimiter = ',')]
+    api_alt_names: Vec<HostName>,
+    /// Bring your own CA: its certificate (PEM), used when the store has no CA yet
+    #[arg(long, env = "BAMF_CA_CERT_FILE", requires = "ca_key_file")]
+    ca_cert_file: Option<std::path::PathBuf>,
+    /// Bring your own CA: its private key (PEM)
+    #[arg(long, env = "BAMF_CA_KEY_FILE", requires = "ca_cert_file")]
+    ca_key_file: Option<std::path::PathBuf>,
+    /// User certificate and API token lifetime
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    user_cert_lifetime: Duration,
+    /// Agent certificate lifetime (agents renew at half-life)
+    #[arg(long, default_value = "365days", value_parser = humantime::parse_duration)]
+    agent_cert_lifetime: Duration,
+    /// Bridge certificate lifetime (bridges renew at half-life)
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    bridge_cert_lifetime: Duration,
+    /// Session certificate lifetime: the time a tunnel has to be established
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    session_cert_lifetime: Duration,
+    /// Apply the store's migrations and exit (for a deployment hook)
+    #[arg(long)]
+    migrate_only: bool,
     /// Domain under which bridges are named (`<n>.bridge.<domain>`)
     #[arg(long, env = "BAMF_TUNNEL_DOMAIN", default_value = "tunnel.localhost")]
     tunnel_domain: HostName,
@@ -74,10 +98,38 @@ fn main() -> ExitCode {
 }
 
 async fn start(mut cli: Cli) -> anyhow::Result<()> {
+    // Configuration first: a mistake is reported before anything is touched.
+    let setup = ca_setup(&cli)?;
+    let lifetimes = bamf_api::ca::Lifetimes {
+        user: cli.user_cert_lifetime,
+        agent: cli.agent_cert_lifetime,
+        bridge: cli.bridge_cert_lifetime,
+        session: cli.session_cert_lifetime,
+    };
+    for (name, lifetime) in [
+        ("user", lifetimes.user),
+        ("agent", lifetimes.agent),
+        ("bridge", lifetimes.bridge),
+        ("session", lifetimes.session),
+    ] {
+        if lifetime < Duration::from_secs(10) || lifetime > Duration::from_secs(5 * 365 * 86400) {
+            anyhow::bail!("--{name}-cert-lifetime must be between 10s and 5 years");
+        }
+    }
+    let presence = cli
+        .redis_url
+        .as_deref()
+        .map(RedisPresence::new)
+        .transpose()
+        .context("REDIS_URL")?;
     let store = Store::connect(&cli.database_url)
         .await
         .context("connecting to the store")?;
-    let ca = bamf_api::load_or_create_ca(&store, "BAMF internal CA")
+    if cli.migrate_only {
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
+    let ca = bamf_api::load_or_create_ca(&store, "BAMF internal CA", &setup)
         .await
         .context("loading the CA")?;
     if let Some(password) = bamf_api::bootstrap_admin(&store, cli.admin_password.take())
@@ -94,7 +146,9 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
             println!("bamf-api: this password is shown only now; keep it safe.");
         }
     }
-    let tls = server::tls_config(&ca, &cli.api_host).context("setting up TLS")?;
+    let mut hosts = vec![cli.api_host.clone()];
+    hosts.extend(cli.api_alt_names.iter().cloned());
+    let tls = server::tls_config(&ca, &hosts).context("setting up TLS")?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
@@ -112,20 +166,36 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         shutdown,
         grace: cli.shutdown_grace,
         tunnel_domain: cli.tunnel_domain,
+        lifetimes,
     };
-    match cli.redis_url {
-        Some(url) => {
-            let presence = RedisPresence::connect(&url)
-                .await
-                .context("connecting to Redis")?;
-            wiring.run(presence).await;
-        }
+    match presence {
+        // Connected on first use: while Redis is down, /ready says so.
+        Some(presence) => wiring.run(presence).await,
         None => {
             tracing::info!("no REDIS_URL: presence is in process (single node)");
             wiring.run(MemoryPresence::default()).await;
         }
     }
     Ok(())
+}
+
+/// The CA's source and key sealing, from files and the environment.
+fn ca_setup(cli: &Cli) -> anyhow::Result<bamf_api::CaSetup> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let provided = match (&cli.ca_cert_file, &cli.ca_key_file) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    // From the environment only: a flag would show in `ps`.
+    let sealing = match std::env::var("BAMF_CA_ENCRYPTION_KEY") {
+        Ok(key) if !key.is_empty() => {
+            Some(bamf_api::seal::SealingKey::from_base64(&key).context("BAMF_CA_ENCRYPTION_KEY")?)
+        }
+        _ => None,
+    };
+    Ok(bamf_api::CaSetup { provided, sealing })
 }
 
 /// Everything the server needs except presence, whose type depends on the configuration.
@@ -138,6 +208,7 @@ struct Wiring {
     shutdown: CancellationToken,
     grace: Duration,
     tunnel_domain: HostName,
+    lifetimes: bamf_api::ca::Lifetimes,
 }
 
 impl Wiring {
@@ -147,7 +218,7 @@ impl Wiring {
             presence,
             ca: self.ca,
             metrics: Some(self.metrics),
-            lifetimes: bamf_api::ca::Lifetimes::default(),
+            lifetimes: self.lifetimes,
             login_limits: bamf_api::auth::RateLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW),
             tunnel_domain: self.tunnel_domain,
         });

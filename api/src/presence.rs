@@ -248,7 +248,8 @@ impl Presence for MemoryPresence {
 #[derive(Clone)]
 pub struct RedisPresence {
     client: redis::Client,
-    conn: redis::aio::ConnectionManager,
+    /// Made on first use, so the API starts (and reports not ready) while Redis is down.
+    conn: std::sync::Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -259,17 +260,45 @@ impl std::fmt::Debug for RedisPresence {
 }
 
 impl RedisPresence {
-    /// Connects (the connection manager reconnects by itself after a Redis restart).
+    /// Prepares the client; the connection is made on first use, and the connection
+    /// manager reconnects by itself after a Redis restart.
     ///
     /// # Errors
     ///
-    /// [`PresenceError::Redis`] when the URL is invalid or Redis is unreachable.
+    /// [`PresenceError::Redis`] when the URL is invalid.
+    pub fn new(url: &str) -> Result<Self, PresenceError> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            conn: std::sync::Arc::default(),
+        })
+    }
+
+    /// Connects now, to fail early in tests.
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the URL is invalid or Redis is unreachable.
     pub async fn connect(url: &str) -> Result<Self, PresenceError> {
-        let client = redis::Client::open(url)?;
-        let conn = client.get_connection_manager().await?;
-        Ok(Self { client, conn })
+        let presence = Self::new(url)?;
+        presence.conn().await?;
+        Ok(presence)
+    }
+
+    async fn conn(&self) -> Result<redis::aio::ConnectionManager, PresenceError> {
+        let make = || async {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            self.client.get_connection_manager_with_config(config).await
+        };
+        Ok(self.conn.get_or_try_init(make).await?.clone())
     }
 }
+
+/// Deadline for connecting to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline for one Redis reply.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn bridge_key(ordinal: u32) -> String {
     format!("{PREFIX}:bridge:{ordinal}")
@@ -297,7 +326,7 @@ impl Presence for RedisPresence {
         status: BridgeStatus,
         ttl: Duration,
     ) -> Result<(), PresenceError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: () = c
             .pset_ex(bridge_key(status.ordinal), status.encode(), millis(ttl))
             .await?;
@@ -305,7 +334,7 @@ impl Presence for RedisPresence {
     }
 
     async fn live_bridges(&self) -> Result<Vec<BridgeStatus>, PresenceError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let mut keys: Vec<String> = Vec::new();
         {
             let mut scan = c
@@ -318,7 +347,7 @@ impl Presence for RedisPresence {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Option<String>> = self.conn.clone().mget(&keys).await?;
+        let values: Vec<Option<String>> = self.conn().await?.mget(&keys).await?;
         let mut live = values
             .into_iter()
             .flatten()
@@ -329,13 +358,13 @@ impl Presence for RedisPresence {
     }
 
     async fn heartbeat_agent(&self, agent: AgentId, ttl: Duration) -> Result<(), PresenceError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: () = c.pset_ex(agent_key(agent), 1, millis(ttl)).await?;
         Ok(())
     }
 
     async fn agent_online(&self, agent: AgentId) -> Result<bool, PresenceError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         Ok(c.exists(agent_key(agent)).await?)
     }
 
@@ -345,24 +374,24 @@ impl Presence for RedisPresence {
         user: &str,
         ttl: Duration,
     ) -> Result<(), PresenceError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: () = c.pset_ex(token_key(token_hash), user, millis(ttl)).await?;
         Ok(())
     }
 
     async fn token_user(&self, token_hash: &str) -> Result<Option<String>, PresenceError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         Ok(c.get(token_key(token_hash)).await?)
     }
 
     async fn revoke_token(&self, token_hash: &str) -> Result<(), PresenceError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: () = c.del(token_key(token_hash)).await?;
         Ok(())
     }
 
     async fn publish_command(&self, agent: AgentId, command: &str) -> Result<usize, PresenceError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         Ok(c.publish(command_channel(agent), command).await?)
     }
 
@@ -394,7 +423,7 @@ impl Presence for RedisPresence {
     }
 
     async fn ping(&self) -> Result<(), PresenceError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
         Ok(())
     }

@@ -1,24 +1,29 @@
-//! The router: every route of the API in one match, by method and path segments.
+//! The router: every route of the API in one table ([`ROUTES`]): method, path, who may call
+//! it, and the endpoint that answers.
 //!
-//! Which callers a route accepts is decided here too, next to the route: by client
-//! certificate (the [`Caller`] the TLS layer established) or by API token
-//! (`Authorization: Bearer …`).
+//! Who may call is decided here, before any handler runs, from the client certificate the
+//! TLS layer verified ([`Caller`]) or the API token (`Authorization: Bearer …`). Every
+//! refusal of credentials is audited. `docs/openapi.yaml` describes the same table; a test
+//! fails when the two disagree.
+
+mod admin;
+mod fleet;
+mod join;
+mod session;
 
 use std::time::Duration;
 
-use bamf_proto::HostName;
-use bamf_proto::san::{AgentId, Identity, Name, Uuid};
+use bamf_proto::san::{AgentId, Identity, Uuid};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::auth;
 use crate::error::{ApiError, json_response};
 use crate::presence::Presence;
+use crate::rbac;
 use crate::server::{AppState, Caller, RequestContext};
-use crate::store::{JoinKind, JoinOutcome, JoinToken, NewAuditEvent};
+use crate::store::{CertificateRef, NewAuditEvent, Role};
 
 /// Largest request body: requests are small JSON documents (a CSR is about 500 bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -26,6 +31,311 @@ pub const MAX_BODY: usize = 64 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (health, the CA certificate, login).
+    Public,
+    /// Anyone holding a join token, which travels in the body.
+    JoinToken,
+    /// A signed-in user (API token).
+    User,
+    /// A user bound to the `admin` role.
+    Admin,
+    /// An agent, by its agent certificate.
+    Agent,
+    /// A bridge, by its bridge certificate.
+    Bridge,
+    /// A user by token, or anyone with a valid certificate of ours.
+    UserOrCertificate,
+}
+
+/// What answers a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    Ready,
+    Metrics,
+    Ca,
+    Login,
+    Logout,
+    Whoami,
+    Resources,
+    CreateJoinToken,
+    ListJoinTokens,
+    RevokeJoinToken,
+    JoinAgent,
+    JoinBridge,
+    RenewAgent,
+    RenewBridge,
+    AgentHeartbeat,
+    ListAgents,
+    DeleteAgent,
+    ListBridges,
+    ListUsers,
+    CreateUser,
+    DeleteUser,
+    SetPassword,
+    BindRole,
+    UnbindRole,
+    ListRoles,
+    CreateRole,
+    UpdateRole,
+    DeleteRole,
+    Audit,
+    Revoke,
+    ListRevocations,
+}
+
+/// One route.
+#[derive(Debug)]
+pub struct Route {
+    /// HTTP method.
+    pub method: Method,
+    /// Path template; `{name}` matches one segment.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// What answers.
+    pub endpoint: Endpoint,
+}
+
+const fn r(method: Method, path: &'static str, access: Access, endpoint: Endpoint) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        endpoint,
+    }
+}
+
+use Access::{Admin, Agent, Bridge, JoinToken, Public, User, UserOrCertificate};
+use Endpoint as E;
+
+/// The whole API.
+pub static ROUTES: &[Route] = &[
+    r(Method::GET, "/health", Public, E::Health),
+    r(Method::GET, "/ready", Public, E::Ready),
+    r(Method::GET, "/metrics", Public, E::Metrics),
+    r(Method::GET, "/api/v1/ca", Public, E::Ca),
+    r(Method::POST, "/api/v1/auth/login", Public, E::Login),
+    r(Method::POST, "/api/v1/auth/logout", User, E::Logout),
+    r(Method::GET, "/api/v1/whoami", UserOrCertificate, E::Whoami),
+    r(Method::GET, "/api/v1/resources", User, E::Resources),
+    // Joining, renewing and reporting: agents and bridges.
+    r(Method::POST, "/api/v1/agents/join", JoinToken, E::JoinAgent),
+    r(
+        Method::POST,
+        "/api/v1/bridges/join",
+        JoinToken,
+        E::JoinBridge,
+    ),
+    r(Method::POST, "/api/v1/agents/renew", Agent, E::RenewAgent),
+    r(
+        Method::POST,
+        "/api/v1/bridges/renew",
+        Bridge,
+        E::RenewBridge,
+    ),
+    r(
+        Method::POST,
+        "/api/v1/agents/heartbeat",
+        Agent,
+        E::AgentHeartbeat,
+    ),
+    // Administration.
+    r(
+        Method::POST,
+        "/api/v1/join-tokens",
+        Admin,
+        E::CreateJoinToken,
+    ),
+    r(Method::GET, "/api/v1/join-tokens", Admin, E::ListJoinTokens),
+    r(
+        Method::DELETE,
+        "/api/v1/join-tokens/{id}",
+        Admin,
+        E::RevokeJoinToken,
+    ),
+    r(Method::GET, "/api/v1/agents", Admin, E::ListAgents),
+    r(Method::DELETE, "/api/v1/agents/{id}", Admin, E::DeleteAgent),
+    r(Method::GET, "/api/v1/bridges", Admin, E::ListBridges),
+    r(Method::GET, "/api/v1/users", Admin, E::ListUsers),
+    r(Method::POST, "/api/v1/users", Admin, E::CreateUser),
+    r(Method::DELETE, "/api/v1/users/{name}", Admin, E::DeleteUser),
+    r(
+        Method::PUT,
+        "/api/v1/users/{name}/password",
+        Admin,
+        E::SetPassword,
+    ),
+    r(
+        Method::PUT,
+        "/api/v1/users/{name}/roles/{role}",
+        Admin,
+        E::BindRole,
+    ),
+    r(
+        Method::DELETE,
+        "/api/v1/users/{name}/roles/{role}",
+        Admin,
+        E::UnbindRole,
+    ),
+    r(Method::GET, "/api/v1/roles", Admin, E::ListRoles),
+    r(Method::POST, "/api/v1/roles", Admin, E::CreateRole),
+    r(Method::PUT, "/api/v1/roles/{name}", Admin, E::UpdateRole),
+    r(Method::DELETE, "/api/v1/roles/{name}", Admin, E::DeleteRole),
+    r(Method::GET, "/api/v1/audit", Admin, E::Audit),
+    r(Method::POST, "/api/v1/revocations", Admin, E::Revoke),
+    r(
+        Method::GET,
+        "/api/v1/revocations",
+        Admin,
+        E::ListRevocations,
+    ),
+];
+
+/// The route for `method` and `path`, with the path's parameters in template order.
+///
+/// # Errors
+///
+/// [`ApiError::NotFound`] when no template matches the path,
+/// [`ApiError::MethodNotAllowed`] when one does but not with this method.
+pub fn resolve<'p>(
+    method: &Method,
+    path: &'p str,
+) -> Result<(&'static Route, Vec<&'p str>), ApiError> {
+    let mut path_known = false;
+    for route in ROUTES {
+        let Some(params) = match_path(route.path, path) else {
+            continue;
+        };
+        if route.method == *method {
+            return Ok((route, params));
+        }
+        path_known = true;
+    }
+    Err(if path_known {
+        ApiError::MethodNotAllowed
+    } else {
+        ApiError::NotFound
+    })
+}
+
+fn match_path<'p>(template: &str, path: &'p str) -> Option<Vec<&'p str>> {
+    let mut want = template.split('/');
+    let mut got = path.split('/');
+    let mut params = Vec::new();
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return Some(params),
+            (Some(w), Some(g)) if w.starts_with('{') && !g.is_empty() => params.push(g),
+            (Some(w), Some(g)) if w == g => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Who the request was authenticated as.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// Nobody (public and join-token routes).
+    Anonymous,
+    /// A signed-in user with the roles that apply to them.
+    User {
+        /// Name.
+        name: String,
+        /// `everyone` and the bound roles.
+        roles: Vec<Role>,
+    },
+    /// An agent.
+    Agent(AgentId),
+    /// A bridge.
+    Bridge(u32),
+    /// Some other valid certificate of ours (session, user): only `whoami` takes it.
+    Certificate(Identity),
+}
+
+impl Principal {
+    /// The actor for audit events.
+    fn actor(&self, ctx: &RequestContext) -> String {
+        match self {
+            Self::Anonymous => format!("anonymous:{}", ctx.peer.ip()),
+            Self::User { name, .. } => format!("user:{name}"),
+            Self::Agent(id) => format!("agent:{id}"),
+            Self::Bridge(n) => format!("bridge:{n}"),
+            Self::Certificate(identity) => format!("certificate:{}", identity.kind()),
+        }
+    }
+
+    fn user(&self) -> Result<(&str, &[Role]), ApiError> {
+        match self {
+            Self::User { name, roles } => Ok((name, roles)),
+            _ => Err(ApiError::Unauthenticated),
+        }
+    }
+}
+
+/// One request, authenticated, with its body read: what handlers get.
+pub(crate) struct Call<'a, P> {
+    state: &'a AppState<P>,
+    ctx: &'a RequestContext,
+    principal: Principal,
+    params: Vec<&'a str>,
+    query: Option<&'a str>,
+    body: Bytes,
+}
+
+impl<P: Presence> Call<'_, P> {
+    /// The body as `T` (whose fields are `deny_unknown_fields`). Error messages name fields
+    /// and positions, never values: a value may be a password.
+    fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            let text = e.to_string();
+            let field_error =
+                text.starts_with("unknown field") || text.starts_with("missing field");
+            ApiError::BadRequest(if field_error {
+                // "unknown field `x`, expected one of …": names from the schema and the request.
+                format!(
+                    "invalid request: {}",
+                    text.split(" at line").next().unwrap_or_default()
+                )
+            } else {
+                format!("invalid JSON at line {} column {}", e.line(), e.column())
+            })
+        })
+    }
+
+    /// Path parameter `i`.
+    fn param(&self, i: usize) -> &str {
+        self.params.get(i).copied().unwrap_or_default()
+    }
+
+    fn actor(&self) -> String {
+        self.principal.actor(self.ctx)
+    }
+
+    /// Appends an audit event. A failure is logged, never shown to the caller, and does not
+    /// undo the action (the store being down is already reported by `/ready`).
+    async fn audit(&self, kind: &str, outcome: &str, detail: serde_json::Value) {
+        self.audit_as(self.actor(), kind, outcome, detail).await;
+    }
+
+    /// [`Call::audit`] for an actor other than the caller (e.g. the agent that just joined).
+    async fn audit_as(
+        &self,
+        actor: String,
+        kind: &str,
+        outcome: &str,
+        mut detail: serde_json::Value,
+    ) {
+        if let Some(object) = detail.as_object_mut() {
+            object.insert("request_id".into(), self.ctx.request_id.clone().into());
+        }
+        audit(self.state, actor, kind, outcome, detail).await;
+    }
+}
 
 /// Routes one request.
 ///
@@ -37,82 +347,229 @@ pub async fn route<P: Presence>(
     ctx: &RequestContext,
     req: Request<Incoming>,
 ) -> Reply {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    match (&method, segments.as_slice()) {
-        // Public.
-        (&Method::GET, ["health"]) => Ok(json_response(
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let (route, params) = resolve(&parts.method, path)?;
+    // The (bounded) body is read before answering, so a refusal never races an unread upload.
+    let body = read_body(body).await?;
+    let principal = authenticate(state, ctx, &parts, route).await?;
+    let call = Call {
+        state,
+        ctx,
+        principal,
+        params,
+        query: parts.uri.query(),
+        body,
+    };
+    match route.endpoint {
+        E::Health => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
-        (&Method::GET, ["ready"]) => ready(state).await,
-        (&Method::GET, ["metrics"]) => Ok(metrics(state)),
-        (&Method::GET, ["api", "v1", "ca"]) => Ok(pem_response(state.ca.cert_pem())),
-        (&Method::POST, ["api", "v1", "auth", "login"]) => {
-            login(state, ctx, read_json(req).await?).await
-        }
-        // Token holders.
-        (&Method::POST, ["api", "v1", "auth", "logout"]) => logout(state, ctx, &req).await,
-        // Certificate or token holders: who am I.
-        (&Method::GET, ["api", "v1", "whoami"]) => whoami(state, ctx, &req).await,
-        // Administrators.
-        (&Method::POST, ["api", "v1", "join-tokens"]) => create_join_token(state, ctx, req).await,
-        (&Method::GET, ["api", "v1", "join-tokens"]) => list_join_tokens(state, ctx, &req).await,
-        (&Method::DELETE, ["api", "v1", "join-tokens", id]) => {
-            revoke_join_token(state, ctx, &req, id).await
-        }
-        // Join tokens (the token is in the body): agents and bridges get their certificates.
-        (&Method::POST, ["api", "v1", "agents", "join"]) => {
-            join_agent(state, ctx, read_json(req).await?).await
-        }
-        (&Method::POST, ["api", "v1", "bridges", "join"]) => {
-            join_bridge(state, ctx, read_json(req).await?).await
-        }
-        (
-            _,
-            ["health" | "ready" | "metrics"]
-            | ["api", "v1", "ca" | "whoami" | "join-tokens"]
-            | ["api", "v1", "auth", "login" | "logout"]
-            | ["api", "v1", "join-tokens", _]
-            | ["api", "v1", "agents" | "bridges", "join"],
-        ) => Err(ApiError::MethodNotAllowed),
-        _ => Err(ApiError::NotFound),
+        E::Ready => ready(state).await,
+        E::Metrics => Ok(metrics(state)),
+        E::Ca => Ok(pem_response(state.ca.cert_pem())),
+        E::Login => session::login(&call).await,
+        E::Logout => session::logout(&call, &parts).await,
+        E::Whoami => session::whoami(&call),
+        E::Resources => fleet::resources(&call).await,
+        E::CreateJoinToken => join::create_token(&call).await,
+        E::ListJoinTokens => join::list_tokens(&call).await,
+        E::RevokeJoinToken => join::revoke_token(&call).await,
+        E::JoinAgent => join::join_agent(&call).await,
+        E::JoinBridge => join::join_bridge(&call).await,
+        E::RenewAgent => join::renew_agent(&call).await,
+        E::RenewBridge => join::renew_bridge(&call).await,
+        E::AgentHeartbeat => fleet::agent_heartbeat(&call).await,
+        E::ListAgents => fleet::list_agents(&call).await,
+        E::DeleteAgent => fleet::delete_agent(&call).await,
+        E::ListBridges => fleet::list_bridges(&call).await,
+        E::ListUsers => admin::list_users(&call).await,
+        E::CreateUser => admin::create_user(&call).await,
+        E::DeleteUser => admin::delete_user(&call).await,
+        E::SetPassword => admin::set_password(&call).await,
+        E::BindRole => admin::bind_role(&call).await,
+        E::UnbindRole => admin::unbind_role(&call).await,
+        E::ListRoles => admin::list_roles(&call).await,
+        E::CreateRole => admin::create_role(&call).await,
+        E::UpdateRole => admin::update_role(&call).await,
+        E::DeleteRole => admin::delete_role(&call).await,
+        E::Audit => admin::audit_events(&call).await,
+        E::Revoke => admin::revoke(&call).await,
+        E::ListRevocations => admin::revocations(&call).await,
     }
 }
 
-/// Reads a JSON body of at most [`MAX_BODY`] bytes into `T` (whose fields must be
-/// `deny_unknown_fields`). Error messages name fields and positions, never values: a value
-/// may be a password.
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let body = Limited::new(req.into_body(), MAX_BODY);
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
+/// Reads a body of at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    let body = Limited::new(body, MAX_BODY);
+    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return Err(ApiError::PayloadTooLarge);
+            Err(ApiError::PayloadTooLarge)
         }
-        Ok(Err(_)) | Err(_) => {
-            return Err(ApiError::BadRequest(
-                "request body could not be read".into(),
-            ));
-        }
+        Ok(Err(_)) | Err(_) => Err(ApiError::BadRequest(
+            "request body could not be read".into(),
+        )),
+    }
+}
+
+/// Establishes who is calling and whether `route` admits them. Refusals are audited.
+async fn authenticate<P: Presence>(
+    state: &AppState<P>,
+    ctx: &RequestContext,
+    parts: &http::request::Parts,
+    route: &Route,
+) -> Result<Principal, ApiError> {
+    let refuse = |actor: String, reason: &'static str, error: ApiError| async move {
+        let detail = serde_json::json!({"route": route.path, "method": route.method.as_str(),
+            "reason": reason, "request_id": ctx.request_id});
+        audit(state, actor, "auth.refused", "denied", detail).await;
+        Err(error)
     };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        let text = e.to_string();
-        let field_error = text.starts_with("unknown field") || text.starts_with("missing field");
-        ApiError::BadRequest(if field_error {
-            // "unknown field `x`, expected one of …": names from the schema and the request.
-            format!(
-                "invalid request: {}",
-                text.split(" at line").next().unwrap_or_default()
-            )
-        } else {
-            format!("invalid JSON at line {} column {}", e.line(), e.column())
-        })
-    })
+    let anonymous = || format!("anonymous:{}", ctx.peer.ip());
+    match route.access {
+        Access::Public | Access::JoinToken => Ok(Principal::Anonymous),
+        Access::User | Access::Admin => {
+            let principal = match token_user(state, parts).await? {
+                TokenCheck::Missing => {
+                    return refuse(anonymous(), "no credentials", ApiError::Unauthenticated).await;
+                }
+                TokenCheck::Invalid => {
+                    return refuse(anonymous(), "invalid token", ApiError::Unauthenticated).await;
+                }
+                TokenCheck::User(p) => p,
+            };
+            if route.access == Access::Admin {
+                let (name, roles) = principal.user()?;
+                if !roles.iter().any(|r| r.name == rbac::ADMIN) {
+                    return refuse(
+                        format!("user:{name}"),
+                        "not an administrator",
+                        ApiError::Forbidden,
+                    )
+                    .await;
+                }
+            }
+            Ok(principal)
+        }
+        Access::Agent | Access::Bridge | Access::UserOrCertificate => {
+            let Caller::Certified {
+                identity,
+                serial,
+                fingerprint,
+            } = ctx.caller.as_ref()
+            else {
+                if route.access == Access::UserOrCertificate {
+                    return match token_user(state, parts).await? {
+                        TokenCheck::User(p) => Ok(p),
+                        TokenCheck::Missing => {
+                            refuse(anonymous(), "no credentials", ApiError::Unauthenticated).await
+                        }
+                        TokenCheck::Invalid => {
+                            refuse(anonymous(), "invalid token", ApiError::Unauthenticated).await
+                        }
+                    };
+                }
+                let reason = if bearer(parts).is_some() {
+                    "token on a certificate route"
+                } else {
+                    "no client certificate"
+                };
+                return refuse(anonymous(), reason, ApiError::Unauthenticated).await;
+            };
+            let principal = match (route.access, identity) {
+                (Access::Agent | Access::UserOrCertificate, Identity::Agent { agent }) => {
+                    Principal::Agent(*agent)
+                }
+                (Access::Bridge | Access::UserOrCertificate, Identity::Bridge { ordinal }) => {
+                    Principal::Bridge(*ordinal)
+                }
+                (Access::UserOrCertificate, other) => Principal::Certificate(other.clone()),
+                (_, other) => {
+                    let actor = format!("certificate:{}", other.kind());
+                    return refuse(actor, "wrong certificate kind", ApiError::Forbidden).await;
+                }
+            };
+            let certificate = CertificateRef {
+                serial: Some(serial.clone()),
+                fingerprint: Some(fingerprint.clone()),
+            };
+            let revoked = state.store.is_revoked(&certificate).await.map_err(|e| {
+                tracing::error!(error = %e, "revocation check failed");
+                ApiError::Unavailable("store")
+            })?;
+            if revoked {
+                let actor = principal.actor(ctx);
+                return refuse(actor, "revoked certificate", ApiError::Unauthenticated).await;
+            }
+            if let Principal::Agent(agent) = &principal {
+                // A deleted agent's later certificates are refused too, not only the last.
+                let known = state
+                    .store
+                    .agent(&agent.to_string())
+                    .await
+                    .map_err(|_| ApiError::Unavailable("store"))?;
+                if known.is_none() {
+                    let actor = principal.actor(ctx);
+                    return refuse(actor, "unknown agent", ApiError::Unauthenticated).await;
+                }
+            }
+            Ok(principal)
+        }
+    }
+}
+
+enum TokenCheck {
+    Missing,
+    Invalid,
+    User(Principal),
+}
+
+/// The user behind the bearer token, with their roles.
+async fn token_user<P: Presence>(
+    state: &AppState<P>,
+    parts: &http::request::Parts,
+) -> Result<TokenCheck, ApiError> {
+    let Some(token) = bearer(parts) else {
+        return Ok(TokenCheck::Missing);
+    };
+    let user = state
+        .presence
+        .token_user(&crate::auth::token_hash(token))
+        .await
+        .map_err(|_| ApiError::Unavailable("presence"))?;
+    let Some(name) = user else {
+        return Ok(TokenCheck::Invalid);
+    };
+    // A deleted or disabled user's tokens stop working at once.
+    if !state
+        .store
+        .user_enabled(&name)
+        .await
+        .map_err(|_| ApiError::Unavailable("store"))?
+    {
+        return Ok(TokenCheck::Invalid);
+    }
+    let roles = state
+        .store
+        .effective_roles(&name)
+        .await
+        .map_err(|_| ApiError::Unavailable("store"))?;
+    Ok(TokenCheck::User(Principal::User { name, roles }))
+}
+
+/// The token in `Authorization: Bearer …`, if any.
+fn bearer(parts: &http::request::Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
 }
 
 async fn ready<P: Presence>(state: &AppState<P>) -> Reply {
@@ -153,8 +610,14 @@ fn pem_response(pem: &str) -> Response<Full<Bytes>> {
     r
 }
 
-/// Appends an audit event. A failure is logged, never shown to the caller, and does not
-/// undo the action (the store being down is already reported by `/ready`).
+/// 204 No Content.
+fn no_content() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// Appends an audit event; see [`Call::audit`].
 async fn audit<P: Presence>(
     state: &AppState<P>,
     actor: String,
@@ -179,335 +642,6 @@ fn now_ms() -> i64 {
         .unwrap_or(i64::MAX)
 }
 
-/// `POST /api/v1/auth/login`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginRequest {
-    user: String,
-    password: String,
-    /// PEM CSR for the user certificate; the key stays with the client.
-    csr: String,
-}
-
-async fn login<P: Presence>(
-    state: &AppState<P>,
-    ctx: &RequestContext,
-    body: LoginRequest,
-) -> Reply {
-    let address_key = format!("addr:{}", ctx.peer.ip());
-    let user_key = format!("user:{}", body.user);
-    let detail =
-        serde_json::json!({"address": ctx.peer.ip().to_string(), "request_id": ctx.request_id});
-    // A user name outside the grammar is simply an unknown user (same answer, same time).
-    let name: Option<Name> = body.user.parse().ok();
-    let actor = name.as_ref().map_or_else(
-        || format!("anonymous:{}", ctx.peer.ip()),
-        |n| format!("user:{n}"),
-    );
-    for key in [&address_key, &user_key] {
-        if let Err(retry) = state.login_limits.check(key) {
-            audit(state, actor, "auth.login", "rate_limited", detail).await;
-            return Err(ApiError::TooManyRequests(retry.as_secs() + 1));
-        }
-    }
-    let stored = match &name {
-        Some(n) => state.store.password_hash(n.as_str()).await.map_err(|e| {
-            tracing::error!(error = %e, "login: store failed");
-            ApiError::Internal
-        })?,
-        None => None,
-    };
-    let password = body.password;
-    let matched =
-        tokio::task::spawn_blocking(move || auth::verify_password(&password, stored.as_deref()))
-            .await
-            .unwrap_or(false);
-    let Some(user) = name.filter(|_| matched) else {
-        state.login_limits.fail(&address_key);
-        state.login_limits.fail(&user_key);
-        audit(state, actor, "auth.login", "denied", detail).await;
-        return Err(ApiError::Unauthenticated);
-    };
-    state.login_limits.clear(&user_key);
-
-    let identity = Identity::User { user: user.clone() };
-    let lifetime = state.lifetimes.user;
-    let certificate = match state.ca.issue(
-        &body.csr,
-        &identity,
-        None,
-        lifetime,
-        time::OffsetDateTime::now_utc(),
-    ) {
-        Ok(issued) => issued,
-        Err(e) => {
-            audit(
-                state,
-                actor,
-                "auth.login",
-                "failed",
-                serde_json::json!({"reason": "csr", "request_id": ctx.request_id}),
-            )
-            .await;
-            return Err(ApiError::BadRequest(format!("csr: {e}")));
-        }
-    };
-    let token = auth::new_token().map_err(|_| ApiError::Internal)?;
-    state
-        .presence
-        .put_token(&auth::token_hash(&token), user.as_str(), lifetime)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "login: presence failed");
-            ApiError::Unavailable("presence")
-        })?;
-    audit(state, actor, "auth.login", "allowed", detail).await;
-    let expires = time::OffsetDateTime::now_utc() + lifetime;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({
-            "user": user.as_str(),
-            "token": token,
-            "token_expires_at": expires.unix_timestamp(),
-            "certificate": certificate.pem,
-            "certificate_expires_at": certificate.not_after.unix_timestamp(),
-            "ca": state.ca.cert_pem(),
-        }),
-    ))
-}
-
-/// The token in `Authorization: Bearer …`, if any.
-fn bearer(req: &Request<Incoming>) -> Option<&str> {
-    req.headers()
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-}
-
-/// The user a valid bearer token belongs to.
-async fn token_user<P: Presence>(
-    state: &AppState<P>,
-    req: &Request<Incoming>,
-) -> Result<String, ApiError> {
-    user_of(state, bearer(req)).await
-}
-
-/// The user `token` belongs to, if it is valid.
-async fn user_of<P: Presence>(
-    state: &AppState<P>,
-    token: Option<&str>,
-) -> Result<String, ApiError> {
-    let token = token.ok_or(ApiError::Unauthenticated)?;
-    state
-        .presence
-        .token_user(&auth::token_hash(token))
-        .await
-        .map_err(|_| ApiError::Unavailable("presence"))?
-        .ok_or(ApiError::Unauthenticated)
-}
-
-async fn logout<P: Presence>(
-    state: &AppState<P>,
-    ctx: &RequestContext,
-    req: &Request<Incoming>,
-) -> Reply {
-    let user = token_user(state, req).await?;
-    if let Some(token) = bearer(req) {
-        state
-            .presence
-            .revoke_token(&auth::token_hash(token))
-            .await
-            .map_err(|_| ApiError::Unavailable("presence"))?;
-    }
-    audit(
-        state,
-        format!("user:{user}"),
-        "auth.logout",
-        "allowed",
-        serde_json::json!({"request_id": ctx.request_id}),
-    )
-    .await;
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    Ok(r)
-}
-
-async fn whoami<P: Presence>(
-    state: &AppState<P>,
-    ctx: &RequestContext,
-    req: &Request<Incoming>,
-) -> Reply {
-    if let Caller::Certified { identity, serial } = ctx.caller.as_ref() {
-        return Ok(json_response(
-            StatusCode::OK,
-            &serde_json::json!({"kind": identity.kind(), "uris": identity.uris(), "serial": serial, "via": "certificate"}),
-        ));
-    }
-    let user = token_user(state, req).await?;
-    let roles = state
-        .store
-        .user_roles(&user)
-        .await
-        .map_err(|_| ApiError::Internal)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"kind": "user", "user": user, "roles": roles, "via": "token"}),
-    ))
-}
-
-/// The administrator behind the bearer token; refusals are audited.
-async fn admin<P: Presence>(
-    state: &AppState<P>,
-    ctx: &RequestContext,
-    token: Option<&str>,
-    action: &str,
-) -> Result<String, ApiError> {
-    let user = user_of(state, token).await?;
-    let roles = state
-        .store
-        .user_roles(&user)
-        .await
-        .map_err(|_| ApiError::Internal)?;
-    if !roles.iter().any(|r| r == "admin") {
-        let detail = serde_json::json!({"action": action, "request_id": ctx.request_id});
-        audit(
-            state,
-            format!("user:{user}"),
-            "admin.denied",
-            "denied",
-            detail,
-        )
-        .await;
-        return Err(ApiError::Forbidden);
-    }
-    Ok(user)
-}
-
-/// Longest a join token may live.
-const MAX_JOIN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Most uses one join token may allow.
-const MAX_JOIN_USES: i64 = 10_000;
-
-/// `POST /api/v1/join-tokens`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewJoinToken {
-    /// `agent` or `bridge`.
-    kind: String,
-    /// Seconds until it expires.
-    ttl_seconds: u64,
-    /// How many joins it admits.
-    max_uses: i64,
-}
-
-async fn create_join_token<P: Presence>(
-    state: &AppState<P>,
-    ctx: &RequestContext,
-    req: Request<Incoming>,
-) -> Reply {
-    // Read the (bounded) body before answering, so a refusal never races an unread upload.
-    let token = bearer(&req).map(str::to_owned);
-    let body: NewJoinToken = read_json(req).await?;
-    let user = admin(state, ctx, token.as_deref(), "join_token.create").await?;
-    let kind = JoinKind::parse(&body.kind)
-        .ok_or_else(|| ApiError::BadRequest("kind must be \"agent\" or \"bridge\"".into()))?;
-    let ttl = Duration::from_secs(body.ttl_seconds);
-    if ttl.is_zero() || ttl > MAX_JOIN_TTL {
-        return Err(ApiError::BadRequest(format!(
-            "ttl_seconds must be 1..={}",
-            MAX_JOIN_TTL.as_secs()
-        )));
-    }
-    if !(1..=MAX_JOIN_USES).contains(&body.max_uses) {
-        return Err(ApiError::BadRequest(format!(
-            "max_uses must be 1..={MAX_JOIN_USES}"
-        )));
-    }
-    let secret = auth::new_token().map_err(|_| ApiError::Internal)?;
-    let now = now_ms();
-    let token = JoinToken {
-        id: new_uuid()?.to_string(),
-        kind,
-        expires_at: now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
-        max_uses: body.max_uses,
-        uses: 0,
-        revoked: false,
-        created_by: format!("user:{user}"),
-        created_at: now,
-    };
-    state
-        .store
-        .create_join_token(&token, &auth::token_hash(&secret))
-        .await
-        .map_err(|_| ApiError::Internal)?;
-    let detail = serde_json::json!({"id": token.id, "kind": kind.as_str(), "max_uses": token.max_uses, "request_id": ctx.request_id});
-    audit(
-        state,
-        token.created_by.clone(),
-        "join_token.create",
-        "allowed",
-        detail,
-    )
-    .await;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &serde_json::json!({"id": token.id, "kind": kind.as_str(), "token": secret, "expires_at": token.expires_at / 1000, "max_uses": token.max_uses}),
-    ))
-}
-
-async fn list_join_tokens<P: Presence>(
-    state: &AppState<P>,
-    ctx: &RequestContext,
-    req: &Request<Incoming>,
-) -> Reply {
-    admin(state, ctx, bearer(req), "join_token.list").await?;
-    let tokens = state
-        .store
-        .join_tokens()
-        .await
-        .map_err(|_| ApiError::Internal)?;
-    let items: Vec<_> = tokens
-        .iter()
-        .map(|t| {
-            serde_json::json!({"id": t.id, "kind": t.kind.as_str(), "expires_at": t.expires_at / 1000, "max_uses": t.max_uses,
-                "uses": t.uses, "revoked": t.revoked, "created_by": t.created_by, "created_at": t.created_at / 1000})
-        })
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"items": items}),
-    ))
-}
-
-async fn revoke_join_token<P: Presence>(
-    state: &AppState<P>,
-    ctx: &RequestContext,
-    req: &Request<Incoming>,
-    id: &str,
-) -> Reply {
-    let user = admin(state, ctx, bearer(req), "join_token.revoke").await?;
-    if !state
-        .store
-        .revoke_join_token(id)
-        .await
-        .map_err(|_| ApiError::Internal)?
-    {
-        return Err(ApiError::NotFound);
-    }
-    audit(
-        state,
-        format!("user:{user}"),
-        "join_token.revoke",
-        "allowed",
-        serde_json::json!({"id": id, "request_id": ctx.request_id}),
-    )
-    .await;
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    Ok(r)
-}
-
 /// A random (v4) UUID.
 fn new_uuid() -> Result<Uuid, ApiError> {
     use ring::rand::SecureRandom;
@@ -518,137 +652,11 @@ fn new_uuid() -> Result<Uuid, ApiError> {
     Ok(Uuid::new_v4(bytes))
 }
 
-/// `POST /api/v1/agents/join`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgentJoin {
-    token: String,
-    /// Unique agent name (the rule for duplicates: a second agent may not take a name in
-    /// use; an agent that lost its key is deleted by an administrator and joins again).
-    name: String,
-    csr: String,
+/// Logs a store failure where it happened and answers `internal`.
+fn store_failed(e: crate::store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "store operation failed");
+    ApiError::Internal
 }
 
-async fn join_agent<P: Presence>(
-    state: &AppState<P>,
-    ctx: &RequestContext,
-    body: AgentJoin,
-) -> Reply {
-    let actor = format!("anonymous:{}", ctx.peer.ip());
-    let name: Name = body.name.parse().map_err(|_| {
-        ApiError::BadRequest(
-            "name must be 1-63 of a-z 0-9 - _ . starting with a letter or digit".into(),
-        )
-    })?;
-    let agent = AgentId(new_uuid()?);
-    let identity = Identity::Agent { agent };
-    // The CSR is checked before the token is spent.
-    let certificate = state
-        .ca
-        .issue(
-            &body.csr,
-            &identity,
-            None,
-            state.lifetimes.agent,
-            time::OffsetDateTime::now_utc(),
-        )
-        .map_err(|e| ApiError::BadRequest(format!("csr: {e}")))?;
-    let outcome = state
-        .store
-        .join_agent(
-            &auth::token_hash(&body.token),
-            &agent.to_string(),
-            name.as_str(),
-            now_ms(),
-        )
-        .await
-        .map_err(|_| ApiError::Internal)?;
-    let detail = serde_json::json!({"name": name.as_str(), "request_id": ctx.request_id});
-    match outcome {
-        JoinOutcome::Joined => {
-            audit(
-                state,
-                format!("agent:{agent}"),
-                "join.agent",
-                "allowed",
-                detail,
-            )
-            .await;
-            Ok(json_response(
-                StatusCode::CREATED,
-                &serde_json::json!({"agent_id": agent.to_string(), "name": name.as_str(), "certificate": certificate.pem,
-                    "certificate_expires_at": certificate.not_after.unix_timestamp(), "ca": state.ca.cert_pem()}),
-            ))
-        }
-        JoinOutcome::InvalidToken => {
-            audit(state, actor, "join.agent", "denied", detail).await;
-            Err(ApiError::Unauthenticated)
-        }
-        JoinOutcome::NameTaken => {
-            audit(state, actor, "join.agent", "denied", detail).await;
-            Err(ApiError::Conflict("an agent with this name exists"))
-        }
-    }
-}
-
-/// `POST /api/v1/bridges/join`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BridgeJoin {
-    token: String,
-    ordinal: u32,
-    csr: String,
-}
-
-async fn join_bridge<P: Presence>(
-    state: &AppState<P>,
-    ctx: &RequestContext,
-    body: BridgeJoin,
-) -> Reply {
-    let name: HostName = format!("{}.bridge.{}", body.ordinal, state.tunnel_domain)
-        .parse()
-        .map_err(|_| ApiError::BadRequest("ordinal does not make a valid bridge name".into()))?;
-    let identity = Identity::Bridge {
-        ordinal: body.ordinal,
-    };
-    let certificate = state
-        .ca
-        .issue(
-            &body.csr,
-            &identity,
-            Some(&name),
-            state.lifetimes.bridge,
-            time::OffsetDateTime::now_utc(),
-        )
-        .map_err(|e| ApiError::BadRequest(format!("csr: {e}")))?;
-    let outcome = state
-        .store
-        .join_bridge(&auth::token_hash(&body.token), body.ordinal, now_ms())
-        .await
-        .map_err(|_| ApiError::Internal)?;
-    let detail = serde_json::json!({"ordinal": body.ordinal, "request_id": ctx.request_id});
-    if outcome != JoinOutcome::Joined {
-        audit(
-            state,
-            format!("anonymous:{}", ctx.peer.ip()),
-            "join.bridge",
-            "denied",
-            detail,
-        )
-        .await;
-        return Err(ApiError::Unauthenticated);
-    }
-    audit(
-        state,
-        format!("bridge:{}", body.ordinal),
-        "join.bridge",
-        "allowed",
-        detail,
-    )
-    .await;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &serde_json::json!({"name": name.as_str(), "certificate": certificate.pem,
-            "certificate_expires_at": certificate.not_after.unix_timestamp(), "ca": state.ca.cert_pem()}),
-    ))
-}
+#[cfg(test)]
+mod tests;

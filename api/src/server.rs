@@ -85,6 +85,8 @@ pub enum Caller {
         identity: Identity,
         /// Its serial, lower-case hex (checked against revocations by the routes).
         serial: String,
+        /// SHA-256 of its DER, lower-case hex (revocations may name it instead).
+        fingerprint: String,
     },
 }
 
@@ -123,6 +125,7 @@ impl Caller {
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect(),
+                fingerprint: crate::ca::fingerprint(leaf),
             },
             Err(_) => Self::Anonymous,
         }
@@ -147,14 +150,14 @@ pub enum ServerError {
     Tls(String),
 }
 
-/// Builds the TLS configuration: a fresh key and a certificate for `host` issued by our CA
+/// Builds the TLS configuration: a fresh key and a certificate for `hosts` issued by our CA
 /// (the key never leaves this process), and client certificates optional but, when
 /// presented, required to chain to our CA.
 ///
 /// # Errors
 ///
 /// [`ServerError`] when the certificate or the rustls configuration cannot be made.
-pub fn tls_config(ca: &Authority, host: &HostName) -> Result<Arc<ServerConfig>, ServerError> {
+pub fn tls_config(ca: &Authority, hosts: &[HostName]) -> Result<Arc<ServerConfig>, ServerError> {
     let tls_err = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
     let key = rcgen::KeyPair::generate().map_err(|e| tls_err(&e))?;
     let csr = rcgen::CertificateParams::default()
@@ -163,7 +166,7 @@ pub fn tls_config(ca: &Authority, host: &HostName) -> Result<Arc<ServerConfig>, 
         .map_err(|e| tls_err(&e))?;
     let issued = ca.issue_api_server(
         &csr,
-        host,
+        hosts,
         SERVER_CERT_LIFETIME,
         time::OffsetDateTime::now_utc(),
     )?;

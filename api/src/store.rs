@@ -12,6 +12,12 @@ use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 
+mod fleet;
+mod identity;
+
+pub use fleet::{Agent, Bridge, CertificateRef, Resource, Revocation};
+pub use identity::{Role, RoleChange, User};
+
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -262,6 +268,22 @@ impl Store {
         self.ca()
             .await?
             .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Replaces the stored CA key (to encrypt a key that was stored in the clear).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn update_ca_key(&self, key_pem: &str, encrypted: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE certificate_authority SET key_pem = $1, key_encrypted = $2 WHERE id = 1",
+        )
+        .bind(key_pem)
+        .bind(i64::from(encrypted))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Creates a user; `false` when the name is taken.

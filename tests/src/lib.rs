@@ -321,12 +321,23 @@ impl Api {
     ///
     /// The process exits or does not report its address in time; the error carries its log.
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Api::start`] with extra environment variables.
+    ///
+    /// # Errors
+    ///
+    /// As [`Api::start`].
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary("bamf-api"));
         cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
             .env("BAMF_LOG", "info")
             .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL");
+            .env_remove("REDIS_URL")
+            .env_remove("BAMF_CA_ENCRYPTION_KEY")
+            .envs(env.iter().copied());
         let Logged {
             child,
             logs,

@@ -120,7 +120,9 @@ async fn a_client_certificate_from_our_ca_identifies_the_caller_and_others_are_r
     let ca_pem = fetch_ca(&api, dir.path());
     // The API persisted its CA in the store: load it as an operator tool would.
     let store = Store::connect(&url).await.unwrap();
-    let ca = bamf_api::load_or_create_ca(&store, "unused").await.unwrap();
+    let ca = bamf_api::load_or_create_ca(&store, "unused", &Default::default())
+        .await
+        .unwrap();
     assert_eq!(ca.cert_pem(), std::fs::read_to_string(&ca_pem).unwrap());
     let now = time::OffsetDateTime::now_utc();
     let alice = Identity::User {
@@ -212,9 +214,21 @@ fn the_api_runs_on_postgresql_and_redis() {
 
 /// POSTs `body` as JSON to the API with curl; returns (status, body, headers).
 fn post(api: &Api, ca: &Path, path: &str, body: &str, extra: &[&str]) -> (u16, String, String) {
+    send(api, ca, "POST", path, body, extra)
+}
+
+/// Sends `body` as JSON with `method`; returns (status, body, headers).
+fn send(
+    api: &Api,
+    ca: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    extra: &[&str],
+) -> (u16, String, String) {
     let mut args = vec![
         "-X",
-        "POST",
+        method,
         "-H",
         "content-type: application/json",
         "--data-binary",
@@ -606,5 +620,606 @@ async fn agents_and_bridges_join_with_tokens_that_expire_run_out_and_can_be_revo
             .filter(|e| e.event.outcome == "allowed")
             .count(),
         2
+    );
+}
+
+/// A fresh schema in the machine's PostgreSQL, dropped again when this goes out of scope.
+struct PgSchema {
+    admin_url: String,
+    schema: String,
+    /// URL whose connections use the schema.
+    url: String,
+}
+
+impl PgSchema {
+    fn new(tag: &str) -> Self {
+        let admin_url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("bamf_{tag}_{}", std::process::id());
+        let this = Self {
+            url: format!(
+                "{admin_url}{}options=-c%20search_path%3D{schema}",
+                if admin_url.contains('?') { '&' } else { '?' }
+            ),
+            admin_url,
+            schema,
+        };
+        this.psql(&format!("CREATE SCHEMA {}", this.schema));
+        this
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .arg(&self.admin_url)
+            .args(["-qAtc", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(&self.admin_url)
+            .args(["-qAtc", &format!("DROP SCHEMA {} CASCADE", self.schema)])
+            .output();
+    }
+}
+
+/// Signs `user` in; returns the `authorization` header line.
+fn bearer_for(api: &Api, ca: &Path, user: &str, password: &str) -> String {
+    let (_, csr) = key_and_csr();
+    let body = serde_json::json!({"user": user, "password": password, "csr": csr}).to_string();
+    let (status, body, _) = post(api, ca, "/api/v1/auth/login", &body, &[]);
+    assert_eq!(status, 200, "login {user}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    format!("authorization: Bearer {}", v["token"].as_str().unwrap())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Names of the `items` of a listing, by `field`.
+fn names(body: &str, field: &str) -> Vec<String> {
+    json(body)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i[field].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// RBAC, administration, certificate kinds per route, revocation and the audit log, on one
+/// store and presence.
+async fn admin_rbac_and_revocation(dir: &Path, api: &Api, url: &str) {
+    let ca = fetch_ca(api, dir);
+    let admin = bearer_for(api, &ca, "admin", "admin-password-1");
+    let h = |auth: &str| vec!["-H".to_owned(), auth.to_owned()];
+    let call = |method: &str, path: &str, body: &str, auth: &str| {
+        let extra = h(auth);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (status, body, _) = send(api, &ca, method, path, body, &extra);
+        (status, body)
+    };
+
+    // Roles and users.
+    let devs = r#"{"name":"devs","allow":[{"labels":{"env":"dev"}},{"kinds":["postgres"]}],
+                   "deny":[{"names":["*-secret"]},{"labels":{"env":"prod"}}]}"#;
+    assert_eq!(call("POST", "/api/v1/roles", devs, &admin).0, 201);
+    assert_eq!(call("POST", "/api/v1/roles", devs, &admin).0, 409);
+    let (status, body) = call(
+        "POST",
+        "/api/v1/roles",
+        r#"{"name":"x","allow":[{}]}"#,
+        &admin,
+    );
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "bad_request"),
+        "{body}"
+    );
+    let (status, body) = call(
+        "POST",
+        "/api/v1/roles",
+        r#"{"name":"x","allow":[{"nmes":["a"]}]}"#,
+        &admin,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown field `nmes`"), "{body}");
+    for (user, roles) in [("alice", r#"["devs"]"#), ("bob", "[]")] {
+        let body = format!(r#"{{"name":"{user}","password":"{user}-password-1","roles":{roles}}}"#);
+        assert_eq!(
+            call("POST", "/api/v1/users", &body, &admin).0,
+            201,
+            "{user}"
+        );
+    }
+    let (status, body) = call(
+        "POST",
+        "/api/v1/users",
+        r#"{"name":"carol","password":"short"}"#,
+        &admin,
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = call(
+        "POST",
+        "/api/v1/users",
+        r#"{"name":"carol","password":"carol-password-1","roles":["nope"]}"#,
+        &admin,
+    );
+    assert_eq!(status, 400, "{body}");
+    let (_, body) = call("GET", "/api/v1/users", "", &admin);
+    assert_eq!(names(&body, "name"), ["admin", "alice", "bob"]);
+    assert!(
+        !body.contains("argon2"),
+        "hashes never leave the store: {body}"
+    );
+
+    // An agent joins and reports its catalog.
+    let (_, body) = call(
+        "POST",
+        "/api/v1/join-tokens",
+        r#"{"kind":"agent","ttl_seconds":600,"max_uses":1}"#,
+        &admin,
+    );
+    let join_token = json(&body)["token"].as_str().unwrap().to_owned();
+    let (agent_key, agent_csr) = key_and_csr();
+    let body =
+        serde_json::json!({"token": join_token, "name": "edge", "csr": agent_csr}).to_string();
+    let (status, body, _) = post(api, &ca, "/api/v1/agents/join", &body, &[]);
+    assert_eq!(status, 201, "{body}");
+    let joined = json(&body);
+    let agent_id = joined["agent_id"].as_str().unwrap().to_owned();
+    let write = |tag: &str, pem: &str, key: &rcgen::KeyPair| {
+        let (c, k) = (
+            dir.join(format!("{tag}.crt")),
+            dir.join(format!("{tag}.key")),
+        );
+        std::fs::write(&c, pem).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        vec![
+            "--cert".to_owned(),
+            c.display().to_string(),
+            "--key".to_owned(),
+            k.display().to_string(),
+        ]
+    };
+    let agent = write("edge", joined["certificate"].as_str().unwrap(), &agent_key);
+    let as_cert = |method: &str, path: &str, body: &str, cert: &[String]| {
+        let extra: Vec<&str> = cert.iter().map(String::as_str).collect();
+        let (status, body, _) = send(api, &ca, method, path, body, &extra);
+        (status, body)
+    };
+    let catalog = r#"{"resources":[
+        {"name":"web-1","kind":"ssh","labels":{"env":"dev"}},
+        {"name":"db-1","kind":"postgres","labels":{"env":"prod"}},
+        {"name":"pg-dev","kind":"postgres","labels":{"env":"staging"}},
+        {"name":"app-secret","kind":"tcp","labels":{"env":"dev"}}]}"#;
+    let (status, body) = as_cert("POST", "/api/v1/agents/heartbeat", catalog, &agent);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = as_cert(
+        "POST",
+        "/api/v1/agents/heartbeat",
+        r#"{"resources":[{"name":"x","kind":"http"}]}"#,
+        &agent,
+    );
+    assert_eq!(status, 400, "{body}");
+
+    // What each user may reach: deny wins, default deny, admin reaches everything.
+    let alice = bearer_for(api, &ca, "alice", "alice-password-1");
+    let bob = bearer_for(api, &ca, "bob", "bob-password-1");
+    let (_, body) = call("GET", "/api/v1/resources", "", &alice);
+    assert_eq!(names(&body, "name"), ["pg-dev", "web-1"], "{body}");
+    assert_eq!(json(&body)["items"][1]["online"], true);
+    let (_, body) = call("GET", "/api/v1/resources", "", &bob);
+    assert!(names(&body, "name").is_empty(), "{body}");
+    let (_, body) = call("GET", "/api/v1/resources", "", &admin);
+    assert_eq!(names(&body, "name").len(), 4, "{body}");
+    // `everyone` grants to all users; a bound role's deny still wins for alice.
+    let everyone = r#"{"allow":[{"names":["app-*"]}]}"#;
+    assert_eq!(
+        call("PUT", "/api/v1/roles/everyone", everyone, &admin).0,
+        200
+    );
+    let (_, body) = call("GET", "/api/v1/resources", "", &bob);
+    assert_eq!(names(&body, "name"), ["app-secret"]);
+    let (_, body) = call("GET", "/api/v1/resources", "", &alice);
+    assert_eq!(names(&body, "name"), ["pg-dev", "web-1"]);
+    // Bindings change access at once.
+    assert_eq!(
+        call("PUT", "/api/v1/users/bob/roles/devs", "", &admin).0,
+        204
+    );
+    let (_, body) = call("GET", "/api/v1/resources", "", &bob);
+    assert_eq!(names(&body, "name"), ["pg-dev", "web-1"]);
+    assert_eq!(
+        call("DELETE", "/api/v1/users/bob/roles/devs", "", &admin).0,
+        204
+    );
+    assert_eq!(
+        call("DELETE", "/api/v1/users/bob/roles/devs", "", &admin).0,
+        404
+    );
+
+    // Administration is for administrators; built-ins and self-lockout are refused.
+    let (status, body) = call("GET", "/api/v1/users", "", &alice);
+    assert_eq!((status, error_code(&body).as_str()), (403, "forbidden"));
+    assert_eq!(call("PUT", "/api/v1/roles/admin", everyone, &admin).0, 409);
+    assert_eq!(call("DELETE", "/api/v1/roles/everyone", "", &admin).0, 409);
+    assert_eq!(call("DELETE", "/api/v1/users/admin", "", &admin).0, 409);
+    assert_eq!(
+        call("DELETE", "/api/v1/users/admin/roles/admin", "", &admin).0,
+        409
+    );
+    assert_eq!(call("DELETE", "/api/v1/users/nobody", "", &admin).0, 404);
+    let (status, _) = call(
+        "POST",
+        "/api/v1/users",
+        &format!(r#"{{"name":"big","password":"{}"}}"#, "x".repeat(70_000)),
+        &admin,
+    );
+    assert_eq!(status, 413);
+
+    // Certificate kinds per route.
+    let (bridge_key, bridge_csr) = key_and_csr();
+    let (_, body) = call(
+        "POST",
+        "/api/v1/join-tokens",
+        r#"{"kind":"bridge","ttl_seconds":600,"max_uses":1}"#,
+        &admin,
+    );
+    let bridge_token = json(&body)["token"].as_str().unwrap().to_owned();
+    let body =
+        serde_json::json!({"token": bridge_token, "ordinal": 0, "csr": bridge_csr}).to_string();
+    let (status, body, _) = post(api, &ca, "/api/v1/bridges/join", &body, &[]);
+    assert_eq!(status, 201, "{body}");
+    let bridge_joined = json(&body);
+    let bridge = write(
+        "bridge0",
+        bridge_joined["certificate"].as_str().unwrap(),
+        &bridge_key,
+    );
+    let (_, renew_csr) = key_and_csr();
+    let renew = serde_json::json!({"csr": renew_csr}).to_string();
+    for (path, cert, want) in [
+        ("/api/v1/bridges/renew", &agent, 403),
+        ("/api/v1/agents/heartbeat", &bridge, 403),
+        ("/api/v1/agents/renew", &bridge, 403),
+    ] {
+        assert_eq!(as_cert("POST", path, &renew, cert).0, want, "{path}");
+    }
+    // A user token is no certificate; no credentials at all is 401.
+    assert_eq!(
+        call("POST", "/api/v1/agents/heartbeat", catalog, &alice).0,
+        401
+    );
+    assert_eq!(call("POST", "/api/v1/bridges/renew", &renew, &admin).0, 401);
+    assert_eq!(as_cert("POST", "/api/v1/bridges/renew", &renew, &[]).0, 401);
+    // An agent cert is not a user: user and admin routes refuse it.
+    assert_eq!(as_cert("GET", "/api/v1/resources", "", &agent).0, 401);
+    assert_eq!(as_cert("GET", "/api/v1/users", "", &agent).0, 401);
+    // The bridge renews its own certificate: same name, new serial.
+    let (status, body) = as_cert("POST", "/api/v1/bridges/renew", &renew, &bridge);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["name"], "0.bridge.tunnel.localhost");
+    assert_ne!(json(&body)["serial"], bridge_joined["serial"]);
+    let (_, body) = call("GET", "/api/v1/bridges", "", &admin);
+    assert_eq!(json(&body)["items"][0]["host"], "0.bridge.tunnel.localhost");
+
+    // Revocation: by serial (the bridge) and by fingerprint (the agent).
+    let revoke =
+        serde_json::json!({"serial": bridge_joined["serial"], "reason": "test"}).to_string();
+    assert_eq!(call("POST", "/api/v1/revocations", &revoke, &admin).0, 201);
+    assert_eq!(call("POST", "/api/v1/revocations", &revoke, &admin).0, 200);
+    let (status, body) = as_cert("POST", "/api/v1/bridges/renew", &renew, &bridge);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (401, "unauthenticated")
+    );
+    let (_, body) = as_cert("GET", "/api/v1/whoami", "", &agent);
+    let fingerprint = json(&body)["fingerprint"].as_str().unwrap().to_owned();
+    let (new_agent_key, new_agent_csr) = key_and_csr();
+    let (status, body) = as_cert(
+        "POST",
+        "/api/v1/agents/renew",
+        &serde_json::json!({"csr": new_agent_csr}).to_string(),
+        &agent,
+    );
+    assert_eq!(status, 200, "{body}");
+    let renewed = write(
+        "edge2",
+        json(&body)["certificate"].as_str().unwrap(),
+        &new_agent_key,
+    );
+    let revoke = serde_json::json!({"fingerprint": fingerprint, "reason": "key lost"}).to_string();
+    assert_eq!(call("POST", "/api/v1/revocations", &revoke, &admin).0, 201);
+    assert_eq!(
+        as_cert("POST", "/api/v1/agents/heartbeat", catalog, &agent).0,
+        401
+    );
+    assert_eq!(
+        as_cert("POST", "/api/v1/agents/heartbeat", catalog, &renewed).0,
+        200
+    );
+    let bad = r#"{"serial":"XYZ","reason":"x"}"#;
+    assert_eq!(call("POST", "/api/v1/revocations", bad, &admin).0, 400);
+    // Deleting the agent frees its name, drops its resources and refuses its certificates:
+    // the last one issued is revoked, and any earlier one names an unknown agent.
+    let (latest_key, latest_csr) = key_and_csr();
+    let (status, body) = as_cert(
+        "POST",
+        "/api/v1/agents/renew",
+        &serde_json::json!({"csr": latest_csr}).to_string(),
+        &renewed,
+    );
+    assert_eq!(status, 200, "{body}");
+    let latest = write(
+        "edge3",
+        json(&body)["certificate"].as_str().unwrap(),
+        &latest_key,
+    );
+    assert_eq!(
+        call("DELETE", &format!("/api/v1/agents/{agent_id}"), "", &admin).0,
+        204
+    );
+    assert_eq!(
+        as_cert("POST", "/api/v1/agents/heartbeat", catalog, &latest).0,
+        401
+    );
+    assert_eq!(
+        as_cert("POST", "/api/v1/agents/heartbeat", catalog, &renewed).0,
+        401
+    );
+    let (_, body) = call("GET", "/api/v1/resources", "", &admin);
+    assert!(names(&body, "name").is_empty(), "{body}");
+    let (_, body) = call("GET", "/api/v1/agents", "", &admin);
+    assert!(names(&body, "name").is_empty(), "{body}");
+
+    // A deleted user's token stops working at once.
+    assert_eq!(call("DELETE", "/api/v1/users/alice", "", &admin).0, 204);
+    assert_eq!(call("GET", "/api/v1/resources", "", &alice).0, 401);
+
+    // The audit log: every refusal above, filtered and paged.
+    let (status, body) = call("GET", "/api/v1/audit?kind=auth.refused&limit=2", "", &admin);
+    assert_eq!(status, 200, "{body}");
+    let page = json(&body);
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, body) = call(
+        "GET",
+        &format!("/api/v1/audit?kind=auth.refused&limit=500&cursor={cursor}"),
+        "",
+        &admin,
+    );
+    let rest = json(&body);
+    assert!(rest["next_cursor"].is_null());
+    let mut refusals: Vec<serde_json::Value> = page["items"].as_array().unwrap().clone();
+    refusals.extend(rest["items"].as_array().unwrap().iter().cloned());
+    let reasons: std::collections::BTreeSet<&str> = refusals
+        .iter()
+        .map(|e| e["detail"]["reason"].as_str().unwrap())
+        .collect();
+    for want in [
+        "not an administrator",
+        "wrong certificate kind",
+        "token on a certificate route",
+        "no client certificate",
+        "revoked certificate",
+        "unknown agent",
+        "invalid token",
+    ] {
+        assert!(reasons.contains(want), "{want} not audited: {reasons:?}");
+    }
+    let ids: Vec<i64> = refusals.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeats: {ids:?}"
+    );
+    let (_, body) = call(
+        "GET",
+        "/api/v1/audit?actor=user:admin&kind=role.create",
+        "",
+        &admin,
+    );
+    assert_eq!(json(&body)["items"][0]["detail"]["role"], "devs");
+    let (_, body) = call("GET", "/api/v1/audit?since=4102444800", "", &admin);
+    assert!(
+        json(&body)["items"].as_array().unwrap().is_empty(),
+        "2100 is in the future"
+    );
+    assert_eq!(call("GET", "/api/v1/audit?bogus=1", "", &admin).0, 400);
+    assert_eq!(call("GET", "/api/v1/audit?limit=0", "", &admin).0, 400);
+    // Admin changes are audited with their actor.
+    let store = Store::connect(url).await.unwrap();
+    for kind in [
+        "user.create",
+        "user.delete",
+        "role.bind",
+        "role.unbind",
+        "role.update",
+        "certificate.revoke",
+        "agent.delete",
+    ] {
+        let filter = bamf_api::store::AuditFilter {
+            kind: Some(kind.into()),
+            actor: Some("user:admin".into()),
+            ..Default::default()
+        };
+        assert!(
+            !store.audit(&filter, None, 10).await.unwrap().is_empty(),
+            "{kind} not audited"
+        );
+    }
+    let leaks: Vec<String> = api
+        .logs()
+        .into_iter()
+        .filter(|l| {
+            l.contains("alice-password-1")
+                || [&admin, &alice, &bob, &join_token, &bridge_token]
+                    .iter()
+                    .any(|secret| l.contains(secret.rsplit(' ').next().unwrap_or(secret)))
+        })
+        .collect();
+    assert!(leaks.is_empty(), "a secret reached the logs: {leaks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_administration_and_revocation_on_sqlite_and_in_process_presence() {
+    let dir = TempDir::new("api-admin-sqlite");
+    let url = sqlite_url(dir.path());
+    let api = Api::start(&[
+        "--database-url",
+        &url,
+        "--admin-password",
+        "admin-password-1",
+    ])
+    .unwrap();
+    admin_rbac_and_revocation(dir.path(), &api, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_administration_and_revocation_on_postgresql_and_redis() {
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let pg = PgSchema::new("admin");
+    let dir = TempDir::new("api-admin-pg");
+    let api = Api::start(&[
+        "--database-url",
+        &pg.url,
+        "--redis-url",
+        &redis,
+        "--admin-password",
+        "admin-password-1",
+    ])
+    .unwrap();
+    admin_rbac_and_revocation(dir.path(), &api, &pg.url).await;
+    // The rows are in PostgreSQL.
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT count(*) FROM {}.roles WHERE name = 'devs'",
+            pg.schema
+        ))
+        .trim(),
+        "1"
+    );
+}
+
+/// The CA key is sealed at rest with BAMF_CA_ENCRYPTION_KEY; without the key (or with
+/// another) the API refuses to start with a clear message; a provided CA is used as is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_key_is_encrypted_at_rest_and_a_provided_ca_is_used() {
+    let dir = TempDir::new("api-ca");
+    let url = sqlite_url(dir.path());
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let first_ca = {
+        let api = Api::start_with_env(
+            &["--database-url", &url],
+            &[("BAMF_CA_ENCRYPTION_KEY", key)],
+        )
+        .unwrap();
+        std::fs::read_to_string(fetch_ca(&api, dir.path())).unwrap()
+    };
+    let store = Store::connect(&url).await.unwrap();
+    let stored = store.ca().await.unwrap().unwrap();
+    assert!(stored.key_encrypted);
+    assert!(
+        stored.key_pem.starts_with("bamf-sealed-v1:") && !stored.key_pem.contains("PRIVATE KEY")
+    );
+    drop(store);
+    for (env, want) in [
+        (vec![], "BAMF_CA_ENCRYPTION_KEY"),
+        (
+            vec![(
+                "BAMF_CA_ENCRYPTION_KEY",
+                "MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE=",
+            )],
+            "cannot be opened",
+        ),
+        (
+            vec![("BAMF_CA_ENCRYPTION_KEY", "c2hvcnQ=")],
+            "32 random bytes",
+        ),
+    ] {
+        let err = Api::start_with_env(&["--database-url", &url], &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "expected {want:?} in: {err}");
+    }
+    let api = Api::start_with_env(
+        &["--database-url", &url],
+        &[("BAMF_CA_ENCRYPTION_KEY", key)],
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(fetch_ca(&api, dir.path())).unwrap(),
+        first_ca,
+        "same CA after restart"
+    );
+    drop(api);
+
+    // Bring your own CA: a new store takes it; a store with another CA refuses it.
+    let own = Authority::generate("Operator CA", time::OffsetDateTime::now_utc()).unwrap();
+    let (cert, key_file) = (dir.path().join("own.crt"), dir.path().join("own.key"));
+    std::fs::write(&cert, own.cert_pem()).unwrap();
+    std::fs::write(&key_file, own.key_pem()).unwrap();
+    let (cert, key_file) = (cert.display().to_string(), key_file.display().to_string());
+    let fresh = sqlite_url(&dir.path().join("fresh"));
+    std::fs::create_dir_all(dir.path().join("fresh")).unwrap();
+    let api = Api::start(&[
+        "--database-url",
+        &fresh,
+        "--ca-cert-file",
+        &cert,
+        "--ca-key-file",
+        &key_file,
+    ])
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(fetch_ca(&api, dir.path())).unwrap(),
+        own.cert_pem()
+    );
+    drop(api);
+    let err = Api::start(&[
+        "--database-url",
+        &url,
+        "--ca-cert-file",
+        &cert,
+        "--ca-key-file",
+        &key_file,
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("different CA"), "{err}");
+}
+
+/// Without Redis the API still starts, `/health` answers, and `/ready` says which dependency
+/// is missing.
+#[test]
+fn ready_names_the_unavailable_dependency() {
+    let dir = TempDir::new("api-ready");
+    let url = sqlite_url(dir.path());
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = format!("redis://127.0.0.1:{port}/");
+    let api = Api::start(&["--database-url", &url, "--redis-url", &redis]).unwrap();
+    let ca = fetch_ca(&api, dir.path());
+    assert_eq!(curl(&api, &ca, "/health", &[]).1, 200);
+    let (_, status, body) = curl(&api, &ca, "/ready", &[]);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(error_code(&body), "not_ready");
+    assert!(body.contains("presence unavailable"), "{body}");
+    assert!(
+        !body.contains(&port.to_string()),
+        "no internal detail: {body}"
     );
 }

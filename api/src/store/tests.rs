@@ -331,3 +331,135 @@ async fn join_tokens_are_used_atomically_and_refused_when_spent_expired_or_revok
         fresh.drop_now().await;
     }
 }
+
+#[tokio::test]
+async fn resources_belong_to_one_agent_and_go_with_it() {
+    use std::collections::BTreeMap;
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let s = &fresh.store;
+        sqlx::query(
+            "INSERT INTO agents (id, name, joined_at) VALUES ('a1', 'one', 1), ('a2', 'two', 1)",
+        )
+        .execute(s.pool())
+        .await
+        .unwrap();
+        s.set_agent_serial("a1", "0a").await.unwrap();
+        let dev: BTreeMap<String, String> = [("env".to_owned(), "dev".to_owned())].into();
+        let res = |name: &str| (name.to_owned(), "ssh".to_owned(), dev.clone());
+        assert!(
+            s.replace_resources("a1", &[res("web"), res("db")], 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Another agent cannot take a name in use; its other resources are kept.
+        let taken = s
+            .replace_resources("a2", &[res("web"), res("cache")], 6)
+            .await
+            .unwrap();
+        assert_eq!(taken, ["web"], "{backend:?}");
+        let listed: Vec<(String, String)> = s
+            .resources()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.name, r.agent_name))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("cache".into(), "two".into()),
+                ("db".into(), "one".into()),
+                ("web".into(), "one".into())
+            ]
+        );
+        assert_eq!(s.resources().await.unwrap()[1].labels, dev);
+        // A new catalog replaces the old one.
+        s.replace_resources("a1", &[res("db")], 7).await.unwrap();
+        assert_eq!(s.resources().await.unwrap().len(), 2);
+        // Deleting the agent takes its resources and revokes its last certificate.
+        let deleted = s
+            .delete_agent("a1", "user:admin", 8)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(deleted.last_seen_at, Some(7));
+        assert!(
+            s.delete_agent("a1", "user:admin", 8)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(s.resources().await.unwrap().len(), 1);
+        let by_serial = CertificateRef {
+            serial: Some("0a".into()),
+            fingerprint: None,
+        };
+        assert!(s.is_revoked(&by_serial).await.unwrap());
+        assert!(
+            !s.revoke(&by_serial, "again", "user:admin", 9)
+                .await
+                .unwrap()
+        );
+        let by_fp = CertificateRef {
+            serial: None,
+            fingerprint: Some("ff".into()),
+        };
+        assert!(!s.is_revoked(&by_fp).await.unwrap());
+        assert!(s.revoke(&by_fp, "lost", "user:admin", 9).await.unwrap());
+        // A check naming both matches either.
+        let both = CertificateRef {
+            serial: Some("0b".into()),
+            fingerprint: Some("ff".into()),
+        };
+        assert!(s.is_revoked(&both).await.unwrap());
+        assert_eq!(s.revocations().await.unwrap().len(), 2);
+        fresh.drop_now().await;
+    }
+}
+
+#[tokio::test]
+async fn roles_are_created_changed_and_deleted_except_builtins() {
+    use crate::rbac::Rules;
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let s = &fresh.store;
+        let rules = Rules::from_json(r#"{"allow":[{"names":["web-*"]}]}"#).unwrap();
+        assert!(s.create_role("web", &rules, 1).await.unwrap());
+        assert!(!s.create_role("web", &rules, 1).await.unwrap());
+        s.create_user("alice", "h", 1).await.unwrap();
+        s.bind_role("alice", "web").await.unwrap();
+        let names = |roles: Vec<Role>| roles.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(s.effective_roles("alice").await.unwrap()),
+            ["everyone", "web"]
+        );
+        assert_eq!(s.effective_roles("alice").await.unwrap()[1].rules, rules);
+        assert_eq!(
+            s.update_role("admin", &rules).await.unwrap(),
+            RoleChange::Builtin
+        );
+        assert_eq!(
+            s.update_role("nope", &rules).await.unwrap(),
+            RoleChange::Missing
+        );
+        assert_eq!(
+            s.update_role("everyone", &rules).await.unwrap(),
+            RoleChange::Done
+        );
+        assert_eq!(
+            s.delete_role("everyone").await.unwrap(),
+            RoleChange::Builtin
+        );
+        assert_eq!(s.delete_role("web").await.unwrap(), RoleChange::Done);
+        assert_eq!(
+            names(s.effective_roles("alice").await.unwrap()),
+            ["everyone"]
+        );
+        assert_eq!(s.users().await.unwrap()[0].roles, Vec::<String>::new());
+        assert!(s.delete_user("alice").await.unwrap());
+        assert!(!s.user_enabled("alice").await.unwrap());
+        fresh.drop_now().await;
+    }
+}

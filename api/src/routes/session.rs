@@ -1,0 +1,135 @@
+//! Signing in and out, and asking who one is.
+
+use bamf_proto::san::{Identity, Name};
+use http::StatusCode;
+use serde::Deserialize;
+
+use super::{Call, Principal, Reply, bearer, no_content};
+use crate::auth;
+use crate::error::{ApiError, json_response};
+use crate::presence::Presence;
+
+/// `POST /api/v1/auth/login`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    user: String,
+    password: String,
+    /// PEM CSR for the user certificate; the key stays with the client.
+    csr: String,
+}
+
+pub(super) async fn login<P: Presence>(call: &Call<'_, P>) -> Reply {
+    let (state, ctx) = (call.state, call.ctx);
+    let body: LoginRequest = call.json()?;
+    let address_key = format!("addr:{}", ctx.peer.ip());
+    let user_key = format!("user:{}", body.user);
+    let detail =
+        serde_json::json!({"address": ctx.peer.ip().to_string(), "request_id": ctx.request_id});
+    // A user name outside the grammar is simply an unknown user (same answer, same time).
+    let name: Option<Name> = body.user.parse().ok();
+    let actor = name.as_ref().map_or_else(
+        || format!("anonymous:{}", ctx.peer.ip()),
+        |n| format!("user:{n}"),
+    );
+    for key in [&address_key, &user_key] {
+        if let Err(retry) = state.login_limits.check(key) {
+            super::audit(state, actor, "auth.login", "rate_limited", detail).await;
+            return Err(ApiError::TooManyRequests(retry.as_secs() + 1));
+        }
+    }
+    let stored = match &name {
+        Some(n) => state
+            .store
+            .password_hash(n.as_str())
+            .await
+            .map_err(super::store_failed)?,
+        None => None,
+    };
+    let password = body.password;
+    let matched =
+        tokio::task::spawn_blocking(move || auth::verify_password(&password, stored.as_deref()))
+            .await
+            .unwrap_or(false);
+    let Some(user) = name.filter(|_| matched) else {
+        state.login_limits.fail(&address_key);
+        state.login_limits.fail(&user_key);
+        super::audit(state, actor, "auth.login", "denied", detail).await;
+        return Err(ApiError::Unauthenticated);
+    };
+    state.login_limits.clear(&user_key);
+
+    let identity = Identity::User { user: user.clone() };
+    let lifetime = state.lifetimes.user;
+    let certificate = match state.ca.issue(
+        &body.csr,
+        &identity,
+        None,
+        lifetime,
+        time::OffsetDateTime::now_utc(),
+    ) {
+        Ok(issued) => issued,
+        Err(e) => {
+            let detail = serde_json::json!({"reason": "csr", "request_id": ctx.request_id});
+            super::audit(state, actor, "auth.login", "failed", detail).await;
+            return Err(ApiError::BadRequest(format!("csr: {e}")));
+        }
+    };
+    let token = auth::new_token().map_err(|_| ApiError::Internal)?;
+    state
+        .presence
+        .put_token(&auth::token_hash(&token), user.as_str(), lifetime)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "login: presence failed");
+            ApiError::Unavailable("presence")
+        })?;
+    super::audit(state, actor, "auth.login", "allowed", detail).await;
+    let expires = time::OffsetDateTime::now_utc() + lifetime;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "user": user.as_str(),
+            "token": token,
+            "token_expires_at": expires.unix_timestamp(),
+            "certificate": certificate.pem,
+            "certificate_expires_at": certificate.not_after.unix_timestamp(),
+            "ca": state.ca.cert_pem(),
+        }),
+    ))
+}
+
+pub(super) async fn logout<P: Presence>(call: &Call<'_, P>, parts: &http::request::Parts) -> Reply {
+    if let Some(token) = bearer(parts) {
+        call.state
+            .presence
+            .revoke_token(&auth::token_hash(token))
+            .await
+            .map_err(|_| ApiError::Unavailable("presence"))?;
+    }
+    call.audit("auth.logout", "allowed", serde_json::json!({}))
+        .await;
+    Ok(no_content())
+}
+
+pub(super) fn whoami<P: Presence>(call: &Call<'_, P>) -> Reply {
+    let body = match &call.principal {
+        Principal::User { name, roles } => {
+            let roles: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+            serde_json::json!({"kind": "user", "user": name, "roles": roles, "via": "token"})
+        }
+        _ => {
+            let crate::server::Caller::Certified {
+                identity,
+                serial,
+                fingerprint,
+            } = call.ctx.caller.as_ref()
+            else {
+                return Err(ApiError::Unauthenticated);
+            };
+            serde_json::json!({"kind": identity.kind(), "uris": identity.uris(), "serial": serial,
+                "fingerprint": fingerprint, "via": "certificate"})
+        }
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
