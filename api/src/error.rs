@@ -5,8 +5,16 @@
 //! the same from outside (`unauthenticated`), whatever the reason.
 
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+
+/// Every response body: whole (JSON, PEM, metrics) or streamed (server-sent events).
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
 
 /// A refusal or failure, as the caller will see it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +48,10 @@ pub enum ApiError {
     /// A dependency (store, presence) is unavailable.
     #[error("{0} unavailable")]
     Unavailable(&'static str),
+    /// What the request needs is not there right now (the agent is offline, no bridge is
+    /// live); worth retrying.
+    #[error("{0}")]
+    Offline(&'static str),
     /// Anything else; details are in the log under the request id.
     #[error("internal error")]
     Internal,
@@ -58,12 +70,13 @@ impl ApiError {
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Offline(_) => (StatusCode::SERVICE_UNAVAILABLE, "offline"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 
     /// The JSON response: `{"error": {"code", "message", "request_id"}}`.
-    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({
             "error": { "code": code, "message": self.to_string(), "request_id": request_id }
@@ -79,8 +92,8 @@ impl ApiError {
 }
 
 /// A JSON response with the given status.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -67,6 +67,9 @@ struct Cli {
     /// Apply the store's migrations and exit (for a deployment hook)
     #[arg(long)]
     migrate_only: bool,
+    /// The bridges' public port (their front door), as clients and agents dial it
+    #[arg(long, env = "BAMF_TUNNEL_PORT", default_value_t = 443)]
+    tunnel_port: u16,
     /// Domain under which bridges are named (`<n>.bridge.<domain>`)
     #[arg(long, env = "BAMF_TUNNEL_DOMAIN", default_value = "tunnel.localhost")]
     tunnel_domain: HostName,
@@ -129,6 +132,22 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         tracing::info!("migrations applied");
         return Ok(());
     }
+    // From the environment only (a secret): the deployment's standing bridge join token.
+    if let Ok(token) = std::env::var("BAMF_BRIDGE_JOIN_TOKEN")
+        && !token.is_empty()
+    {
+        let millis =
+            i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or(i64::MAX);
+        store
+            .install_bootstrap_token(
+                bamf_api::store::JoinKind::Bridge,
+                &bamf_api::auth::token_hash(&token),
+                millis,
+            )
+            .await
+            .context("installing BAMF_BRIDGE_JOIN_TOKEN")?;
+    }
     let ca = bamf_api::load_or_create_ca(&store, "BAMF internal CA", &setup)
         .await
         .context("loading the CA")?;
@@ -166,6 +185,7 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         shutdown,
         grace: cli.shutdown_grace,
         tunnel_domain: cli.tunnel_domain,
+        tunnel_port: cli.tunnel_port,
         lifetimes,
     };
     match presence {
@@ -208,6 +228,7 @@ struct Wiring {
     shutdown: CancellationToken,
     grace: Duration,
     tunnel_domain: HostName,
+    tunnel_port: u16,
     lifetimes: bamf_api::ca::Lifetimes,
 }
 
@@ -221,6 +242,8 @@ impl Wiring {
             lifetimes: self.lifetimes,
             login_limits: bamf_api::auth::RateLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW),
             tunnel_domain: self.tunnel_domain,
+            tunnel_port: self.tunnel_port,
+            shutdown: self.shutdown.clone(),
         });
         server::serve(self.listener, self.tls, state, self.shutdown, self.grace).await;
     }

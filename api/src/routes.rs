@@ -10,16 +10,17 @@ mod admin;
 mod fleet;
 mod join;
 mod session;
+mod tunnel;
 
 use std::time::Duration;
 
 use bamf_proto::san::{AgentId, Identity, Uuid};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, json_response};
+use crate::error::{ApiError, Body, full, json_response};
 use crate::presence::Presence;
 use crate::rbac;
 use crate::server::{AppState, Caller, RequestContext};
@@ -30,7 +31,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Deadline for receiving a request body (slow senders).
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Reply = Result<Response<Full<Bytes>>, ApiError>;
+type Reply = Result<Response<Body>, ApiError>;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +87,12 @@ pub enum Endpoint {
     Audit,
     Revoke,
     ListRevocations,
+    Connect,
+    AgentCommands,
+    BridgeHeartbeat,
+    BridgeReports,
+    ListSessions,
+    DeleteSession,
 }
 
 /// One route.
@@ -114,86 +121,49 @@ use Access::{Admin, Agent, Bridge, JoinToken, Public, User, UserOrCertificate};
 use Endpoint as E;
 
 /// The whole API.
+#[rustfmt::skip]
 pub static ROUTES: &[Route] = &[
-    r(Method::GET, "/health", Public, E::Health),
-    r(Method::GET, "/ready", Public, E::Ready),
-    r(Method::GET, "/metrics", Public, E::Metrics),
-    r(Method::GET, "/api/v1/ca", Public, E::Ca),
-    r(Method::POST, "/api/v1/auth/login", Public, E::Login),
-    r(Method::POST, "/api/v1/auth/logout", User, E::Logout),
-    r(Method::GET, "/api/v1/whoami", UserOrCertificate, E::Whoami),
-    r(Method::GET, "/api/v1/resources", User, E::Resources),
-    // Joining, renewing and reporting: agents and bridges.
-    r(Method::POST, "/api/v1/agents/join", JoinToken, E::JoinAgent),
-    r(
-        Method::POST,
-        "/api/v1/bridges/join",
-        JoinToken,
-        E::JoinBridge,
-    ),
-    r(Method::POST, "/api/v1/agents/renew", Agent, E::RenewAgent),
-    r(
-        Method::POST,
-        "/api/v1/bridges/renew",
-        Bridge,
-        E::RenewBridge,
-    ),
-    r(
-        Method::POST,
-        "/api/v1/agents/heartbeat",
-        Agent,
-        E::AgentHeartbeat,
-    ),
+    r(Method::GET,    "/health",                            Public,            E::Health),
+    r(Method::GET,    "/ready",                             Public,            E::Ready),
+    r(Method::GET,    "/metrics",                           Public,            E::Metrics),
+    r(Method::GET,    "/api/v1/ca",                         Public,            E::Ca),
+    r(Method::POST,   "/api/v1/auth/login",                 Public,            E::Login),
+    r(Method::POST,   "/api/v1/auth/logout",                User,              E::Logout),
+    r(Method::GET,    "/api/v1/whoami",                     UserOrCertificate, E::Whoami),
+    r(Method::GET,    "/api/v1/resources",                  User,              E::Resources),
+    // Sessions.
+    r(Method::POST,   "/api/v1/connect",                    User,              E::Connect),
+    r(Method::GET,    "/api/v1/sessions",                   Admin,             E::ListSessions),
+    r(Method::DELETE, "/api/v1/sessions/{id}",              Admin,             E::DeleteSession),
+    // Agents and bridges: joining, renewing, reporting, commands.
+    r(Method::POST,   "/api/v1/agents/join",                JoinToken,         E::JoinAgent),
+    r(Method::POST,   "/api/v1/bridges/join",               JoinToken,         E::JoinBridge),
+    r(Method::POST,   "/api/v1/agents/renew",               Agent,             E::RenewAgent),
+    r(Method::POST,   "/api/v1/agents/heartbeat",           Agent,             E::AgentHeartbeat),
+    r(Method::GET,    "/api/v1/agent/commands",             Agent,             E::AgentCommands),
+    r(Method::POST,   "/api/v1/bridges/renew",              Bridge,            E::RenewBridge),
+    r(Method::POST,   "/api/v1/bridges/heartbeat",          Bridge,            E::BridgeHeartbeat),
+    r(Method::POST,   "/api/v1/bridges/reports",            Bridge,            E::BridgeReports),
     // Administration.
-    r(
-        Method::POST,
-        "/api/v1/join-tokens",
-        Admin,
-        E::CreateJoinToken,
-    ),
-    r(Method::GET, "/api/v1/join-tokens", Admin, E::ListJoinTokens),
-    r(
-        Method::DELETE,
-        "/api/v1/join-tokens/{id}",
-        Admin,
-        E::RevokeJoinToken,
-    ),
-    r(Method::GET, "/api/v1/agents", Admin, E::ListAgents),
-    r(Method::DELETE, "/api/v1/agents/{id}", Admin, E::DeleteAgent),
-    r(Method::GET, "/api/v1/bridges", Admin, E::ListBridges),
-    r(Method::GET, "/api/v1/users", Admin, E::ListUsers),
-    r(Method::POST, "/api/v1/users", Admin, E::CreateUser),
-    r(Method::DELETE, "/api/v1/users/{name}", Admin, E::DeleteUser),
-    r(
-        Method::PUT,
-        "/api/v1/users/{name}/password",
-        Admin,
-        E::SetPassword,
-    ),
-    r(
-        Method::PUT,
-        "/api/v1/users/{name}/roles/{role}",
-        Admin,
-        E::BindRole,
-    ),
-    r(
-        Method::DELETE,
-        "/api/v1/users/{name}/roles/{role}",
-        Admin,
-        E::UnbindRole,
-    ),
-    r(Method::GET, "/api/v1/roles", Admin, E::ListRoles),
-    r(Method::POST, "/api/v1/roles", Admin, E::CreateRole),
-    r(Method::PUT, "/api/v1/roles/{name}", Admin, E::UpdateRole),
-    r(Method::DELETE, "/api/v1/roles/{name}", Admin, E::DeleteRole),
-    r(Method::GET, "/api/v1/audit", Admin, E::Audit),
-    r(Method::POST, "/api/v1/revocations", Admin, E::Revoke),
-    r(
-        Method::GET,
-        "/api/v1/revocations",
-        Admin,
-        E::ListRevocations,
-    ),
+    r(Method::POST,   "/api/v1/join-tokens",                Admin,             E::CreateJoinToken),
+    r(Method::GET,    "/api/v1/join-tokens",                Admin,             E::ListJoinTokens),
+    r(Method::DELETE, "/api/v1/join-tokens/{id}",           Admin,             E::RevokeJoinToken),
+    r(Method::GET,    "/api/v1/agents",                     Admin,             E::ListAgents),
+    r(Method::DELETE, "/api/v1/agents/{id}",                Admin,             E::DeleteAgent),
+    r(Method::GET,    "/api/v1/bridges",                    Admin,             E::ListBridges),
+    r(Method::GET,    "/api/v1/users",                      Admin,             E::ListUsers),
+    r(Method::POST,   "/api/v1/users",                      Admin,             E::CreateUser),
+    r(Method::DELETE, "/api/v1/users/{name}",               Admin,             E::DeleteUser),
+    r(Method::PUT,    "/api/v1/users/{name}/password",      Admin,             E::SetPassword),
+    r(Method::PUT,    "/api/v1/users/{name}/roles/{role}",  Admin,             E::BindRole),
+    r(Method::DELETE, "/api/v1/users/{name}/roles/{role}",  Admin,             E::UnbindRole),
+    r(Method::GET,    "/api/v1/roles",                      Admin,             E::ListRoles),
+    r(Method::POST,   "/api/v1/roles",                      Admin,             E::CreateRole),
+    r(Method::PUT,    "/api/v1/roles/{name}",               Admin,             E::UpdateRole),
+    r(Method::DELETE, "/api/v1/roles/{name}",               Admin,             E::DeleteRole),
+    r(Method::GET,    "/api/v1/audit",                      Admin,             E::Audit),
+    r(Method::POST,   "/api/v1/revocations",                Admin,             E::Revoke),
+    r(Method::GET,    "/api/v1/revocations",                Admin,             E::ListRevocations),
 ];
 
 /// The route for `method` and `path`, with the path's parameters in template order.
@@ -397,6 +367,12 @@ pub async fn route<P: Presence>(
         E::Audit => admin::audit_events(&call).await,
         E::Revoke => admin::revoke(&call).await,
         E::ListRevocations => admin::revocations(&call).await,
+        E::Connect => tunnel::connect(&call).await,
+        E::AgentCommands => tunnel::agent_commands(&call).await,
+        E::BridgeHeartbeat => tunnel::bridge_heartbeat(&call).await,
+        E::BridgeReports => tunnel::bridge_reports(&call).await,
+        E::ListSessions => tunnel::list_sessions(&call).await,
+        E::DeleteSession => tunnel::delete_session(&call).await,
     }
 }
 
@@ -587,13 +563,13 @@ async fn ready<P: Presence>(state: &AppState<P>) -> Reply {
     ))
 }
 
-fn metrics<P: Presence>(state: &AppState<P>) -> Response<Full<Bytes>> {
+fn metrics<P: Presence>(state: &AppState<P>) -> Response<Body> {
     let text = state
         .metrics
         .as_ref()
         .map(|h| h.render())
         .unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(full(text));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -601,8 +577,8 @@ fn metrics<P: Presence>(state: &AppState<P>) -> Response<Full<Bytes>> {
     r
 }
 
-fn pem_response(pem: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(pem.to_owned())));
+fn pem_response(pem: &str) -> Response<Body> {
+    let mut r = Response::new(full(pem.to_owned()));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/x-pem-file"),
@@ -611,8 +587,8 @@ fn pem_response(pem: &str) -> Response<Full<Bytes>> {
 }
 
 /// 204 No Content.
-fn no_content() -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+fn no_content() -> Response<Body> {
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }

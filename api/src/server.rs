@@ -14,8 +14,7 @@ use std::time::Duration;
 use bamf_proto::HostName;
 use bamf_proto::san::Identity;
 use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -61,6 +60,10 @@ pub struct AppState<P> {
     pub login_limits: RateLimiter,
     /// Bridges are named `<n>.bridge.<tunnel_domain>`.
     pub tunnel_domain: HostName,
+    /// The bridges' public (front door) port, for clients and agents.
+    pub tunnel_port: u16,
+    /// Cancelled at shutdown: long-lived responses (command streams) end with it.
+    pub shutdown: CancellationToken,
 }
 
 /// What the router knows about a request besides the request itself.
@@ -263,7 +266,7 @@ async fn handle<P: Presence>(
     caller: &Arc<Caller>,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<crate::error::Body> {
     let started = std::time::Instant::now();
     let ctx = RequestContext {
         caller: caller.clone(),

@@ -14,9 +14,11 @@ use sqlx::migrate::Migrator;
 
 mod fleet;
 mod identity;
+mod sessions;
 
 pub use fleet::{Agent, Bridge, CertificateRef, Resource, Revocation};
 pub use identity::{Role, RoleChange, User};
+pub use sessions::{Report, Session, SessionFilter};
 
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -387,6 +389,37 @@ impl Store {
         .bind(t.max_uses)
         .bind(&t.created_by)
         .bind(t.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Installs (or replaces) a standing join token from the deployment's configuration, under
+    /// the fixed id `bootstrap-<kind>`: it never expires and has no practical use limit
+    /// (bridge pods join again at every restart). Revoking it in the API holds until the
+    /// configured secret changes.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn install_bootstrap_token(
+        &self,
+        kind: JoinKind,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO join_tokens (id, token_hash, kind, expires_at, max_uses, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'configuration', $6) \
+             ON CONFLICT (id) DO UPDATE SET token_hash = $2, \
+             revoked = CASE WHEN join_tokens.token_hash = $2 THEN join_tokens.revoked ELSE 0 END",
+        )
+        .bind(format!("bootstrap-{}", kind.as_str()))
+        .bind(token_hash)
+        .bind(kind.as_str())
+        .bind(i64::MAX / 2)
+        .bind(i64::MAX / 2)
+        .bind(now_ms)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -35,6 +35,14 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
     /// Kubernetes' default termination grace is 30 s; we leave it a margin to report.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+    /// Design: both sides of a tunnel meet within 30 s or are closed.
+    pub const MATCH_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Design: bridges heartbeat every 10 s.
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+    /// Tunnels waiting for their other side: a burst of connects, bounded.
+    pub const MAX_PENDING: usize = 10_000;
+    /// Where a bridge keeps its key and certificates.
+    pub const DATA_DIR: &str = "/var/lib/bamf-bridge";
 }
 
 /// Upper bound on `max_hello_size`: far above any real hello, still a bounded buffer.
@@ -69,6 +77,10 @@ pub struct RawConfig {
     pub threads: Option<usize>,
     /// Relay with splice(2) (zero-copy); `false` copies through user-space buffers.
     pub splice: Option<bool>,
+    /// Where the bridge keeps its key and certificates (tunnel mode).
+    pub data_dir: Option<String>,
+    /// The API: setting it turns on the tunnel relay for this bridge's own name.
+    pub api: Option<RawApi>,
     /// Resource limits.
     #[serde(default)]
     pub limits: RawLimits,
@@ -93,6 +105,24 @@ pub struct RawLimits {
     pub idle_timeout: Option<String>,
     /// How long shutdown waits for connections to finish.
     pub shutdown_grace: Option<String>,
+    /// How long the first side of a tunnel waits for the other.
+    pub match_timeout: Option<String>,
+    /// Tunnels waiting for their other side, at most.
+    pub max_pending: Option<usize>,
+}
+
+/// `[api]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// `https://host[:port]` of the API.
+    pub url: Option<String>,
+    /// PEM file with the BAMF CA certificate (verifies the API before joining).
+    pub ca_file: Option<String>,
+    /// Connect to this `ip:port` instead of resolving the URL's host.
+    pub address: Option<String>,
+    /// Heartbeat period, e.g. `"10s"`.
+    pub heartbeat_interval: Option<String>,
 }
 
 /// `[[route]]`.
@@ -261,6 +291,27 @@ pub struct Config {
     pub threads: Option<NonZeroUsize>,
     /// Relay with splice(2).
     pub splice: bool,
+    /// Tunnel relay settings, when `[api]` is configured.
+    pub tunnel: Option<TunnelConfig>,
+}
+
+/// The tunnel relay's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Key and certificate files.
+    pub data_dir: std::path::PathBuf,
+    /// The API's URL.
+    pub api_url: String,
+    /// The CA certificate file.
+    pub ca_file: std::path::PathBuf,
+    /// Where to connect to reach the API, instead of resolving its host.
+    pub api_address: Option<SocketAddr>,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// How long one side waits for the other.
+    pub match_timeout: Duration,
+    /// Waiting sides at most.
+    pub max_pending: usize,
 }
 
 /// Every problem found in a configuration.
@@ -384,6 +435,71 @@ impl TryFrom<RawConfig> for Config {
             p.0.push("local_backend needs ordinal and tunnel_domain".into());
         }
 
+        let tunnel = match &raw.api {
+            None => {
+                if raw.data_dir.is_some() {
+                    p.0.push(
+                        "data_dir is set but [api] is not (it is for the tunnel relay)".into(),
+                    );
+                }
+                None
+            }
+            Some(api) => {
+                if identity.is_none() {
+                    p.0.push("[api] (the tunnel relay) needs ordinal and tunnel_domain".into());
+                }
+                if local.is_some() {
+                    p.0.push("local_backend and [api] exclude each other: with [api] this bridge serves its own name".into());
+                }
+                let url = api.url.clone();
+                if url.is_none() {
+                    p.0.push("api.url: missing (https://host[:port] of the API)".into());
+                }
+                if url.as_deref().is_some_and(|u| !u.starts_with("https://")) {
+                    p.0.push("api.url: must start with https://".into());
+                }
+                let ca_file = api.ca_file.clone();
+                if ca_file.is_none() {
+                    p.0.push("api.ca_file: missing (PEM of the BAMF CA)".into());
+                }
+                let api_address = api
+                    .address
+                    .as_deref()
+                    .and_then(|t| p.check(parse_socket_addr("api.address", t)));
+                let heartbeat_interval = p.check(parse_duration(
+                    "api.heartbeat_interval",
+                    api.heartbeat_interval.as_deref(),
+                    defaults::HEARTBEAT_INTERVAL,
+                ));
+                let match_timeout = p.check(parse_duration(
+                    "limits.match_timeout",
+                    raw.limits.match_timeout.as_deref(),
+                    defaults::MATCH_TIMEOUT,
+                ));
+                let max_pending = raw.limits.max_pending.unwrap_or(defaults::MAX_PENDING);
+                if max_pending == 0 {
+                    p.0.push("limits.max_pending: must be at least 1".into());
+                }
+                match (url, ca_file, heartbeat_interval, match_timeout) {
+                    (
+                        Some(api_url),
+                        Some(ca_file),
+                        Some(heartbeat_interval),
+                        Some(match_timeout),
+                    ) => Some(TunnelConfig {
+                        data_dir: raw.data_dir.as_deref().unwrap_or(defaults::DATA_DIR).into(),
+                        api_url,
+                        ca_file: ca_file.into(),
+                        api_address,
+                        heartbeat_interval,
+                        match_timeout,
+                        max_pending,
+                    }),
+                    _ => None,
+                }
+            }
+        };
+
         let default = match raw.default.as_deref() {
             None | Some("reject") => Some(DefaultRoute::Reject),
             Some(t) => p
@@ -495,7 +611,7 @@ impl TryFrom<RawConfig> for Config {
                 listen,
                 peer_listen,
                 metrics,
-                router: Router::new(identity, local, exact, wildcards, default),
+                router: Router::new(identity, local, tunnel.is_some(), exact, wildcards, default),
                 limits: Limits {
                     max_connections,
                     max_hello_size,
@@ -506,6 +622,7 @@ impl TryFrom<RawConfig> for Config {
                 },
                 threads,
                 splice: raw.splice.unwrap_or(true),
+                tunnel,
             }),
             _ => Err(ConfigErrors(p.0)),
         }
@@ -569,6 +686,24 @@ pub struct Flags {
     /// Copy through user-space buffers instead of splice(2)
     #[arg(long)]
     pub no_splice: bool,
+    /// API URL; turns on the tunnel relay for this bridge's own name
+    #[arg(long, env = "BAMF_API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
+    /// PEM file of the BAMF CA (verifies the API)
+    #[arg(long, value_name = "FILE")]
+    pub api_ca_file: Option<String>,
+    /// Connect to the API at this ip:port instead of resolving its host
+    #[arg(long, value_name = "ADDR")]
+    pub api_address: Option<String>,
+    /// Heartbeat period [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_interval: Option<String>,
+    /// Where the bridge keeps its key and certificates [default: /var/lib/bamf-bridge]
+    #[arg(long, env = "BAMF_BRIDGE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<String>,
+    /// How long one side of a tunnel waits for the other [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub match_timeout: Option<String>,
 }
 
 impl Flags {
@@ -606,6 +741,19 @@ impl Flags {
         set(&mut raw.limits.connect_timeout, self.connect_timeout);
         set(&mut raw.limits.idle_timeout, self.idle_timeout);
         set(&mut raw.limits.shutdown_grace, self.shutdown_grace);
+        set(&mut raw.limits.match_timeout, self.match_timeout);
+        set(&mut raw.data_dir, self.data_dir);
+        if self.api_url.is_some()
+            || self.api_ca_file.is_some()
+            || self.api_address.is_some()
+            || self.heartbeat_interval.is_some()
+        {
+            let api = raw.api.get_or_insert_with(RawApi::default);
+            set(&mut api.url, self.api_url);
+            set(&mut api.ca_file, self.api_ca_file);
+            set(&mut api.address, self.api_address);
+            set(&mut api.heartbeat_interval, self.heartbeat_interval);
+        }
         if let Some(n) = number(&mut p, "ordinal", self.ordinal) {
             raw.ordinal = Some(n);
         }

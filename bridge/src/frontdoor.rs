@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) pool: Carriers,
     /// Cancelled when the shutdown grace runs out: connections still open are cut.
     pub(crate) cut: CancellationToken,
+    /// The tunnel relay for this bridge's own name, when configured.
+    pub(crate) relay: Option<Arc<crate::tunnel::Relay>>,
 }
 
 /// How a connection ended. The names are stable: they are metric label values.
@@ -61,6 +63,10 @@ pub enum Outcome {
     UpstreamUnreachable,
     /// Still open when the shutdown grace ran out.
     Shutdown,
+    /// A tunnel connection refused by the relay (certificate, pinning, session).
+    TunnelRefused,
+    /// A tunnel side whose other side never came.
+    MatchTimeout,
 }
 
 impl Outcome {
@@ -81,6 +87,8 @@ impl Outcome {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::Shutdown => "shutdown",
+            Self::TunnelRefused => "tunnel_refused",
+            Self::MatchTimeout => "match_timeout",
         }
     }
 }
@@ -108,9 +116,17 @@ impl Report {
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, shared: Arc<Shared>) {
     let _active = metrics::Active::new(entry);
     let started = Instant::now();
-    let report = tokio::select! {
-        report = handle(&stream, peer, entry, &shared, started) => report,
-        () = shared.cut.cancelled() => Report::early(Outcome::Shutdown),
+    let handled = tokio::select! {
+        handled = handle(&stream, peer, entry, &shared, started) => handled,
+        () = shared.cut.cancelled() => Handled::Done(Report::early(Outcome::Shutdown)),
+    };
+    let report = match (handled, &shared.relay) {
+        (Handled::Done(report), _) => report,
+        // The relay ends its tunnels itself at the cut, so their end is reported.
+        (Handled::Tunnel(buffered), Some(relay)) => {
+            tunnel_report(relay.serve(stream, buffered, peer).await)
+        }
+        (Handled::Tunnel(_), None) => Report::early(Outcome::Rejected),
     };
     metrics::connection_ended(entry, report.route, report.outcome, report.moved);
     tracing::info!(
@@ -127,13 +143,46 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, sha
     );
 }
 
+/// What the front door did with a connection: finished with it, or found it is a tunnel
+/// for this bridge (with the bytes read so far, to replay into the TLS handshake).
+enum Handled {
+    Done(Report),
+    Tunnel(Vec<u8>),
+}
+
+fn tunnel_report(outcome: crate::tunnel::Outcome) -> Report {
+    use crate::tunnel::{End, Outcome as T};
+    let mut report = Report::early(Outcome::Closed);
+    report.route = "tunnel";
+    match outcome {
+        T::Refused(reason) => {
+            report.outcome = Outcome::TunnelRefused;
+            report.detail = Some(reason.to_owned());
+        }
+        T::MatchTimeout => report.outcome = Outcome::MatchTimeout,
+        T::Joined => {}
+        T::Relayed { up, down, end } => {
+            report.moved = Transferred { up, down };
+            report.outcome = match end {
+                End::Closed | End::Killed => Outcome::Closed,
+                End::IdleTimeout => Outcome::IdleTimeout,
+                End::Shutdown => Outcome::Shutdown,
+                End::Error => Outcome::ClientError,
+            };
+            report.detail = Some(end.as_str().to_owned());
+        }
+    }
+    report
+}
+
+/// Detects, routes and relays, or hands a tunnel connection back with its buffered hello.
 async fn handle(
     stream: &TcpStream,
     peer: SocketAddr,
     entry: Entry,
     shared: &Shared,
     started: Instant,
-) -> Report {
+) -> Handled {
     let limits = &shared.limits;
     let detected = timeout_at(
         started + limits.detect_timeout,
@@ -142,7 +191,7 @@ async fn handle(
     .await;
     let detected = match detected {
         Ok(Ok(d)) => d,
-        Err(_) => return Report::early(Outcome::DetectTimeout),
+        Err(_) => return Handled::Done(Report::early(Outcome::DetectTimeout)),
         Ok(Err(e)) => {
             let outcome = match &e {
                 DetectError::Closed | DetectError::Io(_) => Outcome::ClientClosed,
@@ -159,7 +208,7 @@ async fn handle(
             };
             let mut report = Report::early(outcome);
             report.detail = Some(e.to_string());
-            return report;
+            return Handled::Done(report);
         }
     };
     metrics::detected(entry, started.elapsed());
@@ -172,6 +221,7 @@ async fn handle(
         | Route::Static(u)
         | Route::Default(u)
         | Route::Peer { upstream: u, .. } => u,
+        Route::Tunnel => return Handled::Tunnel(detected.buffered),
         Route::Reject => {
             send_alert(stream, AlertDescription::UnrecognizedName);
             let mut report = Report::early(Outcome::Rejected);
@@ -180,7 +230,7 @@ async fn handle(
                 Some(name) => format!("no route for {name}"),
                 None => "no server name".to_owned(),
             });
-            return report;
+            return Handled::Done(report);
         }
     };
     let mut report = Report {
@@ -201,13 +251,13 @@ async fn handle(
                 Outcome::UpstreamUnreachable
             };
             report.detail = Some(format!("{}: {e}", upstream.addr));
-            return report;
+            return Handled::Done(report);
         }
         Err(_) => {
             send_alert(stream, AlertDescription::InternalError);
             report.outcome = Outcome::UpstreamTimeout;
             report.detail = Some(upstream.addr.to_string());
-            return report;
+            return Handled::Done(report);
         }
     };
     // Latency matters more than packet count for interactive sessions.
@@ -236,11 +286,11 @@ async fn handle(
         Ok(Err(e)) => {
             report.outcome = Outcome::UpstreamError;
             report.detail = Some(e.to_string());
-            return report;
+            return Handled::Done(report);
         }
         Err(_) => {
             report.outcome = Outcome::IdleTimeout;
-            return report;
+            return Handled::Done(report);
         }
     }
     drop(head);
@@ -260,7 +310,7 @@ async fn handle(
             }
         }
     };
-    report
+    Handled::Done(report)
 }
 
 /// Connects to an upstream: an IP directly, a name through the resolver (each address in

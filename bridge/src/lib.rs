@@ -31,12 +31,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod config;
+pub mod control;
 pub mod detect;
 mod frontdoor;
 mod listener;
 pub mod metrics;
 pub mod relay;
 pub mod route;
+pub mod tunnel;
 
 pub use frontdoor::Outcome;
 
@@ -135,21 +137,97 @@ pub struct ShutdownReport {
     pub cut: usize,
 }
 
+/// How long, after the drain, queued session reports get to reach the API.
+const REPORT_FLUSH: Duration = Duration::from_secs(3);
+
+/// Gets the bridge's certificate for the tunnel relay (stored, or by joining with
+/// `join_token`), retrying while the API is unreachable for up to `patience`. `None` when
+/// the configuration has no tunnel relay.
+///
+/// # Errors
+///
+/// [`control::EnrollError`] when the API refuses, or is still unreachable after `patience`.
+pub async fn enroll(
+    config: &Config,
+    join_token: Option<&str>,
+    patience: Duration,
+) -> Result<Option<control::Credentials>, control::EnrollError> {
+    let (Some(tunnel), Some(ordinal)) = (&config.tunnel, config.router.ordinal()) else {
+        return Ok(None);
+    };
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut wait = Duration::from_millis(250);
+    loop {
+        match control::enroll(tunnel, ordinal, join_token).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(control::EnrollError::Join(e))
+                if e.status().is_none() && tokio::time::Instant::now() + wait < deadline =>
+            {
+                tracing::warn!(error = %e, "the API is not reachable yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Runs the bridge on bound `listeners` until `shutdown` is cancelled, then drains.
 ///
-/// `metrics` is the installed Prometheus handle, if any (the admin listener serves it).
+/// `metrics` is the installed Prometheus handle, if any (the admin listener serves it);
+/// `credentials` (from [`enroll`]) turn on the tunnel relay.
+///
+/// # Errors
+///
+/// The tunnel relay cannot be set up from `credentials`.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     metrics: Option<PrometheusHandle>,
+    credentials: Option<control::Credentials>,
     shutdown: CancellationToken,
-) -> ShutdownReport {
+) -> Result<ShutdownReport, String> {
     let cut = CancellationToken::new();
+    let stop_control = CancellationToken::new();
+    let (relay, control) = match (credentials, &config.tunnel, config.router.ordinal()) {
+        (Some(credentials), Some(tunnel), Some(ordinal)) => {
+            let slot = Arc::new(tunnel::CertSlot::new(tunnel::certified_key(
+                &credentials.cert_pem,
+                &credentials.key_pem,
+            )?));
+            let tls = tunnel::server_config(&credentials.ca_pem, slot.clone())?;
+            let (events, queue) = tokio::sync::mpsc::channel(control::REPORT_QUEUE);
+            let relay = Arc::new(tunnel::Relay::new(
+                tunnel::RelaySettings {
+                    ordinal,
+                    tls,
+                    match_timeout: tunnel.match_timeout,
+                    idle_timeout: config.limits.idle_timeout,
+                    max_pending: tunnel.max_pending,
+                },
+                events,
+                cut.clone(),
+            ));
+            let control = control::start(
+                tunnel,
+                ordinal,
+                credentials,
+                slot,
+                relay.clone(),
+                queue,
+                stop_control.clone(),
+            )
+            .map_err(|e| e.to_string())?;
+            (Some(relay), Some(control))
+        }
+        _ => (None, None),
+    };
     let shared = Arc::new(Shared {
         router: config.router,
         limits: config.limits.clone(),
         pool: relay::Carriers::new(config.splice),
         cut: cut.clone(),
+        relay,
     });
     let slots = Arc::new(Semaphore::new(config.limits.max_connections.get()));
     let connections = TaskTracker::new();
@@ -186,8 +264,12 @@ pub async fn run(
     });
 
     shutdown.cancelled().await;
-    // 1. Readiness off, so load balancers stop sending before we stop accepting.
+    // 1. Readiness off, so load balancers stop sending before we stop accepting; the API
+    //    stops placing sessions here at the next heartbeat.
     ready.store(false, Ordering::Release);
+    if let Some(control) = &control {
+        control.draining.store(true, Ordering::Release);
+    }
     // 2. Stop accepting; the listeners close when their loops end.
     stop_accepting.cancel();
     for l in accept_loops {
@@ -210,6 +292,15 @@ pub async fn run(
         cut.cancel();
         let _ = tokio::time::timeout(CUT_WAIT, connections.wait()).await;
     }
+    // Session end reports queued during the drain get a moment to reach the API.
+    stop_control.cancel();
+    if let Some(control) = control
+        && tokio::time::timeout(REPORT_FLUSH, control.reporter)
+            .await
+            .is_err()
+    {
+        tracing::warn!("shutdown: some session reports could not be delivered");
+    }
     stop_admin.cancel();
     if let Some(admin) = admin {
         let _ = admin.await;
@@ -231,5 +322,5 @@ pub async fn run(
             "shutdown complete: grace period ran out, open connections were cut"
         );
     }
-    report
+    Ok(report)
 }

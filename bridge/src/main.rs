@@ -11,6 +11,10 @@ use tokio_util::sync::CancellationToken;
 /// Exit status for a configuration the bridge refuses (BSD `EX_USAGE`).
 const EXIT_BAD_CONFIG: u8 = 64;
 
+/// How long a starting bridge waits for an unreachable API before giving up (the API may be
+/// starting beside it).
+const ENROLL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// BAMF bridge: routes TLS connections by SNI without terminating them.
 #[derive(Debug, Parser)]
 #[command(name = "bamf-bridge", version, about, long_about = None)]
@@ -75,9 +79,18 @@ fn start(config: config::Config) -> anyhow::Result<()> {
         for (host, backend) in config.router.describe() {
             tracing::info!(%host, %backend, "route");
         }
+        // The join token is a secret: from the environment only, never a flag or the file.
+        let token = std::env::var("BAMF_JOIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let credentials = bamf_bridge::enroll(&config, token.as_deref(), ENROLL_PATIENCE)
+            .await
+            .context("getting the bridge certificate for the tunnel relay")?;
         let shutdown = CancellationToken::new();
         tokio::spawn(bamf_runtime::shutdown_on_signals(shutdown.clone()));
-        run(config, listeners, handle, shutdown).await;
+        run(config, listeners, handle, credentials, shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the tunnel relay: {e}"))?;
         Ok(())
     })
 }

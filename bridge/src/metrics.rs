@@ -26,6 +26,12 @@ const ACTIVE: &str = "bamf_frontdoor_active_connections";
 const BYTES: &str = "bamf_frontdoor_bytes_total";
 const DETECT: &str = "bamf_frontdoor_detect_seconds";
 const ACCEPT_ERRORS: &str = "bamf_frontdoor_accept_errors_total";
+const TUNNELS: &str = "bamf_tunnels_total";
+const TUNNELS_ACTIVE: &str = "bamf_tunnels_active";
+const TUNNELS_WAITING: &str = "bamf_tunnels_waiting";
+const TUNNEL_REFUSED: &str = "bamf_tunnel_refusals_total";
+const TUNNEL_BYTES: &str = "bamf_tunnel_bytes_total";
+const REPORTS: &str = "bamf_session_reports_total";
 
 /// Admin requests served at once; the admin port is for probes and scrapers, not the public.
 const ADMIN_MAX_CONNECTIONS: usize = 32;
@@ -60,7 +66,40 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         ACCEPT_ERRORS,
         "Errors from accept(2), e.g. out of file descriptors"
     );
+    metrics::describe_counter!(TUNNELS, "Tunnels ended, by how they ended");
+    metrics::describe_gauge!(TUNNELS_ACTIVE, "Paired tunnels open now");
+    metrics::describe_gauge!(TUNNELS_WAITING, "Tunnel sides waiting for the other side");
+    metrics::describe_counter!(TUNNEL_REFUSED, "Tunnel connections refused, by reason");
+    metrics::describe_counter!(TUNNEL_BYTES, "Bytes through paired tunnels, by direction");
+    metrics::describe_counter!(REPORTS, "Session events delivered to the API, or dropped");
     Ok(handle)
+}
+
+pub(crate) fn tunnel_refused(reason: &'static str) {
+    metrics::counter!(TUNNEL_REFUSED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn tunnels_waiting(delta: f64) {
+    metrics::gauge!(TUNNELS_WAITING).increment(delta);
+}
+
+pub(crate) fn tunnel_started() {
+    metrics::gauge!(TUNNELS_ACTIVE).increment(1.0);
+}
+
+pub(crate) fn tunnel_ended(end: &'static str, up: u64, down: u64) {
+    metrics::gauge!(TUNNELS_ACTIVE).decrement(1.0);
+    metrics::counter!(TUNNELS, "end" => end).increment(1);
+    metrics::counter!(TUNNEL_BYTES, "direction" => "up").increment(up);
+    metrics::counter!(TUNNEL_BYTES, "direction" => "down").increment(down);
+}
+
+pub(crate) fn reports_sent(n: usize) {
+    metrics::counter!(REPORTS, "result" => "delivered").increment(n as u64);
+}
+
+pub(crate) fn report_dropped() {
+    metrics::counter!(REPORTS, "result" => "dropped").increment(1);
 }
 
 /// Counts a connection as active for as long as it lives.

@@ -28,6 +28,8 @@ pub struct Wildcard {
 pub struct Router {
     identity: Option<BridgeIdentity>,
     local: Option<Upstream>,
+    /// This bridge's own name is served by the tunnel relay.
+    tunnel: bool,
     exact: HashMap<HostName, Upstream>,
     /// Sorted longest suffix first, so the first match is the most specific.
     wildcards: Vec<Wildcard>,
@@ -37,8 +39,10 @@ pub struct Router {
 /// The decision for one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// This bridge's own name: handle here (for now: the local backend).
+    /// This bridge's own name, without a tunnel relay: the local backend.
     Local(Upstream),
+    /// This bridge's own name: terminate mTLS and pair a tunnel here.
+    Tunnel,
     /// Another bridge's name: splice to that peer's peer port.
     Peer {
         /// The peer's ordinal.
@@ -60,6 +64,7 @@ impl Route {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Local(_) => "local",
+            Self::Tunnel => "tunnel",
             Self::Peer { .. } => "peer",
             Self::Static(_) => "static",
             Self::Default(_) => "default",
@@ -92,6 +97,7 @@ impl Router {
     pub fn new(
         identity: Option<BridgeIdentity>,
         local: Option<Upstream>,
+        tunnel: bool,
         exact: HashMap<HostName, Upstream>,
         mut wildcards: Vec<Wildcard>,
         default: DefaultRoute,
@@ -100,6 +106,7 @@ impl Router {
         Self {
             identity,
             local,
+            tunnel,
             exact,
             wildcards,
             default,
@@ -112,6 +119,7 @@ impl Router {
             && let Some(ordinal) = bridge_ordinal(name, &id.tunnel_domain)
         {
             return match ordinal {
+                Some(n) if n == id.ordinal && self.tunnel => Route::Tunnel,
                 Some(n) if n == id.ordinal => {
                     self.local.clone().map_or(Route::Reject, Route::Local)
                 }
@@ -152,6 +160,11 @@ impl Router {
         }
     }
 
+    /// This bridge's ordinal, when it has a name.
+    pub fn ordinal(&self) -> Option<u32> {
+        self.identity.as_ref().map(|id| id.ordinal)
+    }
+
     /// Every upstream address this table can send to, for start-up logging.
     pub fn describe(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self
@@ -166,10 +179,11 @@ impl Router {
                 .map(|w| (format!("*.{}", w.suffix), w.upstream.addr.to_string())),
         );
         if let Some(id) = &self.identity {
-            let local = self
-                .local
-                .as_ref()
-                .map_or_else(|| "reject".to_owned(), |u| u.addr.to_string());
+            let local = match (&self.local, self.tunnel) {
+                (_, true) => "tunnel relay".to_owned(),
+                (Some(u), false) => u.addr.to_string(),
+                (None, false) => "reject".to_owned(),
+            };
             out.push((format!("{}.bridge.{}", id.ordinal, id.tunnel_domain), local));
             if let Some(t) = &id.peers {
                 out.push((format!("<n>.bridge.{}", id.tunnel_domain), t.to_string()));
@@ -233,6 +247,7 @@ mod tests {
         Router::new(
             Some(identity),
             Some(up("127.0.0.1:9")),
+            false,
             exact,
             wildcards,
             default,

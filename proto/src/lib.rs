@@ -20,5 +20,6 @@ pub mod host;
 pub mod proxy_v2;
 pub mod san;
 pub mod sni;
+pub mod tunnel;
 
 pub use host::HostName;

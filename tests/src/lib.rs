@@ -180,13 +180,24 @@ impl Bridge {
     /// The process exits or does not report its ports within [`START_DEADLINE`]; the error
     /// carries its log.
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Bridge::start`] with extra environment variables (e.g. `BAMF_JOIN_TOKEN`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Bridge::start`].
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary("bamf-bridge"));
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         cmd.args(["--metrics", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
-            .env("BAMF_LOG", "info");
+            .env("BAMF_LOG", "info")
+            .env_remove("BAMF_JOIN_TOKEN")
+            .envs(env.iter().copied());
         let mut wanted = vec!["front", "metrics"];
         if args.contains(&"--peer-listen") {
             wanted.push("peer");
@@ -331,7 +342,10 @@ impl Api {
     /// As [`Api::start`].
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary("bamf-api"));
-        cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(["--log-format", "json"])
             .args(args)
             .env("BAMF_LOG", "info")
             .env_remove("DATABASE_URL")
@@ -583,4 +597,150 @@ pub async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> (Vec<u
     .await
     .is_ok();
     (got, closed)
+}
+
+/// A running `bamf-agent`, started with a configuration file and extra environment (for
+/// example `BAMF_JOIN_TOKEN`). Its JSON log is collected continuously; killed on drop.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    /// Its health listener, when it was started with [`Agent::start`].
+    pub health: Option<SocketAddr>,
+    logs: Arc<Mutex<Vec<String>>>,
+    /// Set when stderr reached end of file: the log is complete.
+    eof: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Agent {
+    /// Starts `bamf-agent --config <config>` with `env` and waits until it reports its
+    /// health listener (the configuration must set `health_listen`, e.g. `127.0.0.1:0`).
+    ///
+    /// # Errors
+    ///
+    /// The process exits or does not report the listener in time; the error carries its log.
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut agent = Self::spawn(config, env)?;
+        let line = agent.wait_message("listening", START_DEADLINE)?;
+        agent.health = line["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
+        anyhow::ensure!(agent.health.is_some(), "no health address in {line}");
+        Ok(agent)
+    }
+
+    /// Starts `bamf-agent --config <config>` with `env` without waiting for anything.
+    ///
+    /// # Errors
+    ///
+    /// The process cannot be spawned.
+    pub fn spawn(config: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(binary("bamf-agent"));
+        cmd.arg("--config")
+            .arg(config)
+            .args(["--log-format", "json"])
+            .env("BAMF_LOG", "info")
+            .env_remove("BAMF_JOIN_TOKEN")
+            .env_remove("BAMF_AGENT_CONFIG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        let stderr = child.stderr.take().context("child stderr")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sink, done) = (logs.clone(), eof.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::Release);
+        });
+        Ok(Self {
+            child,
+            health: None,
+            logs,
+            eof,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Log lines so far (JSON).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Log lines so far whose `fields.message` is `message`, parsed.
+    pub fn messages(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+
+    /// Waits up to `limit` for a log line whose `fields.message` is `message`; returns the
+    /// first such line, parsed.
+    ///
+    /// # Errors
+    ///
+    /// No such line in time, or the process ended its log first; the error carries the log.
+    pub fn wait_message(
+        &mut self,
+        message: &str,
+        limit: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            // Read the end-of-log flag first: a line logged before it is then seen below.
+            let ended = self.eof.load(std::sync::atomic::Ordering::Acquire);
+            if let Some(v) = self.messages(message).into_iter().next() {
+                return Ok(v);
+            }
+            if ended || Instant::now() >= deadline {
+                let exited = self.child.try_wait().ok().flatten();
+                bail!(
+                    "no log line {message:?} (exit: {exited:?}):\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) with the system `kill`.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits up to `limit` for the process to exit and its log to end.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait()
+                && self.eof.load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

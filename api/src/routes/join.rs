@@ -314,7 +314,7 @@ fn certificate_response<P>(
     mut about: serde_json::Value,
     certificate: &Issued,
     status: StatusCode,
-) -> http::Response<http_body_util::Full<hyper::body::Bytes>> {
+) -> http::Response<crate::error::Body> {
     if let Some(object) = about.as_object_mut() {
         object.insert("certificate".into(), certificate.pem.clone().into());
         object.insert("serial".into(), certificate.serial.clone().into());

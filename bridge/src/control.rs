@@ -1,0 +1,422 @@
+//! The bridge's side of the control plane: joining (its key stays here), renewing its
+//! certificate at half-life and swapping it in place, heartbeats whose answers end tunnels,
+//! and session reports through a bounded queue retried until the API takes them. Tunnels
+//! never wait for any of this: the API being down delays reports, nothing else.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bamf_client::https::{Api, HttpsError};
+use bamf_client::identity;
+use bamf_proto::san::SessionId;
+use http::Method;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TunnelConfig;
+use crate::tunnel::{CertSlot, Relay, certified_key};
+
+/// Session events queued for the API at most (about 200 bytes each).
+pub const REPORT_QUEUE: usize = 100_000;
+/// Events per report request.
+const REPORT_BATCH: usize = 500;
+/// Retry back-off bounds for reports and heartbeats.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A session event for the API (`POST /api/v1/bridges/reports`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// Both sides paired.
+    Start {
+        /// The session.
+        session: SessionId,
+        /// When.
+        at_ms: i64,
+    },
+    /// The tunnel closed.
+    End {
+        /// The session.
+        session: SessionId,
+        /// When it paired.
+        started_at_ms: Option<i64>,
+        /// When it ended.
+        at_ms: i64,
+        /// Client → agent bytes.
+        bytes_up: u64,
+        /// Agent → client bytes.
+        bytes_down: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why the bridge could not get its certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// Files or keys.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The API refused or could not be reached.
+    #[error("joining: {0}")]
+    Join(#[from] HttpsError),
+    /// No certificate yet and no token to get one.
+    #[error("no bridge certificate in {0} and BAMF_JOIN_TOKEN is not set")]
+    NoToken(String),
+    /// The CA file or a returned certificate is unusable.
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// The bridge's credentials.
+#[derive(Clone)]
+pub struct Credentials {
+    /// PEM.
+    pub cert_pem: String,
+    /// PEM, kept 0600 in the data directory.
+    pub key_pem: String,
+    /// The CA, PEM.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
+const KEY_FILE: &str = "bridge.key";
+const CERT_FILE: &str = "bridge.crt";
+
+/// The stored certificate if it is still valid, else a new one from the API with
+/// `join_token`.
+///
+/// # Errors
+///
+/// [`EnrollError`].
+pub async fn enroll(
+    config: &TunnelConfig,
+    ordinal: u32,
+    join_token: Option<&str>,
+) -> Result<Credentials, EnrollError> {
+    let ca_pem = std::fs::read_to_string(&config.ca_file)
+        .map_err(|e| EnrollError::Tls(format!("{}: {e}", config.ca_file.display())))?;
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|error| identity::IdentityError::File {
+        path: dir.clone(),
+        error,
+    })?;
+    let stored = (
+        identity::read_optional(&dir.join(KEY_FILE))?,
+        identity::read_optional(&dir.join(CERT_FILE))?,
+    );
+    if let (Some(key_pem), Some(cert_pem)) = stored {
+        let now = time::OffsetDateTime::now_utc();
+        if identity::validity(&cert_pem).is_ok_and(|(_, to)| to > now + Duration::from_secs(60))
+            && names_ordinal(&cert_pem, ordinal)
+        {
+            tracing::info!("using the stored bridge certificate");
+            return Ok(Credentials {
+                cert_pem,
+                key_pem,
+                ca_pem,
+            });
+        }
+    }
+    let token = join_token.ok_or_else(|| EnrollError::NoToken(dir.display().to_string()))?;
+    let api = api_client(config, &ca_pem, None)?;
+    let (key_pem, csr) = identity::key_and_csr()?;
+    let body = serde_json::json!({"token": token, "ordinal": ordinal, "csr": csr});
+    let answer = api
+        .call(Method::POST, "/api/v1/bridges/join", Some(&body), None)
+        .await?;
+    let cert_pem = answer["certificate"]
+        .as_str()
+        .ok_or_else(|| EnrollError::Tls("the join answer has no certificate".into()))?
+        .to_owned();
+    store(dir, &key_pem, &cert_pem)?;
+    tracing::info!(ordinal, "joined");
+    Ok(Credentials {
+        cert_pem,
+        key_pem,
+        ca_pem,
+    })
+}
+
+/// Whether a certificate carries `bamf://bridge/<ordinal>`.
+fn names_ordinal(cert_pem: &str, ordinal: u32) -> bool {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let Ok(der) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(&der) else {
+        return false;
+    };
+    let want = format!("bamf://bridge/{ordinal}");
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value
+                .general_names
+                .iter()
+                .any(|n| matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == want))
+        })
+}
+
+fn store(dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), identity::IdentityError> {
+    identity::write_private(&dir.join(KEY_FILE), key_pem)?;
+    identity::write_private(&dir.join(CERT_FILE), cert_pem)
+}
+
+/// An API client that trusts the CA and presents `client` when given.
+fn api_client(
+    config: &TunnelConfig,
+    ca_pem: &str,
+    client: Option<&Credentials>,
+) -> Result<Api, EnrollError> {
+    let tls = bamf_client::tls_config(
+        ca_pem,
+        client.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
+        &[b"http/1.1"],
+    )
+    .map_err(|e| EnrollError::Tls(e.to_string()))?;
+    Ok(Api::new(&config.api_url, tls)
+        .map_err(EnrollError::Join)?
+        .connect_to(config.api_address))
+}
+
+/// The running control loops' handles.
+#[derive(Debug)]
+pub struct Control {
+    /// Set when the bridge drains (reported in heartbeats).
+    pub draining: Arc<AtomicBool>,
+    /// The report sender; at shutdown it flushes what is queued, then ends.
+    pub reporter: tokio::task::JoinHandle<()>,
+}
+
+/// Starts heartbeats, reports and renewal; they stop at `stop`.
+///
+/// # Errors
+///
+/// [`EnrollError`] when the API client cannot be made.
+pub fn start(
+    config: &TunnelConfig,
+    ordinal: u32,
+    credentials: Credentials,
+    slot: Arc<CertSlot>,
+    relay: Arc<Relay>,
+    events: mpsc::Receiver<Event>,
+    stop: CancellationToken,
+) -> Result<Control, EnrollError> {
+    let api = api_client(config, &credentials.ca_pem, Some(&credentials))?;
+    let api = Arc::new(arc_swap::ArcSwap::from_pointee(api));
+    let draining = Arc::new(AtomicBool::new(false));
+    tokio::spawn(heartbeats(
+        api.clone(),
+        relay,
+        draining.clone(),
+        config.heartbeat_interval,
+        stop.clone(),
+    ));
+    let reporter = tokio::spawn(reports(api.clone(), events, stop.clone()));
+    tokio::spawn(renewals(
+        config.clone(),
+        ordinal,
+        credentials,
+        slot,
+        api,
+        stop,
+    ));
+    Ok(Control { draining, reporter })
+}
+
+async fn heartbeats(
+    api: Arc<arc_swap::ArcSwap<Api>>,
+    relay: Arc<Relay>,
+    draining: Arc<AtomicBool>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let sessions = relay.live_sessions();
+        let body = serde_json::json!({
+            "load": sessions.len(),
+            "draining": draining.load(Ordering::Relaxed),
+            "sessions": sessions.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        });
+        let wait = match api
+            .load()
+            .call(Method::POST, "/api/v1/bridges/heartbeat", Some(&body), None)
+            .await
+        {
+            Ok(answer) => {
+                if failures > 0 {
+                    tracing::info!("heartbeat: the API answers again");
+                }
+                failures = 0;
+                for id in answer["kill"].as_array().into_iter().flatten() {
+                    if let Some(session) = id.as_str().and_then(|s| s.parse::<SessionId>().ok())
+                        && relay.kill(session)
+                    {
+                        tracing::info!(session = %session, "heartbeat: the API ended this session");
+                    }
+                }
+                interval
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(error = %e, failures, "heartbeat failed; tunnels keep running");
+                }
+                interval.min(backoff(failures))
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn reports(
+    api: Arc<arc_swap::ArcSwap<Api>>,
+    mut events: mpsc::Receiver<Event>,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<Event> = Vec::new();
+    let mut failures = 0u32;
+    loop {
+        if batch.is_empty() {
+            tokio::select! {
+                // At shutdown, what is queued is still sent (the caller waits a little).
+                n = events.recv_many(&mut batch, REPORT_BATCH) => if n == 0 { return },
+                () = stop.cancelled() => {
+                    if events.is_empty() { return }
+                    events.recv_many(&mut batch, REPORT_BATCH).await;
+                }
+            }
+        }
+        let body = serde_json::json!({"events": batch});
+        match api
+            .load()
+            .call(Method::POST, "/api/v1/bridges/reports", Some(&body), None)
+            .await
+        {
+            Ok(_) => {
+                if failures > 0 {
+                    tracing::info!(
+                        events = batch.len(),
+                        "reports: delivered after {failures} failures"
+                    );
+                }
+                crate::metrics::reports_sent(batch.len());
+                batch.clear();
+                failures = 0;
+            }
+            Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
+                // The API refuses these events for good (malformed): retrying cannot help.
+                tracing::error!(error = %e, events = batch.len(), "reports refused; dropped");
+                batch.clear();
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(error = %e, failures, queued = batch.len() + events.len(), "reports: API unavailable, will retry");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff(failures)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn renewals(
+    config: TunnelConfig,
+    ordinal: u32,
+    mut credentials: Credentials,
+    slot: Arc<CertSlot>,
+    api: Arc<arc_swap::ArcSwap<Api>>,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let wait = if failures > 0 {
+            backoff(failures)
+        } else {
+            identity::until_half_life(&credentials.cert_pem, time::OffsetDateTime::now_utc())
+                .unwrap_or(Duration::ZERO)
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        match renew(&config, &credentials, &api).await {
+            Ok(renewed) => {
+                match certified_key(&renewed.cert_pem, &renewed.key_pem) {
+                    Ok(key) => slot.swap(key),
+                    Err(e) => {
+                        tracing::error!(error = %e, "renewed certificate unusable");
+                        failures += 1;
+                        continue;
+                    }
+                }
+                credentials = renewed;
+                failures = 0;
+                tracing::info!(ordinal, "certificate renewed and swapped in");
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "certificate renewal failed; will retry");
+            }
+        }
+    }
+}
+
+async fn renew(
+    config: &TunnelConfig,
+    current: &Credentials,
+    api: &arc_swap::ArcSwap<Api>,
+) -> Result<Credentials, EnrollError> {
+    let (key_pem, csr) = identity::key_and_csr()?;
+    let answer = api
+        .load()
+        .call(
+            Method::POST,
+            "/api/v1/bridges/renew",
+            Some(&serde_json::json!({"csr": csr})),
+            None,
+        )
+        .await?;
+    let cert_pem = answer["certificate"]
+        .as_str()
+        .ok_or_else(|| EnrollError::Tls("the renewal answer has no certificate".into()))?
+        .to_owned();
+    store(&config.data_dir, &key_pem, &cert_pem)?;
+    let renewed = Credentials {
+        cert_pem,
+        key_pem,
+        ca_pem: current.ca_pem.clone(),
+    };
+    api.store(Arc::new(api_client(
+        config,
+        &renewed.ca_pem,
+        Some(&renewed),
+    )?));
+    Ok(renewed)
+}
+
+/// Exponential back-off from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_MIN
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(BACKOFF_MAX)
+}

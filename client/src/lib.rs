@@ -1,0 +1,67 @@
+//! What every caller of BAMF shares: the bridge, the agent and the `bamf` CLI.
+//!
+//! - [`https`]: a small JSON-over-HTTPS client for the API, with the CA as the only trust
+//!   root and an optional client certificate (agents and bridges authenticate by it).
+//! - [`identity`]: private keys and CSRs made locally (the key never leaves the host),
+//!   certificate files written 0600, and when a certificate is due for renewal.
+//! - [`tunnel`]: dialling a bridge by its name (SNI) with a session or agent certificate.
+
+pub mod https;
+pub mod identity;
+pub mod tunnel;
+
+/// Makes a rustls client configuration that trusts only `ca_pem` and, when given, presents
+/// `cert_pem` with `key_pem`.
+///
+/// # Errors
+///
+/// [`TlsError`] when a PEM does not parse or rustls refuses the configuration.
+pub fn tls_config(
+    ca_pem: &str,
+    client: Option<(&str, &str)>,
+    alpn: &[&[u8]],
+) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|_| TlsError::Pem("CA certificate"))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Pem("CA certificate"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert_pem, key_pem)) => {
+            let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| TlsError::Pem("certificate"))?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .map_err(|_| TlsError::Pem("private key"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Config(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// Why a TLS configuration could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM input did not parse.
+    #[error("{0} is not valid PEM")]
+    Pem(&'static str),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}

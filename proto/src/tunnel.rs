@@ -1,0 +1,100 @@
+//! The tunnel's own wire formats: what an agent says after its TLS handshake with a bridge,
+//! and the dial command the API sends an agent.
+//!
+//! A client says nothing: its session certificate names the session, the resource, the
+//! agent and the bridge. An agent's certificate names only the agent, so it sends one fixed
+//! line naming the session it dials for, [`AGENT_PREAMBLE_LEN`] bytes:
+//! `BAMF-AGENT <session uuid>\n`.
+
+use crate::san::{AgentId, SessionId};
+
+const PREAMBLE_PREFIX: &[u8] = b"BAMF-AGENT ";
+/// Length of the agent's preamble: prefix, a 36-character UUID, newline.
+pub const AGENT_PREAMBLE_LEN: usize = PREAMBLE_PREFIX.len() + 36 + 1;
+
+/// The preamble an agent sends for `session`.
+pub fn agent_preamble(session: SessionId) -> Vec<u8> {
+    let mut out = PREAMBLE_PREFIX.to_vec();
+    out.extend_from_slice(session.to_string().as_bytes());
+    out.push(b'\n');
+    out
+}
+
+/// Why a preamble was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PreambleError {
+    /// Not `BAMF-AGENT <uuid>\n`.
+    #[error("malformed agent preamble")]
+    Malformed,
+}
+
+/// Parses an agent's preamble.
+///
+/// # Errors
+///
+/// [`PreambleError::Malformed`] for anything but the exact form.
+pub fn parse_agent_preamble(bytes: &[u8; AGENT_PREAMBLE_LEN]) -> Result<SessionId, PreambleError> {
+    let rest = bytes
+        .strip_prefix(PREAMBLE_PREFIX)
+        .and_then(|r| r.strip_suffix(b"\n"))
+        .ok_or(PreambleError::Malformed)?;
+    std::str::from_utf8(rest)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(PreambleError::Malformed)
+}
+
+/// The dial command: sent by the API on the agent's command stream as one server-sent event
+/// `event: dial` whose `data:` is this, as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialCommand {
+    /// The session to serve.
+    pub session: SessionId,
+    /// The agent it is for (an agent ignores commands for another).
+    pub agent: AgentId,
+    /// The resource (by name, from the agent's own configuration).
+    pub resource: String,
+    /// The bridge's name (SNI), `n.bridge.<tunnel-domain>`.
+    pub bridge_host: String,
+    /// The bridges' public port.
+    pub bridge_port: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn preambles_round_trip_and_nothing_else_parses() {
+        let session: SessionId = "0b6f1a52-3c0e-4d7e-9a41-5a4f6c3b2d10".parse().unwrap();
+        let bytes = agent_preamble(session);
+        assert_eq!(bytes.len(), AGENT_PREAMBLE_LEN);
+        let array: [u8; AGENT_PREAMBLE_LEN] = bytes.clone().try_into().unwrap();
+        assert_eq!(parse_agent_preamble(&array), Ok(session));
+        for i in 0..AGENT_PREAMBLE_LEN {
+            let mut bad = array;
+            bad[i] ^= 0x20;
+            // Flipping case in the hex digits still names a valid UUID only if the parser
+            // accepted upper case; it must not.
+            assert_eq!(
+                parse_agent_preamble(&bad),
+                Err(PreambleError::Malformed),
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn dial_commands_are_json_with_typed_ids() {
+        let text = r#"{"session":"0b6f1a52-3c0e-4d7e-9a41-5a4f6c3b2d10","agent":"1b6f1a52-3c0e-4d7e-9a41-5a4f6c3b2d10","resource":"db-1","bridge_host":"0.bridge.example.com","bridge_port":443}"#;
+        let c: DialCommand = serde_json::from_str(text).unwrap();
+        assert_eq!(c.resource, "db-1");
+        assert_eq!(serde_json::to_string(&c).unwrap(), text);
+        let bad_id = text.replace("0b6f1a52", "0B6F1A52");
+        assert!(serde_json::from_str::<DialCommand>(&bad_id).is_err());
+        let extra = text.replace("}", r#","x":1}"#);
+        assert!(serde_json::from_str::<DialCommand>(&extra).is_err());
+    }
+}

@@ -1,0 +1,692 @@
+//! Tunnels end to end: real `bamf-api`, `bamf-bridge` and `bamf-agent` processes, a TCP
+//! echo target, and clients holding session certificates.
+#![allow(clippy::unwrap_used)] // a test binary: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bamf_api::ca::Authority;
+use bamf_api::store::Store;
+use bamf_client::https::Api as ApiClient;
+use bamf_proto::san::{AgentId, Identity, SessionId, Uuid};
+use bamf_tests::{Api, Bridge, TempDir};
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const BRIDGE_TOKEN: &str = "bamf_bridge-bootstrap-token-for-tests";
+const DOMAIN: &str = "tunnel.test";
+
+/// A TCP echo server on loopback: every byte back, and a close for a close.
+async fn echo_target() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn random_uuid() -> Uuid {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 16];
+    for half in bytes.chunks_mut(8) {
+        let n = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        half.copy_from_slice(&n.to_le_bytes());
+    }
+    Uuid::new_v4(bytes)
+}
+
+/// A key and a certificate for `identity` from `ca`, issued at `at` for `lifetime`.
+fn mint(
+    ca: &Authority,
+    identity: &Identity,
+    at: time::OffsetDateTime,
+    lifetime: Duration,
+) -> (String, String) {
+    let (key, csr) = bamf_client::identity::key_and_csr().unwrap();
+    let issued = ca.issue(&csr, identity, None, lifetime, at).unwrap();
+    (issued.pem, key)
+}
+
+fn client_identity(session: SessionId, agent: AgentId, bridge: u32) -> Identity {
+    Identity::Client {
+        session,
+        user: "alice".parse().unwrap(),
+        resource: "echo".parse().unwrap(),
+        agent,
+        bridge,
+    }
+}
+
+type Tunnel = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Dials bridge `ordinal`'s name at `front` with a certificate.
+async fn dial(
+    front: SocketAddr,
+    ordinal: u32,
+    ca_pem: &str,
+    cert: &(String, String),
+) -> std::io::Result<Tunnel> {
+    let tls = bamf_client::tls_config(ca_pem, Some((&cert.0, &cert.1)), &[]).unwrap();
+    bamf_client::tunnel::dial(&format!("{ordinal}.bridge.{DOMAIN}"), 443, Some(front), tls).await
+}
+
+/// Reads until the peer closes or fails, within `limit`; returns what arrived and when it
+/// ended (None: still open at the limit).
+async fn read_to_end(stream: &mut Tunnel, limit: Duration) -> (Vec<u8>, Option<Duration>) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return (got, Some(started.elapsed())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, None),
+        }
+    }
+}
+
+/// Writes `data` and reads the same number of bytes back.
+async fn echo_through(stream: &mut Tunnel, data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let write = async {
+        w.write_all(data).await.unwrap();
+        w.flush().await.unwrap();
+    };
+    let read = async {
+        let mut back = vec![0u8; data.len()];
+        tokio::time::timeout(Duration::from_secs(20), r.read_exact(&mut back))
+            .await
+            .expect("echo within 20 s")
+            .expect("echo read");
+        back
+    };
+    let ((), back) = tokio::join!(write, read);
+    back
+}
+
+fn tunnel_bridge(dir: &Path, ordinal: u32, api: &Api, ca_file: &Path, extra: &[&str]) -> Bridge {
+    let data = dir.join(format!("bridge-{ordinal}"));
+    let ordinal_text = ordinal.to_string();
+    let url = format!("https://localhost:{}", api.addr.port());
+    let api_addr = api.addr.to_string();
+    let mut args = vec![
+        "--ordinal",
+        &ordinal_text,
+        "--tunnel-domain",
+        DOMAIN,
+        "--api-url",
+        &url,
+        "--api-address",
+        &api_addr,
+        "--api-ca-file",
+        ca_file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--heartbeat-interval",
+        "1s",
+        "--match-timeout",
+        "2s",
+    ];
+    args.extend_from_slice(extra);
+    Bridge::start_with_env(&args, &[("BAMF_JOIN_TOKEN", BRIDGE_TOKEN)]).unwrap()
+}
+
+/// The certificates alone decide: pinning, matching session and agent, expiry, our CA, one
+/// use per session, and the match timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_pairs_only_matching_certificates() {
+    let dir = TempDir::new("tunnel-refusals");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("bamf.db").display());
+    let api = Api::start_with_env(
+        &["--database-url", &url, "--tunnel-domain", DOMAIN],
+        &[("BAMF_BRIDGE_JOIN_TOKEN", BRIDGE_TOKEN)],
+    )
+    .unwrap();
+    let store = Store::connect(&url).await.unwrap();
+    let ca = bamf_api::load_or_create_ca(&store, "unused", &Default::default())
+        .await
+        .unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let bridge = tunnel_bridge(dir.path(), 0, &api, &ca_file, &[]);
+    // The bridge joined with the bootstrap token and keeps its key 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode = std::fs::metadata(dir.path().join("bridge-0/bridge.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+
+    let now = time::OffsetDateTime::now_utc();
+    let minute = Duration::from_secs(60);
+    let (agent_a, agent_b) = (AgentId(random_uuid()), AgentId(random_uuid()));
+    let cert_a = mint(&ca, &Identity::Agent { agent: agent_a }, now, minute);
+    let cert_b = mint(&ca, &Identity::Agent { agent: agent_b }, now, minute);
+    let pem = ca.cert_pem();
+    let front = bridge.front;
+    let agent_side = |cert: (String, String), session: SessionId| async move {
+        let mut s = dial(front, 0, pem, &cert).await.unwrap();
+        s.write_all(&bamf_proto::tunnel::agent_preamble(session))
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        s
+    };
+
+    // A matching pair: bytes flow both ways.
+    let s1 = SessionId(random_uuid());
+    let client_cert = mint(&ca, &client_identity(s1, agent_a, 0), now, minute);
+    let client = tokio::spawn({
+        let cert = client_cert.clone();
+        let pem = pem.to_owned();
+        async move {
+            let mut c = dial(front, 0, &pem, &cert).await.unwrap();
+            let back = echo_through(&mut c, b"ping through the bridge").await;
+            c.shutdown().await.unwrap();
+            back
+        }
+    });
+    let mut agent = agent_side(cert_a.clone(), s1).await;
+    let mut buf = vec![0u8; 23];
+    agent.read_exact(&mut buf).await.unwrap();
+    agent.write_all(&buf).await.unwrap();
+    agent.flush().await.unwrap();
+    assert_eq!(client.await.unwrap(), b"ping through the bridge");
+    drop(agent);
+
+    // The same session certificate cannot open a second tunnel.
+    let started = Instant::now();
+    let mut again = dial(front, 0, pem, &client_cert).await.unwrap();
+    let (_, ended) = read_to_end(&mut again, Duration::from_secs(5)).await;
+    assert!(
+        ended.unwrap() < Duration::from_secs(1),
+        "refused at once, not at the match timeout"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Pinned to bridge 1, presented to bridge 0.
+    let pinned = mint(
+        &ca,
+        &client_identity(SessionId(random_uuid()), agent_a, 1),
+        now,
+        minute,
+    );
+    let mut c = dial(front, 0, pem, &pinned).await.unwrap();
+    let (_, ended) = read_to_end(&mut c, Duration::from_secs(5)).await;
+    assert!(
+        ended.unwrap() < Duration::from_secs(1),
+        "pinning refused at once"
+    );
+
+    // Agent mismatch: the wrong agent is refused at once; the client waits out the match
+    // timeout (2 s here) and is closed.
+    let s2 = SessionId(random_uuid());
+    let waiting = mint(&ca, &client_identity(s2, agent_a, 0), now, minute);
+    let mut c = dial(front, 0, pem, &waiting).await.unwrap();
+    let mut wrong = agent_side(cert_b.clone(), s2).await;
+    let mut wrong_buf = Vec::new();
+    let wrong_end =
+        tokio::time::timeout(Duration::from_secs(5), wrong.read_to_end(&mut wrong_buf)).await;
+    assert!(wrong_end.is_ok(), "the wrong agent is closed");
+    let (got, ended) = read_to_end(&mut c, Duration::from_secs(6)).await;
+    assert!(got.is_empty());
+    let ended = ended.expect("closed at the match timeout");
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(5)).contains(&ended),
+        "{ended:?}"
+    );
+
+    // Session mismatch: client for s3, agent for s4; neither pairs, both closed at the timeout.
+    let (s3, s4) = (SessionId(random_uuid()), SessionId(random_uuid()));
+    let c3 = mint(&ca, &client_identity(s3, agent_a, 0), now, minute);
+    let mut c = dial(front, 0, pem, &c3).await.unwrap();
+    let mut a = agent_side(cert_a.clone(), s4).await;
+    let ((got_c, end_c), (got_a, end_a)) = tokio::join!(
+        read_to_end(&mut c, Duration::from_secs(6)),
+        read_to_end(&mut a, Duration::from_secs(6))
+    );
+    assert!(got_c.is_empty() && got_a.is_empty());
+    assert!(
+        end_c.is_some() && end_a.is_some(),
+        "both closed at the match timeout"
+    );
+
+    // Expired session certificate, and one from another CA: the handshake fails.
+    let expired = mint(
+        &ca,
+        &client_identity(SessionId(random_uuid()), agent_a, 0),
+        now - Duration::from_secs(7200),
+        minute,
+    );
+    let foreign_ca = Authority::generate("another CA", now).unwrap();
+    let foreign = mint(
+        &foreign_ca,
+        &client_identity(SessionId(random_uuid()), agent_a, 0),
+        now,
+        minute,
+    );
+    for (label, cert) in [("expired", expired), ("foreign", foreign)] {
+        let refused = match dial(front, 0, pem, &cert).await {
+            Err(_) => true,
+            Ok(mut s) => read_to_end(&mut s, Duration::from_secs(5))
+                .await
+                .1
+                .is_some(),
+        };
+        assert!(refused, "{label} certificate accepted");
+    }
+
+    // Each refusal is counted by reason.
+    for (reason, at_least) in [
+        ("session already used", 1.0),
+        ("session certificate pinned to another bridge", 1.0),
+        ("agent does not match the session", 1.0),
+        ("match timeout", 3.0),
+        ("handshake, certificate or preamble refused", 2.0),
+    ] {
+        let sample = format!("bamf_tunnel_refusals_total{{reason=\"{reason}\"}}");
+        let v = bridge.wait_metric(&sample, Duration::from_secs(5), |v| v >= at_least);
+        assert!(v >= at_least, "{sample} = {v}");
+    }
+}
+
+/// Minimal JSON client for the API as a user.
+struct User {
+    api: ApiClient,
+    token: String,
+}
+
+impl User {
+    async fn login(api: &Api, ca_pem: &str, user: &str, password: &str) -> Self {
+        let tls = bamf_client::tls_config(ca_pem, None, &[b"http/1.1"]).unwrap();
+        let client = ApiClient::new(&format!("https://localhost:{}", api.addr.port()), tls)
+            .unwrap()
+            .connect_to(Some(api.addr));
+        let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
+        let body = serde_json::json!({"user": user, "password": password, "csr": csr});
+        let answer = client
+            .call(Method::POST, "/api/v1/auth/login", Some(&body), None)
+            .await
+            .unwrap();
+        Self {
+            api: client,
+            token: answer["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, bamf_client::https::HttpsError> {
+        self.api
+            .call(method, path, body.as_ref(), Some(&self.token))
+            .await
+    }
+
+    /// `/connect` for `resource`: (session id, bridge ordinal, session certificate and key).
+    /// While the agent is reconnecting its command stream (503), it tries again for 30 s.
+    async fn connect(&self, resource: &str) -> (String, u32, (String, String)) {
+        let (key, csr) = bamf_client::identity::key_and_csr().unwrap();
+        let started = Instant::now();
+        let answer = loop {
+            match self
+                .call(
+                    Method::POST,
+                    "/api/v1/connect",
+                    Some(serde_json::json!({"resource": resource, "csr": csr})),
+                )
+                .await
+            {
+                Ok(answer) => break answer,
+                Err(e)
+                    if e.status().is_some_and(|s| s.as_u16() == 503)
+                        && started.elapsed() < Duration::from_secs(30) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        };
+        let host = answer["bridge_host"].as_str().unwrap();
+        let ordinal = host.split('.').next().unwrap().parse().unwrap();
+        (
+            answer["session_id"].as_str().unwrap().to_owned(),
+            ordinal,
+            (answer["certificate"].as_str().unwrap().to_owned(), key),
+        )
+    }
+}
+
+/// The PostgreSQL schema the test's API uses, and psql against it.
+struct Pg {
+    admin: String,
+    schema: String,
+    url: String,
+}
+
+impl Pg {
+    fn new(tag: &str) -> Self {
+        let admin = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("bamf_{tag}_{}", std::process::id());
+        let sep = if admin.contains('?') { '&' } else { '?' };
+        let url = format!("{admin}{sep}options=-c%20search_path%3D{schema}");
+        let pg = Self { admin, schema, url };
+        pg.psql(&format!("CREATE SCHEMA {}", pg.schema));
+        pg
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .arg(&self.admin)
+            .args(["-qAtc", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// (state, bytes_up, bytes_down, end_reason) of a session.
+    fn session(&self, id: &str) -> String {
+        self.psql(&format!(
+            "SELECT state || ' ' || bytes_up || ' ' || bytes_down || ' ' || coalesce(end_reason, '-') \
+             FROM {}.sessions WHERE id = '{id}'",
+            self.schema
+        ))
+    }
+
+    /// Waits until the session row reads `want`.
+    async fn wait_session(&self, id: &str, want: &str, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let got = self.session(id);
+            if got == want {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "session {id}: {got:?}, wanted {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(&self.admin)
+            .args(["-qAtc", &format!("DROP SCHEMA {} CASCADE", self.schema)])
+            .output();
+    }
+}
+
+/// A Redis database of its own (presence keys of other tests' bridges must not mix in).
+fn redis_db(db: u8) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect("127.0.0.1:6379").expect("Redis at 127.0.0.1:6379");
+    s.write_all(format!("SELECT {db}\r\nFLUSHDB\r\n").as_bytes())
+        .unwrap();
+    let mut answer = [0u8; 10];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"+OK\r\n+OK\r\n");
+    format!("redis://127.0.0.1:6379/{db}")
+}
+
+/// The issue's scenario: API on PostgreSQL and Redis, bridges 0 and 1 forwarding to each
+/// other, one agent, an echo target; sessions placed on either bridge work through the
+/// other's front door; byte counts land in PostgreSQL; kills and revocations close live
+/// tunnels within a heartbeat; tunnels outlive the API and their reports arrive later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
+    let dir = TempDir::new("tunnel-e2e");
+    let pg = Pg::new("tunnel");
+    let redis = redis_db(9);
+    let api_args = |listen: &str| {
+        vec![
+            "--listen".to_owned(),
+            listen.to_owned(),
+            "--database-url".to_owned(),
+            pg.url.clone(),
+            "--redis-url".to_owned(),
+            redis.clone(),
+            "--admin-password".to_owned(),
+            "admin-password-1".to_owned(),
+            "--tunnel-domain".to_owned(),
+            DOMAIN.to_owned(),
+        ]
+    };
+    let start_api = |listen: &str| {
+        let args = api_args(listen);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Api::start_with_env(&args, &[("BAMF_BRIDGE_JOIN_TOKEN", BRIDGE_TOKEN)]).unwrap()
+    };
+    let mut api = start_api("127.0.0.1:0");
+    let store = Store::connect(&pg.url).await.unwrap();
+    let ca = bamf_api::load_or_create_ca(&store, "unused", &Default::default())
+        .await
+        .unwrap();
+    let ca_pem = ca.cert_pem().to_owned();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+
+    // Bridge 1's peer port is reserved first so bridge 0 can name it; bridge 0's peer port
+    // is on 127.0.0.0 so that the template 127.0.0.{n} reaches both.
+    let peer_1 = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let to_1 = format!("127.0.0.{{n}}:{peer_1}");
+    let bridge_0 = tunnel_bridge(
+        dir.path(),
+        0,
+        &api,
+        &ca_file,
+        &["--peer-listen", "127.0.0.0:0", "--peer-address", &to_1],
+    );
+    let to_0 = format!("127.0.0.{{n}}:{}", bridge_0.peer.unwrap().port());
+    let peer_1_listen = format!("127.0.0.1:{peer_1}");
+    let bridge_1 = tunnel_bridge(
+        dir.path(),
+        1,
+        &api,
+        &ca_file,
+        &["--peer-listen", &peer_1_listen, "--peer-address", &to_0],
+    );
+    let fronts = [bridge_0.front, bridge_1.front];
+
+    // One agent beside an echo target; it dials every bridge through bridge 0's front door.
+    let echo = echo_target().await;
+    let admin = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
+    let token = admin
+        .call(
+            Method::POST,
+            "/api/v1/join-tokens",
+            Some(serde_json::json!({"kind": "agent", "ttl_seconds": 600, "max_uses": 1})),
+        )
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent_config = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "name = \"edge\"\napi_url = \"https://localhost:{port}\"\napi_address = \"{api}\"\n\
+             api_ca_file = \"{ca}\"\ndata_dir = \"{data}\"\nbridge_address = \"{front}\"\n\
+             [[resources]]\nname = \"echo\"\nkind = \"tcp\"\naddress = \"{echo}\"\nlabels = {{ env = \"test\" }}\n",
+            port = api.addr.port(),
+            api = api.addr,
+            ca = ca_file.display(),
+            data = dir.path().join("agent").display(),
+            front = bridge_0.front,
+        ),
+    )
+    .unwrap();
+    let mut agent = Command::new(bamf_tests::binary("bamf-agent"))
+        .args([
+            "--config",
+            agent_config.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .env("BAMF_JOIN_TOKEN", &token)
+        .env("BAMF_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let listed = admin
+            .call(Method::GET, "/api/v1/resources", None)
+            .await
+            .unwrap();
+        if listed["items"][0]["online"] == true {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the agent never came online: {}",
+            std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // RBAC: a user without a role is refused, audited.
+    admin
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(serde_json::json!({"name": "bob", "password": "bob-password-12"})),
+        )
+        .await
+        .unwrap();
+    let bob = User::login(&api, &ca_pem, "bob", "bob-password-12").await;
+    let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
+    let denied = bob
+        .call(
+            Method::POST,
+            "/api/v1/connect",
+            Some(serde_json::json!({"resource": "echo", "csr": csr})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(denied.status().map(|s| s.as_u16()), Some(403));
+    let unknown = admin
+        .call(
+            Method::POST,
+            "/api/v1/connect",
+            Some(serde_json::json!({"resource": "nope", "csr": csr})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.status().map(|s| s.as_u16()), Some(404));
+
+    // Session A lands on the idle bridge 0; its client enters through bridge 1.
+    let (id_a, on_a, cert_a) = admin.connect("echo").await;
+    assert_eq!(on_a, 0);
+    let mut tunnel_a = dial(fronts[1], on_a, &ca_pem, &cert_a).await.unwrap();
+    assert_eq!(
+        echo_through(&mut tunnel_a, b"hello via bridge 1").await,
+        b"hello via bridge 1"
+    );
+    // With bridge 0 busy (after its heartbeat), session B lands on bridge 1, and its client
+    // enters through bridge 0.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (id_b, on_b, cert_b) = admin.connect("echo").await;
+    assert_eq!(on_b, 1, "least loaded");
+    let mut tunnel_b = dial(fronts[0], on_b, &ca_pem, &cert_b).await.unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    assert!(
+        echo_through(&mut tunnel_b, &data).await == data,
+        "byte-exact"
+    );
+    tunnel_b.shutdown().await.unwrap();
+    let (rest, _) = read_to_end(&mut tunnel_b, Duration::from_secs(10)).await;
+    assert!(rest.is_empty());
+    pg.wait_session(&id_b, "ended 200000 200000 closed", Duration::from_secs(10))
+        .await;
+
+    // Deleting a live session closes its tunnel within one heartbeat (1 s here).
+    admin
+        .call(Method::DELETE, &format!("/api/v1/sessions/{id_a}"), None)
+        .await
+        .unwrap();
+    let (_, closed) = read_to_end(&mut tunnel_a, Duration::from_secs(5)).await;
+    let closed = closed.expect("killed within a heartbeat");
+    assert!(closed < Duration::from_secs(3), "{closed:?}");
+    pg.wait_session(&id_a, "ended 18 18 killed", Duration::from_secs(10))
+        .await;
+
+    // The API goes away while a tunnel runs: bytes keep flowing, the report arrives when it
+    // is back (on the same address, store and presence).
+    let (id_c, on_c, cert_c) = admin.connect("echo").await;
+    let mut tunnel_c = dial(fronts[1 - on_c as usize], on_c, &ca_pem, &cert_c)
+        .await
+        .unwrap();
+    let api_addr = api.addr.to_string();
+    drop(api);
+    assert_eq!(
+        echo_through(&mut tunnel_c, b"still here").await,
+        b"still here"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(echo_through(&mut tunnel_c, b"and here").await, b"and here");
+    tunnel_c.shutdown().await.unwrap();
+    let _ = read_to_end(&mut tunnel_c, Duration::from_secs(5)).await;
+    assert_eq!(
+        pg.session(&id_c),
+        "pending 0 0 -",
+        "no report while the API is down"
+    );
+    api = start_api(&api_addr);
+    pg.wait_session(&id_c, "ended 18 18 closed", Duration::from_secs(45))
+        .await;
+
+    // Deleting (revoking) the agent closes its live tunnels within a heartbeat.
+    let admin = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
+    let (id_d, on_d, cert_d) = admin.connect("echo").await;
+    let mut tunnel_d = dial(fronts[on_d as usize], on_d, &ca_pem, &cert_d)
+        .await
+        .unwrap();
+    assert_eq!(echo_through(&mut tunnel_d, b"last").await, b"last");
+    let agents = admin
+        .call(Method::GET, "/api/v1/agents", None)
+        .await
+        .unwrap();
+    let agent_id = agents["items"][0]["id"].as_str().unwrap().to_owned();
+    admin
+        .call(Method::DELETE, &format!("/api/v1/agents/{agent_id}"), None)
+        .await
+        .unwrap();
+    let (_, closed) = read_to_end(&mut tunnel_d, Duration::from_secs(5)).await;
+    assert!(closed.expect("closed after the revocation") < Duration::from_secs(3));
+    pg.wait_session(&id_d, "ended 4 4 killed", Duration::from_secs(10))
+        .await;
+
+    let _ = agent.kill();
+    let _ = agent.wait();
+    drop((bridge_0, bridge_1, api));
+}
