@@ -30,12 +30,16 @@ pub const START_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The workspace's target directory for the profile these tests were built with.
 fn profile_dir() -> PathBuf {
-    // The test binary lives in target/<profile>/deps/.
-    let exe = std::env::current_exe().expect("current test executable");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary sits in target/<profile>/deps")
-        .to_path_buf()
+    // Test binaries live in target/<profile>/deps/, benchmark binaries in target/<profile>/.
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("the executable has a directory");
+    if dir.ends_with("deps") {
+        dir.parent()
+            .expect("deps sits in target/<profile>")
+            .to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary, built by `cargo build --workspace --bins` first.

@@ -73,21 +73,8 @@ fn main() -> Result<()> {
         login_rates.push(cli.logins as f64 / started.elapsed().as_secs_f64());
     }
     let (login_median, login_low, login_high) = summary(&mut login_rates);
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_default();
+    let commit = bamf_benches::commit();
+    let cpu = bamf_benches::machine();
     let report = format!(
         "\n## Control plane, {}\n\n- commit: {commit}; machine: {cpu}, one thread\n- certificate issuance: `Authority::issue` of a 60 s session certificate from an ECDSA P-256 CSR (parse, signature check, policy, sign), CSR generation excluded; CA key ECDSA P-256 (ring). {} runs of {}: median **{median:.0} certificates/s per core** (range {low:.0}–{high:.0})\n- login: argon2id verification at the login cost ({}), {} runs of {}: median **{login_median:.1} logins/s per core** (range {login_low:.1}–{login_high:.1}); the store and token write add little next to it\n",
         now.date(),
@@ -99,10 +86,7 @@ fn main() -> Result<()> {
     );
     println!("{report}");
     if cli.record {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md");
-        let mut text = std::fs::read_to_string(path).unwrap_or_default();
-        text.push_str(&report);
-        std::fs::write(path, text).context("writing RESULTS.md")?;
+        bamf_benches::record(&report).context("writing RESULTS.md")?;
     }
     Ok(())
 }

@@ -1,0 +1,359 @@
+//! Tunnel costs with real processes on loopback: `bamf-api` (SQLite), one `bamf-bridge`
+//! with the relay, one `bamf-agent`, and an echo target.
+//!
+//! - session setup: `POST /api/v1/connect` → dial the bridge with the session certificate →
+//!   first byte echoed back (the agent dials after the command reaches it), p50/p99;
+//! - throughput through the relay (TLS on both sides, agent → target plain TCP) against the
+//!   front door's passthrough of one TLS connection to a TLS echo server, same client;
+//! - memory per established idle tunnel: bridge and agent RSS growth over N open tunnels.
+//!
+//! Prints a Markdown section; `--record` appends it to benches/RESULTS.md.
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bamf_client::https::Api as ApiClient;
+use bamf_tests::{Api, Bridge, TempDir};
+use clap::Parser;
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tunnel",
+    about = "Session setup, relay throughput and idle memory per tunnel"
+)]
+struct Cli {
+    /// Sessions timed for setup latency.
+    #[arg(long, default_value_t = 200)]
+    sessions: usize,
+    /// MiB sent (and echoed back) per throughput run.
+    #[arg(long, default_value_t = 512)]
+    mib: usize,
+    /// Throughput runs per path; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Idle tunnels held open for the memory measurement.
+    #[arg(long, default_value_t = 500)]
+    idle: usize,
+    /// Small numbers, to check the harness works (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Append the report to benches/RESULTS.md.
+    #[arg(long)]
+    record: bool,
+}
+
+const TOKEN: &str = "bamf_bench-bridge-token";
+const DOMAIN: &str = "tunnel.bench";
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let mut cli = Cli::parse();
+    if cli.smoke {
+        (cli.sessions, cli.mib, cli.runs, cli.idle) = (10, 8, 1, 20);
+    }
+    let dir = TempDir::new("bench-tunnel");
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("bamf.db").display());
+    let api = Api::start_with_env(
+        &[
+            "--database-url",
+            &db,
+            "--admin-password",
+            "bench-password-1",
+            "--tunnel-domain",
+            DOMAIN,
+        ],
+        &[("BAMF_BRIDGE_JOIN_TOKEN", TOKEN)],
+    )?;
+    let ca_pem = {
+        let store = bamf_api::store::Store::connect(&db).await?;
+        bamf_api::load_or_create_ca(&store, "unused", &Default::default())
+            .await?
+            .cert_pem()
+            .to_owned()
+    };
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem)?;
+    let url = format!("https://localhost:{}", api.addr.port());
+    let api_addr = api.addr.to_string();
+
+    // The passthrough baseline's TLS echo server sits behind a static route of the same bridge.
+    let (tls_echo, tls_echo_ca) = tls_echo_server().await?;
+    let route = format!("echo.bench={tls_echo}");
+    let data_dir = dir.path().join("bridge");
+    let bridge = Bridge::start_with_env(
+        &[
+            "--ordinal",
+            "0",
+            "--tunnel-domain",
+            DOMAIN,
+            "--api-url",
+            &url,
+            "--api-address",
+            &api_addr,
+            "--api-ca-file",
+            ca_file.to_str().unwrap(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--route",
+            &route,
+        ],
+        &[("BAMF_JOIN_TOKEN", TOKEN)],
+    )?;
+
+    let echo = echo_target().await?;
+    let tls = bamf_client::tls_config(&ca_pem, None, &[b"http/1.1"])?;
+    let client = ApiClient::new(&url, tls)?.connect_to(Some(api.addr));
+    let (_, csr) = bamf_client::identity::key_and_csr()?;
+    let login = serde_json::json!({"user": "admin", "password": "bench-password-1", "csr": csr});
+    let token = client
+        .call(Method::POST, "/api/v1/auth/login", Some(&login), None)
+        .await?["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    let join = client
+        .call(
+            Method::POST,
+            "/api/v1/join-tokens",
+            Some(&serde_json::json!({"kind": "agent", "ttl_seconds": 600, "max_uses": 1})),
+            Some(&token),
+        )
+        .await?["token"]
+        .as_str()
+        .context("join token")?
+        .to_owned();
+    let agent_config = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "name = \"bench\"\napi_url = \"{url}\"\napi_address = \"{api_addr}\"\napi_ca_file = \"{}\"\n\
+             data_dir = \"{}\"\nbridge_address = \"{}\"\nmax_tunnels = 4096\n\
+             [[resources]]\nname = \"echo\"\nkind = \"tcp\"\naddress = \"{echo}\"\n",
+            ca_file.display(),
+            dir.path().join("agent").display(),
+            bridge.front
+        ),
+    )?;
+    let mut agent = std::process::Command::new(bamf_tests::binary("bamf-agent"))
+        .args(["--config", agent_config.to_str().unwrap()])
+        .env("BAMF_JOIN_TOKEN", &join)
+        .env("BAMF_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting bamf-agent")?;
+    let agent_pid = agent.id();
+    let connect = |client: ApiClient, token: String| async move {
+        let (key, csr) = bamf_client::identity::key_and_csr()?;
+        let body = serde_json::json!({"resource": "echo", "csr": csr});
+        let answer = client
+            .call(Method::POST, "/api/v1/connect", Some(&body), Some(&token))
+            .await?;
+        let cert = answer["certificate"]
+            .as_str()
+            .context("certificate")?
+            .to_owned();
+        let host = answer["bridge_host"]
+            .as_str()
+            .context("bridge host")?
+            .to_owned();
+        anyhow::Ok((cert, key, host))
+    };
+    // Wait for the agent's command stream: connect answers 503 until then.
+    let started = Instant::now();
+    while connect(client.clone(), token.clone()).await.is_err() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the agent never came online"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // the warm-up session's pending side expires
+
+    let open = |client: ApiClient, token: String, ca: String, front: SocketAddr| async move {
+        let (cert, key, host) = connect(client, token).await?;
+        let tls = bamf_client::tls_config(&ca, Some((&cert, &key)), &[])?;
+        let mut s = bamf_client::tunnel::dial(&host, 443, Some(front), tls).await?;
+        s.write_all(b"x").await?;
+        s.flush().await?;
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await?;
+        anyhow::Ok(s)
+    };
+
+    // 1. Session setup latency.
+    let mut setup = Vec::with_capacity(cli.sessions);
+    for _ in 0..cli.sessions {
+        let t = Instant::now();
+        let s = open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?;
+        setup.push(t.elapsed());
+        drop(s);
+    }
+    setup.sort();
+    let pct = |p: f64| setup[((setup.len() as f64 * p) as usize).min(setup.len() - 1)];
+    let (p50, p99) = (pct(0.50), pct(0.99));
+
+    // 2. Throughput: relay vs passthrough, interleaved.
+    let bytes = cli.mib * 1024 * 1024;
+    let mut relay_rates = Vec::new();
+    let mut pass_rates = Vec::new();
+    for _ in 0..cli.runs.max(1) {
+        let mut s = open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?;
+        relay_rates.push(pump(&mut s, bytes).await?);
+        let tls = bamf_client::tls_config(&tls_echo_ca, None, &[])?;
+        let mut p = bamf_client::tunnel::dial("echo.bench", 443, Some(bridge.front), tls).await?;
+        pass_rates.push(pump(&mut p, bytes).await?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (relay, pass) = (median(&mut relay_rates), median(&mut pass_rates));
+
+    // 3. Memory per established idle tunnel.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (bridge_before, agent_before) = (bridge.rss_kib(), rss_kib(agent_pid));
+    let mut held = Vec::with_capacity(cli.idle);
+    for _ in 0..cli.idle {
+        held.push(open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (bridge_after, agent_after) = (bridge.rss_kib(), rss_kib(agent_pid));
+    let per =
+        |before: u64, after: u64| after.saturating_sub(before) as f64 * 1024.0 / cli.idle as f64;
+    let (bridge_per, agent_per) = (
+        per(bridge_before, bridge_after),
+        per(agent_before, agent_after),
+    );
+    drop(held);
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let report = format!(
+        "\n## Tunnels, {date}{smoke}\n\n- commit: {commit}; machine: {machine}; everything on loopback, debug logging off\n\
+         - processes: `bamf-api` (SQLite, in-process presence), one `bamf-bridge` (relay), one `bamf-agent`, an echo target; client in process (rustls, ECDSA P-256)\n\
+         - session setup, `POST /connect` → dial with the session certificate → first byte echoed, {n} sessions one after another: **p50 {p50:.1} ms, p99 {p99:.1} ms**\n\
+         - throughput, {mib} MiB each way on one connection, median of {runs}: relay (TLS client→bridge, TLS bridge→agent, TCP agent→target) **{relay:.2} Gbit/s**; front-door passthrough of one TLS connection to a TLS echo server **{pass:.2} Gbit/s**; ratio relay ÷ passthrough **{ratio:.2}×**\n\
+         - memory per established idle tunnel ({idle} tunnels): bridge **{bridge_per:.0} B**, agent **{agent_per:.0} B** (RSS growth ÷ tunnels)\n",
+        date = today(),
+        smoke = if cli.smoke {
+            " (smoke: too small to quote)"
+        } else {
+            ""
+        },
+        commit = bamf_benches::commit(),
+        machine = bamf_benches::machine(),
+        n = setup.len(),
+        p50 = ms(p50),
+        p99 = ms(p99),
+        mib = cli.mib,
+        runs = relay_rates.len(),
+        ratio = relay / pass,
+        idle = cli.idle,
+    );
+    println!("{report}");
+    if cli.record {
+        bamf_benches::record(&report).context("writing RESULTS.md")?;
+    }
+    Ok(())
+}
+
+/// Sends `bytes` and reads them back concurrently; Gbit/s of one direction.
+async fn pump<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    bytes: usize,
+) -> Result<f64> {
+    let (mut r, mut w) = tokio::io::split(s);
+    let chunk = vec![0x5au8; 64 * 1024];
+    let started = Instant::now();
+    let send = async {
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            w.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        w.flush().await?;
+        anyhow::Ok(())
+    };
+    let receive = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < bytes {
+            let n = r.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "closed early");
+            got += n;
+        }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(send, receive)?;
+    Ok(bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9)
+}
+
+async fn echo_target() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A TLS echo server with a throwaway certificate for `echo.bench`; returns its address
+/// and the certificate (to trust).
+async fn tls_echo_server() -> Result<(SocketAddr, String)> {
+    use rustls_pki_types::pem::PemObject;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["echo.bench".to_owned()])?.self_signed(&key)?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())?,
+    )?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(s).await {
+                    let (mut r, mut w) = tokio::io::split(tls);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    Ok((addr, cert.pem()))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn today() -> String {
+    let out = std::process::Command::new("date").arg("+%Y-%m-%d").output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
