@@ -122,9 +122,11 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, sha
     };
     let report = match (handled, &shared.relay) {
         (Handled::Done(report), _) => report,
-        // The relay ends its tunnels itself at the cut, so their end is reported.
+        // The relay ends its tunnels itself at the cut, so their end is reported. Boxed: the
+        // relay's handshake state is large, and every connection task (most of them
+        // passthrough) would otherwise reserve room for it.
         (Handled::Tunnel(buffered), Some(relay)) => {
-            tunnel_report(relay.serve(stream, buffered, peer).await)
+            tunnel_report(Box::pin(relay.serve(stream, buffered, peer)).await)
         }
         (Handled::Tunnel(_), None) => Report::early(Outcome::Rejected),
     };
