@@ -61,7 +61,10 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), IdentityError> {
         path: path.to_owned(),
         error,
     };
-    let tmp = path.with_extension("tmp");
+    // `<name>.tmp` beside it: each file its own temporary, whatever its extension.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -71,7 +74,14 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), IdentityError> {
         .map_err(file_err)?;
     file.write_all(contents.as_bytes()).map_err(file_err)?;
     file.sync_all().map_err(file_err)?;
-    std::fs::rename(&tmp, path).map_err(file_err)
+    std::fs::rename(&tmp, path).map_err(file_err)?;
+    // The rename itself must reach the disk too.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(file_err)?;
+    }
+    Ok(())
 }
 
 /// Reads a file, or `None` when it does not exist.

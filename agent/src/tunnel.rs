@@ -1,0 +1,410 @@
+//! Serving dial commands: one task per tunnel, from the resource's socket to a bridge.
+//!
+//! For a [`DialCommand`] the agent connects to the resource (under `connect_timeout`), dials
+//! the named bridge with its agent certificate, sends the preamble naming the session, then
+//! relays bytes both ways until both sides finish, the tunnel sits idle for `idle_timeout`,
+//! or shutdown cuts it. At most `max_tunnels` run at once; a command beyond is dropped (the
+//! bridge gives up pairing the client after its own deadline).
+//!
+//! The relay is a plain two-buffer copy: agent tunnels are TLS on one side, so the bridge's
+//! splice path does not apply.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bamf_proto::tunnel::{DialCommand, agent_preamble};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Address, Config, Resource};
+use crate::enroll::{Tls, millis};
+
+/// Bytes read at once, per direction.
+const BUFFER: usize = 16 * 1024;
+/// After the grace period, how long cut tunnels get to log their end.
+const CUT_WAIT: Duration = Duration::from_secs(2);
+
+/// The tunnels of one agent: the limit, the tasks, and the switch that cuts them.
+#[derive(Debug, Clone)]
+pub struct Tunnels {
+    config: Arc<Config>,
+    tls: watch::Receiver<Arc<Tls>>,
+    slots: Arc<Semaphore>,
+    tasks: TaskTracker,
+    cut: CancellationToken,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DrainReport {
+    /// Tunnels open when the drain began.
+    pub open_at_start: usize,
+    /// Of those, still open when the grace period ran out, and so cut.
+    pub cut: usize,
+}
+
+impl Tunnels {
+    /// No tunnels yet; at most `config.limits.max_tunnels` at once.
+    pub fn new(config: Arc<Config>, tls: watch::Receiver<Arc<Tls>>) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(config.limits.max_tunnels.get())),
+            config,
+            tls,
+            tasks: TaskTracker::new(),
+            cut: CancellationToken::new(),
+        }
+    }
+
+    /// Starts serving `cmd` in its own task, unless its resource is unknown or the limit is
+    /// reached (both logged).
+    pub fn dispatch(&self, cmd: DialCommand) {
+        let Some(resource) = self.config.resource(&cmd.resource).cloned() else {
+            tracing::warn!(
+                session = %cmd.session,
+                resource = %cmd.resource,
+                "dial command for a resource this agent does not serve; ignored"
+            );
+            return;
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                session = %cmd.session,
+                resource = %cmd.resource,
+                max_tunnels = self.config.limits.max_tunnels.get(),
+                "tunnel limit reached; dial command dropped"
+            );
+            return;
+        };
+        let tls = self.tls.borrow().bridge.clone();
+        let config = self.config.clone();
+        let cut = self.cut.clone();
+        self.tasks.spawn(async move {
+            serve(&config, &cmd, &resource, tls, &cut).await;
+            drop(slot);
+        });
+    }
+
+    /// Open tunnels.
+    pub fn open(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Waits up to `grace` for open tunnels to finish, then cuts the rest.
+    pub async fn drain(&self, grace: Duration) -> DrainReport {
+        self.tasks.close();
+        let open_at_start = self.tasks.len();
+        let mut cut = 0;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            cut = self.tasks.len();
+            self.cut.cancel();
+            let _ = tokio::time::timeout(CUT_WAIT, self.tasks.wait()).await;
+        }
+        DrainReport { open_at_start, cut }
+    }
+}
+
+/// Serves one dial command to its end, logging how it went.
+async fn serve(
+    config: &Config,
+    cmd: &DialCommand,
+    resource: &Resource,
+    tls: Arc<rustls::ClientConfig>,
+    cut: &CancellationToken,
+) {
+    let started = Instant::now();
+    let fail = |stage: &'static str, error: &dyn std::fmt::Display| {
+        tracing::warn!(
+            session = %cmd.session,
+            resource = %cmd.resource,
+            bridge = %cmd.bridge_host,
+            stage,
+            error = %error,
+            "tunnel failed"
+        );
+    };
+    let target =
+        match tokio::time::timeout(config.limits.connect_timeout, connect(&resource.address)).await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return fail("resource", &format_args!("{}: {e}", resource.address)),
+            Err(_) => {
+                return fail(
+                    "resource",
+                    &format_args!("{}: connect timed out", resource.address),
+                );
+            }
+        };
+    let _ = target.set_nodelay(true);
+    let dial = bamf_client::tunnel::dial(
+        &cmd.bridge_host,
+        cmd.bridge_port,
+        config.bridge_address,
+        tls,
+    );
+    let mut bridge = match cut.run_until_cancelled(dial).await {
+        Some(Ok(stream)) => stream,
+        Some(Err(e)) => return fail("bridge", &e),
+        None => return fail("bridge", &"cut by shutdown"),
+    };
+    if let Err(e) = write_preamble(&mut bridge, cmd).await {
+        return fail("preamble", &e);
+    }
+    tracing::info!(
+        session = %cmd.session,
+        resource = %cmd.resource,
+        bridge = %cmd.bridge_host,
+        "tunnel open"
+    );
+    let relayed = relay(bridge, target, config.limits.idle_timeout, cut).await;
+    tracing::info!(
+        session = %cmd.session,
+        resource = %cmd.resource,
+        bridge = %cmd.bridge_host,
+        outcome = relayed.end.as_str(),
+        bytes_from_resource = relayed.from_resource,
+        bytes_to_resource = relayed.to_resource,
+        duration_ms = millis(started.elapsed()),
+        "tunnel closed"
+    );
+}
+
+async fn write_preamble<S: AsyncWrite + Unpin>(
+    bridge: &mut S,
+    cmd: &DialCommand,
+) -> io::Result<()> {
+    let write = async {
+        bridge.write_all(&agent_preamble(cmd.session)).await?;
+        bridge.flush().await
+    };
+    tokio::time::timeout(bamf_client::tunnel::DIAL_TIMEOUT, write)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "writing the preamble timed out"))?
+}
+
+async fn connect(address: &Address) -> io::Result<TcpStream> {
+    match address {
+        Address::Ip(addr) => TcpStream::connect(addr).await,
+        Address::Name(host, port) => TcpStream::connect((host.to_string(), *port)).await,
+    }
+}
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides finished.
+    Closed,
+    /// No bytes either way for the idle timeout.
+    IdleTimeout,
+    /// Shutdown's grace period ran out.
+    Cut,
+    /// A read or write failed (a reset, a TLS error).
+    Error,
+}
+
+impl End {
+    /// The name logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Cut => "cut",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// What a relay carried and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// Bytes from the resource to the bridge.
+    pub from_resource: u64,
+    /// Bytes from the bridge to the resource.
+    pub to_resource: u64,
+    /// Why it ended.
+    pub end: End,
+}
+
+/// Copies both ways until both sides have finished (an end of stream on one side is passed
+/// on as a write shutdown of the other, so half-closed protocols work), one side fails,
+/// nothing moves for `idle`, or `cut` is cancelled.
+pub async fn relay<B, R>(bridge: B, resource: R, idle: Duration, cut: &CancellationToken) -> Relayed
+where
+    B: AsyncRead + AsyncWrite,
+    R: AsyncRead + AsyncWrite,
+{
+    let (mut bridge_rx, mut bridge_tx) = tokio::io::split(bridge);
+    let (mut resource_rx, mut resource_tx) = tokio::io::split(resource);
+    let clock = Clock::new();
+    let (from_resource, to_resource) = (AtomicU64::new(0), AtomicU64::new(0));
+    let both = async {
+        tokio::try_join!(
+            copy(&mut resource_rx, &mut bridge_tx, &from_resource, &clock),
+            copy(&mut bridge_rx, &mut resource_tx, &to_resource, &clock),
+        )
+    };
+    let end = tokio::select! {
+        result = both => if result.is_ok() { End::Closed } else { End::Error },
+        () = clock.idle(idle) => End::IdleTimeout,
+        () = cut.cancelled() => End::Cut,
+    };
+    Relayed {
+        from_resource: from_resource.load(Ordering::Relaxed),
+        to_resource: to_resource.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+/// One direction: read, write, count, until end of stream, then shut the writer down.
+async fn copy<R, W>(from: &mut R, to: &mut W, count: &AtomicU64, clock: &Clock) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            // The peer may already be gone; its own direction reports that.
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        clock.touch();
+        to.write_all(buf.get(..n).unwrap_or_default()).await?;
+        to.flush().await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The last time bytes moved, as milliseconds since the relay began: one timer for the
+/// whole tunnel re-armed from it, instead of a timer reset per chunk.
+struct Clock {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(millis(self.start.elapsed()), Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `idle`.
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn half_close_is_passed_on_and_bytes_are_counted() {
+        // client <-> [bridge side | relay | resource side] <-> server
+        let (mut client, bridge_side) = tcp_pair().await;
+        let (resource_side, mut server) = tcp_pair().await;
+        let cut = CancellationToken::new();
+        let relay = tokio::spawn(async move {
+            relay(bridge_side, resource_side, Duration::from_secs(10), &cut).await
+        });
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        // The server sees the request and then end of stream, and can still answer.
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request");
+        server.write_all(b"a longer response").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"a longer response");
+        let relayed = relay.await.unwrap();
+        assert_eq!(
+            relayed,
+            Relayed {
+                from_resource: 17,
+                to_resource: 7,
+                end: End::Closed
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_tunnels_time_out_and_cut_ones_end_at_once() {
+        let (_client, bridge_side) = tcp_pair().await;
+        let (resource_side, _server) = tcp_pair().await;
+        let cut = CancellationToken::new();
+        let started = Instant::now();
+        let relayed = relay(bridge_side, resource_side, Duration::from_millis(200), &cut).await;
+        assert_eq!(relayed.end, End::IdleTimeout);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+
+        let (mut client, bridge_side) = tcp_pair().await;
+        let (resource_side, _server) = tcp_pair().await;
+        let cut = CancellationToken::new();
+        let trigger = cut.clone();
+        let task = tokio::spawn(async move {
+            relay(bridge_side, resource_side, Duration::from_secs(60), &cut).await
+        });
+        client.write_all(b"x").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        trigger.cancel();
+        let relayed = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((relayed.end, relayed.to_resource), (End::Cut, 1));
+    }
+
+    #[tokio::test]
+    async fn activity_keeps_a_tunnel_open_past_the_idle_timeout() {
+        let (mut client, bridge_side) = tcp_pair().await;
+        let (resource_side, mut server) = tcp_pair().await;
+        let cut = CancellationToken::new();
+        let task = tokio::spawn(async move {
+            relay(bridge_side, resource_side, Duration::from_millis(300), &cut).await
+        });
+        let mut buf = [0u8; 1];
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.write_all(b"x").await.unwrap();
+            server.read_exact(&mut buf).await.unwrap();
+        }
+        assert!(!task.is_finished());
+        let relayed = task.await.unwrap();
+        assert_eq!((relayed.end, relayed.to_resource), (End::IdleTimeout, 6));
+    }
+}
