@@ -87,7 +87,7 @@ async fn dial(
 async fn read_to_end(stream: &mut Tunnel, limit: Duration) -> (Vec<u8>, Option<Duration>) {
     let started = Instant::now();
     let mut got = Vec::new();
-    let mut buf = [0u8; 16384];
+    let mut buf = vec![0u8; 16384];
     loop {
         let left = limit.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, stream.read(&mut buf)).await {
