@@ -225,6 +225,9 @@ pub async fn serve<P: Presence + 'static>(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // Answers go out in several TLS records; with Nagle the later ones wait for the
+        // client's delayed ACK (40 ms).
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
         let watcher = graceful.watcher();
