@@ -220,6 +220,49 @@ impl Bridge {
         })
     }
 
+    /// Starts bridge `ordinal` with the tunnel relay: it joins `api` (through its own address,
+    /// as `localhost`) with the bridge join token `token`, trusts `ca_file`, keeps its key in
+    /// `data_dir`, heartbeats every second; `extra` adds flags.
+    ///
+    /// # Errors
+    ///
+    /// As [`Bridge::start`].
+    pub fn start_tunnel(
+        ordinal: u32,
+        tunnel_domain: &str,
+        api: &Api,
+        ca_file: &Path,
+        data_dir: &Path,
+        token: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let ordinal = ordinal.to_string();
+        let url = format!("https://localhost:{}", api.addr.port());
+        let api_addr = api.addr.to_string();
+        let (ca_file, data_dir) = (
+            ca_file.display().to_string(),
+            data_dir.display().to_string(),
+        );
+        let mut args = vec![
+            "--ordinal",
+            &ordinal,
+            "--tunnel-domain",
+            tunnel_domain,
+            "--api-url",
+            &url,
+            "--api-address",
+            &api_addr,
+            "--api-ca-file",
+            &ca_file,
+            "--data-dir",
+            &data_dir,
+            "--heartbeat-interval",
+            "1s",
+        ];
+        args.extend_from_slice(extra);
+        Self::start_with_env(&args, &[("BAMF_JOIN_TOKEN", token)])
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -371,6 +414,25 @@ impl Api {
     /// Log lines so far (JSON).
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Fetches the CA certificate the API serves (trust on first use, as an operator or
+    /// `bamf login` would) into `dir/ca.pem` and returns that path.
+    ///
+    /// # Panics
+    ///
+    /// When `curl` fails or the answer is not a PEM certificate.
+    pub fn fetch_ca(&self, dir: &Path) -> PathBuf {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "10"])
+            .arg(format!("https://127.0.0.1:{}/api/v1/ca", self.addr.port()))
+            .output()
+            .expect("curl runs");
+        let pem = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, pem).expect("writing ca.pem");
+        path
     }
 }
 

@@ -17,20 +17,6 @@ const PROMPT_EXIT: Duration = Duration::from_secs(5);
 /// The agent's exit status for an identity problem an operator must fix (EX_CONFIG).
 const EXIT_NO_IDENTITY: i32 = 78;
 
-/// Fetches the CA certificate the API serves (trust on first use, as an operator would).
-fn fetch_ca(api: &Api, dir: &Path) -> PathBuf {
-    let out = Command::new("curl")
-        .args(["-sk", "--max-time", "10"])
-        .arg(format!("https://127.0.0.1:{}/api/v1/ca", api.addr.port()))
-        .output()
-        .unwrap();
-    let pem = String::from_utf8(out.stdout).unwrap();
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
-    let path = dir.join("ca.pem");
-    std::fs::write(&path, pem).unwrap();
-    path
-}
-
 /// An administrator's session: the API, its CA file and a bearer token.
 struct Admin<'a> {
     api: &'a Api,
@@ -40,7 +26,7 @@ struct Admin<'a> {
 
 impl<'a> Admin<'a> {
     fn login(api: &'a Api, dir: &Path, password: &str) -> Self {
-        let ca = fetch_ca(api, dir);
+        let ca = api.fetch_ca(dir);
         let key = rcgen::KeyPair::generate().unwrap();
         let csr = rcgen::CertificateParams::default()
             .serialize_request(&key)

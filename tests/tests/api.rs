@@ -33,20 +33,6 @@ fn curl(api: &Api, ca: &Path, path: &str, extra: &[&str]) -> (i32, u16, String) 
     )
 }
 
-/// Fetches the CA certificate the API serves (trust on first use, as `bamf login` will).
-fn fetch_ca(api: &Api, dir: &Path) -> std::path::PathBuf {
-    let out = Command::new("curl")
-        .args(["-sk", "--max-time", "10"])
-        .arg(format!("https://127.0.0.1:{}/api/v1/ca", api.addr.port()))
-        .output()
-        .unwrap();
-    let pem = String::from_utf8(out.stdout).unwrap();
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
-    let path = dir.join("ca.pem");
-    std::fs::write(&path, pem).unwrap();
-    path
-}
-
 fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}?mode=rwc", dir.join("bamf.db").display())
 }
@@ -56,7 +42,7 @@ fn curl_verifies_the_api_against_its_own_ca_and_errors_have_stable_codes() {
     let dir = TempDir::new("api");
     let url = sqlite_url(dir.path());
     let api = Api::start(&["--database-url", &url]).unwrap();
-    let ca = fetch_ca(&api, dir.path());
+    let ca = api.fetch_ca(dir.path());
     assert_eq!(curl(&api, &ca, "/health", &[]).1, 200);
     let (_, status, body) = curl(&api, &ca, "/ready", &[]);
     assert_eq!(status, 200, "{body}");
@@ -117,7 +103,7 @@ async fn a_client_certificate_from_our_ca_identifies_the_caller_and_others_are_r
     let dir = TempDir::new("api-mtls");
     let url = sqlite_url(dir.path());
     let api = Api::start(&["--database-url", &url]).unwrap();
-    let ca_pem = fetch_ca(&api, dir.path());
+    let ca_pem = api.fetch_ca(dir.path());
     // The API persisted its CA in the store: load it as an operator tool would.
     let store = Store::connect(&url).await.unwrap();
     let ca = bamf_api::load_or_create_ca(&store, "unused", &Default::default())
@@ -197,7 +183,7 @@ fn the_api_runs_on_postgresql_and_redis() {
     let started = Api::start(&["--database-url", &url, "--redis-url", &redis]);
     let result = std::panic::catch_unwind(|| {
         let api = started.unwrap();
-        let ca = fetch_ca(&api, dir.path());
+        let ca = api.fetch_ca(dir.path());
         let (_, status, body) = curl(&api, &ca, "/ready", &[]);
         assert_eq!(status, 200, "{body}");
         // The CA lives in PostgreSQL.
@@ -284,7 +270,7 @@ async fn login_logout_bad_input_and_rate_limits_are_real_and_audited() {
         "correct horse battery",
     ])
     .unwrap();
-    let ca = fetch_ca(&api, dir.path());
+    let ca = api.fetch_ca(dir.path());
     let (key, csr) = key_and_csr();
     let login = |user: &str, password: &str| {
         serde_json::json!({"user": user, "password": password, "csr": csr}).to_string()
@@ -488,7 +474,7 @@ async fn agents_and_bridges_join_with_tokens_that_expire_run_out_and_can_be_revo
         "tunnel.test",
     ])
     .unwrap();
-    let ca = fetch_ca(&api, dir.path());
+    let ca = api.fetch_ca(dir.path());
     let (_, csr) = key_and_csr();
     let login =
         serde_json::json!({"user": "admin", "password": "pw-admin-1", "csr": csr}).to_string();
@@ -699,7 +685,7 @@ fn names(body: &str, field: &str) -> Vec<String> {
 /// RBAC, administration, certificate kinds per route, revocation and the audit log, on one
 /// store and presence.
 async fn admin_rbac_and_revocation(dir: &Path, api: &Api, url: &str) {
-    let ca = fetch_ca(api, dir);
+    let ca = api.fetch_ca(dir);
     let admin = bearer_for(api, &ca, "admin", "admin-password-1");
     let h = |auth: &str| vec!["-H".to_owned(), auth.to_owned()];
     let call = |method: &str, path: &str, body: &str, auth: &str| {
@@ -1123,7 +1109,7 @@ async fn the_ca_key_is_encrypted_at_rest_and_a_provided_ca_is_used() {
             &[("BAMF_CA_ENCRYPTION_KEY", key)],
         )
         .unwrap();
-        std::fs::read_to_string(fetch_ca(&api, dir.path())).unwrap()
+        std::fs::read_to_string(api.fetch_ca(dir.path())).unwrap()
     };
     let store = Store::connect(&url).await.unwrap();
     let stored = store.ca().await.unwrap().unwrap();
@@ -1157,7 +1143,7 @@ async fn the_ca_key_is_encrypted_at_rest_and_a_provided_ca_is_used() {
     )
     .unwrap();
     assert_eq!(
-        std::fs::read_to_string(fetch_ca(&api, dir.path())).unwrap(),
+        std::fs::read_to_string(api.fetch_ca(dir.path())).unwrap(),
         first_ca,
         "same CA after restart"
     );
@@ -1181,7 +1167,7 @@ async fn the_ca_key_is_encrypted_at_rest_and_a_provided_ca_is_used() {
     ])
     .unwrap();
     assert_eq!(
-        std::fs::read_to_string(fetch_ca(&api, dir.path())).unwrap(),
+        std::fs::read_to_string(api.fetch_ca(dir.path())).unwrap(),
         own.cert_pem()
     );
     drop(api);
@@ -1212,7 +1198,7 @@ fn ready_names_the_unavailable_dependency() {
         .port();
     let redis = format!("redis://127.0.0.1:{port}/");
     let api = Api::start(&["--database-url", &url, "--redis-url", &redis]).unwrap();
-    let ca = fetch_ca(&api, dir.path());
+    let ca = api.fetch_ca(dir.path());
     assert_eq!(curl(&api, &ca, "/health", &[]).1, 200);
     let (_, status, body) = curl(&api, &ca, "/ready", &[]);
     assert_eq!(status, 503, "{body}");

@@ -119,29 +119,9 @@ async fn echo_through(stream: &mut Tunnel, data: &[u8]) -> Vec<u8> {
 
 fn tunnel_bridge(dir: &Path, ordinal: u32, api: &Api, ca_file: &Path, extra: &[&str]) -> Bridge {
     let data = dir.join(format!("bridge-{ordinal}"));
-    let ordinal_text = ordinal.to_string();
-    let url = format!("https://localhost:{}", api.addr.port());
-    let api_addr = api.addr.to_string();
-    let mut args = vec![
-        "--ordinal",
-        &ordinal_text,
-        "--tunnel-domain",
-        DOMAIN,
-        "--api-url",
-        &url,
-        "--api-address",
-        &api_addr,
-        "--api-ca-file",
-        ca_file.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--heartbeat-interval",
-        "1s",
-        "--match-timeout",
-        "2s",
-    ];
+    let mut args = vec!["--match-timeout", "2s"];
     args.extend_from_slice(extra);
-    Bridge::start_with_env(&args, &[("BAMF_JOIN_TOKEN", BRIDGE_TOKEN)]).unwrap()
+    Bridge::start_tunnel(ordinal, DOMAIN, api, ca_file, &data, BRIDGE_TOKEN, &args).unwrap()
 }
 
 /// The certificates alone decide: pinning, matching session and agent, expiry, our CA, one

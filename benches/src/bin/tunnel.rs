@@ -85,25 +85,14 @@ async fn main() -> Result<()> {
     // The passthrough baseline's TLS echo server sits behind a static route of the same bridge.
     let (tls_echo, tls_echo_ca) = tls_echo_server().await?;
     let route = format!("echo.bench={tls_echo}");
-    let data_dir = dir.path().join("bridge");
-    let bridge = Bridge::start_with_env(
-        &[
-            "--ordinal",
-            "0",
-            "--tunnel-domain",
-            DOMAIN,
-            "--api-url",
-            &url,
-            "--api-address",
-            &api_addr,
-            "--api-ca-file",
-            ca_file.to_str().unwrap(),
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--route",
-            &route,
-        ],
-        &[("BAMF_JOIN_TOKEN", TOKEN)],
+    let bridge = Bridge::start_tunnel(
+        0,
+        DOMAIN,
+        &api,
+        &ca_file,
+        &dir.path().join("bridge"),
+        TOKEN,
+        &["--route", &route],
     )?;
 
     let echo = echo_target().await?;

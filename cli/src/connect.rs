@@ -1,0 +1,221 @@
+//! Opening a tunnel to a resource and carrying bytes through it.
+//!
+//! One session per TCP connection: `POST /api/v1/connect` with a CSR for a fresh key (the key
+//! never leaves this process), then TLS to the bridge the API chose with the session
+//! certificate, which is only valid for 60 s to *establish* the tunnel. Bytes are then copied
+//! both ways, and a half-close on either side is passed on.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bamf_client::https::HttpsError;
+use http::Method;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::error::{Error, Result};
+use crate::output;
+use crate::session::Ctx;
+
+/// A tunnel that takes longer than this to open gets a progress line on stderr.
+const PROGRESS_AFTER: Duration = Duration::from_secs(1);
+/// Copy buffer per direction.
+const BUFFER: usize = 64 * 1024;
+
+/// An open tunnel to a resource.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// The TLS stream to the bridge, paired with the agent.
+    pub stream: TlsStream<TcpStream>,
+    /// The session's id.
+    pub session: String,
+    /// The bridge it runs through.
+    pub bridge: String,
+}
+
+/// Checks a resource name before it goes anywhere (and into an ssh command line).
+///
+/// # Errors
+///
+/// The name is not a valid resource name.
+pub fn check_name(resource: &str) -> Result<()> {
+    resource
+        .parse::<bamf_proto::san::Name>()
+        .map(|_| ())
+        .map_err(|_| {
+            Error::msg(format!(
+                "'{resource}' is not a resource name (1-63 of a-z 0-9 - _ ., see `bamf ls`)"
+            ))
+        })
+}
+
+/// How a refused `/connect` reads.
+pub fn refusal(resource: &str, e: HttpsError) -> Error {
+    match e {
+        HttpsError::Status { code, .. } if code == "forbidden" => Error::msg(format!(
+            "access to '{resource}' denied: ask an administrator for a role that allows it"
+        )),
+        HttpsError::Status { code, .. } if code == "not_found" => {
+            Error::msg(format!("there is no resource '{resource}' (see `bamf ls`)"))
+        }
+        HttpsError::Status { code, message, .. } if code == "offline" => Error::msg(format!(
+            "'{resource}' cannot be reached now: {message} (offline)"
+        )),
+        other => Error::api(other),
+    }
+}
+
+/// Opens a session to `resource` and dials its bridge. Prints a progress line on stderr
+/// when this takes over a second.
+///
+/// # Errors
+///
+/// The API refuses (see [`refusal`]) or the bridge cannot be dialled.
+pub async fn open(ctx: &Ctx, resource: &str) -> Result<Tunnel> {
+    let bridge: Arc<Mutex<Option<String>>> = Arc::default();
+    let progress = tokio::spawn({
+        let bridge = bridge.clone();
+        let resource = resource.to_owned();
+        async move {
+            tokio::time::sleep(PROGRESS_AFTER).await;
+            let via = bridge.lock().ok().and_then(|b| b.clone());
+            match via {
+                Some(bridge) => output::note(format!("connecting to {resource} via {bridge}…")),
+                None => output::note(format!("connecting to {resource}…")),
+            }
+        }
+    });
+    let opened = async {
+        let (key, csr) = bamf_client::identity::key_and_csr()?;
+        let body = serde_json::json!({"resource": resource, "csr": csr});
+        let answer = ctx
+            .call_raw(Method::POST, "/api/v1/connect", Some(&body))
+            .await
+            .map_err(|e| refusal(resource, e))?;
+        let field = |name: &str| {
+            answer[name]
+                .as_str()
+                .ok_or_else(|| Error::msg(format!("the API's connect answer has no {name}")))
+        };
+        let (host, session) = (field("bridge_host")?, field("session_id")?);
+        let port = answer["bridge_port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| Error::msg("the API's connect answer has no bridge_port"))?;
+        if let Ok(mut b) = bridge.lock() {
+            *b = Some(host.to_owned());
+        }
+        let tls = bamf_client::tls_config(
+            field("ca")?,
+            Some((field("certificate")?, key.as_str())),
+            &[],
+        )?;
+        let stream = bamf_client::tunnel::dial(host, port, ctx.via, tls)
+            .await
+            .map_err(|e| {
+                let at = ctx
+                    .via
+                    .map_or_else(|| format!("{host}:{port}"), |v| v.to_string());
+                Error::msg(format!(
+                    "cannot open the tunnel to '{resource}' through {host} at {at}: {e}"
+                ))
+            })?;
+        Ok(Tunnel {
+            stream,
+            session: session.to_owned(),
+            bridge: host.to_owned(),
+        })
+    }
+    .await;
+    progress.abort();
+    opened
+}
+
+/// Before listening for local connections: is `resource` one the user may reach and
+/// online? A name the listing does not show is asked of `/connect`, whose refusal says
+/// whether it is unknown or denied.
+///
+/// # Errors
+///
+/// Unknown, denied or offline.
+pub async fn preflight(ctx: &Ctx, resource: &str) -> Result<serde_json::Value> {
+    check_name(resource)?;
+    let listed = ctx.call(Method::GET, "/api/v1/resources", None).await?;
+    let found = listed["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|r| r["name"] == resource).cloned());
+    match found {
+        Some(item) if item["online"] == true => Ok(item),
+        Some(_) => Err(Error::msg(format!(
+            "'{resource}' cannot be reached now: its agent is offline (offline)"
+        ))),
+        None => {
+            let (_, csr) = bamf_client::identity::key_and_csr()?;
+            let body = serde_json::json!({"resource": resource, "csr": csr});
+            ctx.call_raw(Method::POST, "/api/v1/connect", Some(&body))
+                .await
+                .map_err(|e| refusal(resource, e))?;
+            // It became reachable in between; that session goes unused and times out.
+            Ok(serde_json::Value::Null)
+        }
+    }
+}
+
+/// Copies `from` into `to` until end of file, flushing each chunk, then shuts `to` down
+/// (a half-close). A TLS peer that closes without `close_notify` counts as end of file.
+///
+/// # Errors
+///
+/// A read or write failure other than that.
+pub async fn pump<R, W>(mut from: R, mut to: W) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        };
+        to.write_all(buf.get(..n).unwrap_or_default()).await?;
+        to.flush().await?;
+        total += n as u64;
+    }
+    match to.shutdown().await {
+        Ok(()) => Ok(total),
+        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => Ok(total),
+        Err(e) => Err(e),
+    }
+}
+
+/// Carries a local TCP connection through a tunnel until both directions finish; a failure
+/// in either ends both.
+pub async fn splice_tcp(local: TcpStream, tunnel: Tunnel) {
+    let (local_r, local_w) = local.into_split();
+    let (tunnel_r, tunnel_w) = tokio::io::split(tunnel.stream);
+    let _ = tokio::try_join!(pump(local_r, tunnel_w), pump(tunnel_r, local_w));
+}
+
+/// Carries stdin and stdout through a tunnel (`bamf pipe`, ssh's ProxyCommand). Ends when
+/// the far side finishes sending; the end of stdin is passed on as a half-close.
+pub async fn splice_stdio(resource: &str, tunnel: Tunnel) -> Result<()> {
+    let (tunnel_session, tunnel_bridge) = (tunnel.session, tunnel.bridge);
+    let (tunnel_r, tunnel_w) = tokio::io::split(tunnel.stream);
+    let up = tokio::spawn(pump(tokio::io::stdin(), tunnel_w));
+    let down = pump(tunnel_r, tokio::io::stdout()).await;
+    up.abort();
+    match down {
+        Ok(_) => Ok(()),
+        // The reader went away (ssh exited): nothing left to do.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Error::msg(format!(
+            "the tunnel to '{resource}' was cut: {e} (session {}, bridge {})",
+            tunnel_session, tunnel_bridge
+        ))),
+    }
+}
