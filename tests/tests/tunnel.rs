@@ -11,7 +11,7 @@ use bamf_api::ca::Authority;
 use bamf_api::store::Store;
 use bamf_client::https::Api as ApiClient;
 use bamf_proto::san::{AgentId, Identity, SessionId, Uuid};
-use bamf_tests::{Api, Bridge, TempDir};
+use bamf_tests::{Agent, Api, Bridge, TempDir};
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -524,19 +524,8 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
         ),
     )
     .unwrap();
-    let mut agent = Command::new(bamf_tests::binary("bamf-agent"))
-        .args([
-            "--config",
-            agent_config.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
-        .env("BAMF_JOIN_TOKEN", &token)
-        .env("BAMF_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
-        .spawn()
-        .unwrap();
+    // Killed when dropped, also when an assertion fails.
+    let agent = Agent::spawn(&agent_config, &[("BAMF_JOIN_TOKEN", &token)]).unwrap();
     let started = Instant::now();
     loop {
         let listed = admin
@@ -548,8 +537,8 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "the agent never came online: {}",
-            std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+            "the agent never came online: {:?}",
+            agent.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -666,7 +655,5 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     pg.wait_session(&id_d, "ended 4 4 killed", Duration::from_secs(10))
         .await;
 
-    let _ = agent.kill();
-    let _ = agent.wait();
-    drop((bridge_0, bridge_1, api));
+    drop((agent, bridge_0, bridge_1, api));
 }

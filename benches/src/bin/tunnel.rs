@@ -129,15 +129,9 @@ async fn main() -> Result<()> {
             bridge.front
         ),
     )?;
-    let mut agent = std::process::Command::new(bamf_tests::binary("bamf-agent"))
-        .args(["--config", agent_config.to_str().unwrap()])
-        .env("BAMF_JOIN_TOKEN", &join)
-        .env("BAMF_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting bamf-agent")?;
-    let agent_pid = agent.id();
+    // Killed when dropped.
+    let agent = bamf_tests::Agent::spawn(&agent_config, &[("BAMF_JOIN_TOKEN", &join)])?;
+    let agent_pid = agent.pid();
     let connect = |client: ApiClient, token: String| async move {
         let (key, csr) = bamf_client::identity::key_and_csr()?;
         let body = serde_json::json!({"resource": "echo", "csr": csr});
@@ -221,8 +215,7 @@ async fn main() -> Result<()> {
         per(agent_before, agent_after),
     );
     drop(held);
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let report = format!(
