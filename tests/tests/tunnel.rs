@@ -598,6 +598,32 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     pg.wait_session(&id_b, "ended 200000 200000 closed", Duration::from_secs(10))
         .await;
 
+    // A second API replica on the same store and Redis: the admin's token works there, and a
+    // session opened through it reaches the agent whose command stream is on the first.
+    let replica = start_api("127.0.0.1:0");
+    let via_replica = User {
+        api: ApiClient::new(
+            &format!("https://localhost:{}", replica.addr.port()),
+            bamf_client::tls_config(&ca_pem, None, &[b"http/1.1"]).unwrap(),
+        )
+        .unwrap()
+        .connect_to(Some(replica.addr)),
+        token: admin.token.clone(),
+    };
+    let (id_r, on_r, cert_r) = via_replica.connect("echo").await;
+    let mut tunnel_r = dial(fronts[on_r as usize], on_r, &ca_pem, &cert_r)
+        .await
+        .unwrap();
+    assert_eq!(
+        echo_through(&mut tunnel_r, b"via the replica").await,
+        b"via the replica"
+    );
+    tunnel_r.shutdown().await.unwrap();
+    let _ = read_to_end(&mut tunnel_r, Duration::from_secs(5)).await;
+    pg.wait_session(&id_r, "ended 15 15 closed", Duration::from_secs(10))
+        .await;
+    drop(replica);
+
     // Deleting a live session closes its tunnel within one heartbeat (1 s here).
     admin
         .call(Method::DELETE, &format!("/api/v1/sessions/{id_a}"), None)
