@@ -193,7 +193,7 @@ async fn fake_bridge(
             tx.send(Seen {
                 sni,
                 client_cert,
-                session: parse_agent_preamble(&preamble).unwrap(),
+                session: parse_agent_preamble(&preamble).unwrap().0,
                 echoed,
             })
             .unwrap();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bamf_proto::tunnel::{DialCommand, agent_preamble};
+use bamf_proto::tunnel::{DialCommand, agent_failure_preamble, agent_preamble};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
@@ -133,16 +133,10 @@ async fn serve(
     let target =
         match tokio::time::timeout(config.limits.connect_timeout, connect(&resource.address)).await
         {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return fail("resource", &format_args!("{}: {e}", resource.address)),
-            Err(_) => {
-                return fail(
-                    "resource",
-                    &format_args!("{}: connect timed out", resource.address),
-                );
-            }
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(format!("{}: {e}", resource.address)),
+            Err(_) => Err(format!("{}: connect timed out", resource.address)),
         };
-    let _ = target.set_nodelay(true);
     let dial = bamf_client::tunnel::dial(
         &cmd.bridge_host,
         cmd.bridge_port,
@@ -154,7 +148,17 @@ async fn serve(
         Some(Err(e)) => return fail("bridge", &e),
         None => return fail("bridge", &"cut by shutdown"),
     };
-    if let Err(e) = write_preamble(&mut bridge, cmd).await {
+    let target = match target {
+        Ok(stream) => stream,
+        Err(e) => {
+            // Tell the bridge, so the client is closed now rather than at the match timeout.
+            let _ = write_preamble(&mut bridge, &agent_failure_preamble(cmd.session)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), bridge.shutdown()).await;
+            return fail("resource", &e);
+        }
+    };
+    let _ = target.set_nodelay(true);
+    if let Err(e) = write_preamble(&mut bridge, &agent_preamble(cmd.session)).await {
         return fail("preamble", &e);
     }
     tracing::info!(
@@ -176,12 +180,9 @@ async fn serve(
     );
 }
 
-async fn write_preamble<S: AsyncWrite + Unpin>(
-    bridge: &mut S,
-    cmd: &DialCommand,
-) -> io::Result<()> {
+async fn write_preamble<S: AsyncWrite + Unpin>(bridge: &mut S, preamble: &[u8]) -> io::Result<()> {
     let write = async {
-        bridge.write_all(&agent_preamble(cmd.session)).await?;
+        bridge.write_all(preamble).await?;
         bridge.flush().await
     };
     tokio::time::timeout(bamf_client::tunnel::DIAL_TIMEOUT, write)

@@ -170,6 +170,7 @@ fn tunnel_report(outcome: crate::tunnel::Outcome) -> Report {
                 End::IdleTimeout => Outcome::IdleTimeout,
                 End::Shutdown => Outcome::Shutdown,
                 End::Error => Outcome::ClientError,
+                End::TargetUnreachable => Outcome::UpstreamUnreachable,
             };
             report.detail = Some(end.as_str().to_owned());
         }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bamf_proto::san::{AgentId, Identity, SessionId};
-use bamf_proto::tunnel::{AGENT_PREAMBLE_LEN, parse_agent_preamble};
+use bamf_proto::tunnel::{AGENT_PREAMBLE_LEN, Target, parse_agent_preamble};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -49,6 +49,8 @@ pub enum End {
     Shutdown,
     /// A read or write failed.
     Error,
+    /// The agent could not reach the target: the client's side was closed at once.
+    TargetUnreachable,
 }
 
 impl End {
@@ -60,6 +62,7 @@ impl End {
             Self::Killed => "killed",
             Self::Shutdown => "shutdown",
             Self::Error => "error",
+            Self::TargetUnreachable => "target_unreachable",
         }
     }
 }
@@ -162,6 +165,8 @@ type Stream = TlsStream<Replayed>;
 /// What the second side hands the waiting first side.
 struct Partner {
     stream: Stream,
+    /// An agent side that could not reach the target.
+    unreachable: bool,
     /// Told when the relay is over, so the partner's connection slot is held until then.
     done: oneshot::Sender<()>,
 }
@@ -290,15 +295,18 @@ impl Relay {
                     agent,
                     client_side: true,
                     bridge: Some(bridge),
+                    unreachable: false,
                 },
                 Identity::Agent { agent } => {
                     let mut preamble = [0u8; AGENT_PREAMBLE_LEN];
                     tls.read_exact(&mut preamble).await.ok()?;
+                    let (session, target) = parse_agent_preamble(&preamble).ok()?;
                     Claim {
-                        session: parse_agent_preamble(&preamble).ok()?,
+                        session,
                         agent,
                         client_side: false,
                         bridge: None,
+                        unreachable: target == Target::Unreachable,
                     }
                 }
                 _ => return Some(Err("not a session or agent certificate")),
@@ -378,7 +386,12 @@ impl Relay {
             Ok(Some(deliver)) => {
                 // Second side: hand the stream over and hold this connection until the end.
                 let (done, finished) = oneshot::channel();
-                if deliver.send(Partner { stream: tls, done }).is_err() {
+                let partner = Partner {
+                    stream: tls,
+                    unreachable: claim.unreachable,
+                    done,
+                };
+                if deliver.send(partner).is_err() {
                     return self.refused(peer, Some(session), "the waiting side left");
                 }
                 let _ = finished.await;
@@ -419,15 +432,44 @@ impl Relay {
             crate::metrics::tunnel_refused("match timeout");
             return Outcome::MatchTimeout;
         };
-        let Partner { stream, done } = partner;
+        let Partner {
+            stream,
+            unreachable,
+            done,
+        } = partner;
         let (client, agent) = if claim.client_side {
             (tls, stream)
         } else {
             (stream, tls)
         };
-        let outcome = self.relay(session, claim.agent, client, agent).await;
+        let outcome = if unreachable || claim.unreachable {
+            self.unreachable(session, claim.agent, client).await
+        } else {
+            self.relay(session, claim.agent, client, agent).await
+        };
         let _ = done.send(());
         outcome
+    }
+
+    /// The agent could not reach the target: close the client's side now and say why.
+    async fn unreachable(&self, session: SessionId, agent: AgentId, mut client: Stream) -> Outcome {
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, client.shutdown()).await;
+        crate::metrics::tunnel_refused("target unreachable");
+        self.report(Event::End {
+            session,
+            started_at_ms: None,
+            at_ms: now_ms(),
+            bytes_up: 0,
+            bytes_down: 0,
+            reason: End::TargetUnreachable.as_str().to_owned(),
+        });
+        tracing::warn!(session = %session, agent = %agent, "tunnel: the agent could not reach the target");
+        Outcome::Relayed {
+            up: 0,
+            down: 0,
+            end: End::TargetUnreachable,
+        }
     }
 
     async fn relay(
@@ -519,6 +561,8 @@ struct Claim {
     agent: AgentId,
     client_side: bool,
     bridge: Option<u32>,
+    /// An agent that could not reach the target.
+    unreachable: bool,
 }
 
 /// The identity in the verified client certificate.

@@ -4,17 +4,38 @@
 //! A client says nothing: its session certificate names the session, the resource, the
 //! agent and the bridge. An agent's certificate names only the agent, so it sends one fixed
 //! line naming the session it dials for, [`AGENT_PREAMBLE_LEN`] bytes:
-//! `BAMF-AGENT <session uuid>\n`.
+//! `BAMF-AGENT <session uuid>\n` when it reached the target, or `BAMF-AFAIL <session uuid>\n`
+//! when it could not (the bridge then ends the client's side at once instead of letting it
+//! wait out the match timeout).
 
 use crate::san::{AgentId, SessionId};
 
 const PREAMBLE_PREFIX: &[u8] = b"BAMF-AGENT ";
+const FAILURE_PREFIX: &[u8] = b"BAMF-AFAIL ";
 /// Length of the agent's preamble: prefix, a 36-character UUID, newline.
 pub const AGENT_PREAMBLE_LEN: usize = PREAMBLE_PREFIX.len() + 36 + 1;
 
+/// Whether the agent reached the session's target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Connected: bytes will flow.
+    Reached,
+    /// The agent could not connect to the target; the tunnel ends at once.
+    Unreachable,
+}
+
 /// The preamble an agent sends for `session`.
 pub fn agent_preamble(session: SessionId) -> Vec<u8> {
-    let mut out = PREAMBLE_PREFIX.to_vec();
+    preamble(PREAMBLE_PREFIX, session)
+}
+
+/// The preamble an agent sends for `session` when it could not reach the target.
+pub fn agent_failure_preamble(session: SessionId) -> Vec<u8> {
+    preamble(FAILURE_PREFIX, session)
+}
+
+fn preamble(prefix: &[u8], session: SessionId) -> Vec<u8> {
+    let mut out = prefix.to_vec();
     out.extend_from_slice(session.to_string().as_bytes());
     out.push(b'\n');
     out
@@ -33,15 +54,22 @@ pub enum PreambleError {
 /// # Errors
 ///
 /// [`PreambleError::Malformed`] for anything but the exact form.
-pub fn parse_agent_preamble(bytes: &[u8; AGENT_PREAMBLE_LEN]) -> Result<SessionId, PreambleError> {
-    let rest = bytes
-        .strip_prefix(PREAMBLE_PREFIX)
-        .and_then(|r| r.strip_suffix(b"\n"))
-        .ok_or(PreambleError::Malformed)?;
-    std::str::from_utf8(rest)
-        .ok()
+pub fn parse_agent_preamble(
+    bytes: &[u8; AGENT_PREAMBLE_LEN],
+) -> Result<(SessionId, Target), PreambleError> {
+    let (rest, target) = if let Some(rest) = bytes.strip_prefix(PREAMBLE_PREFIX) {
+        (rest, Target::Reached)
+    } else if let Some(rest) = bytes.strip_prefix(FAILURE_PREFIX) {
+        (rest, Target::Unreachable)
+    } else {
+        return Err(PreambleError::Malformed);
+    };
+    let session = rest
+        .strip_suffix(b"\n")
+        .and_then(|r| std::str::from_utf8(r).ok())
         .and_then(|s| s.parse().ok())
-        .ok_or(PreambleError::Malformed)
+        .ok_or(PreambleError::Malformed)?;
+    Ok((session, target))
 }
 
 /// The dial command: sent by the API on the agent's command stream as one server-sent event
@@ -72,7 +100,12 @@ mod tests {
         let bytes = agent_preamble(session);
         assert_eq!(bytes.len(), AGENT_PREAMBLE_LEN);
         let array: [u8; AGENT_PREAMBLE_LEN] = bytes.clone().try_into().unwrap();
-        assert_eq!(parse_agent_preamble(&array), Ok(session));
+        assert_eq!(parse_agent_preamble(&array), Ok((session, Target::Reached)));
+        let failed: [u8; AGENT_PREAMBLE_LEN] = agent_failure_preamble(session).try_into().unwrap();
+        assert_eq!(
+            parse_agent_preamble(&failed),
+            Ok((session, Target::Unreachable))
+        );
         for i in 0..AGENT_PREAMBLE_LEN {
             let mut bad = array;
             bad[i] ^= 0x20;

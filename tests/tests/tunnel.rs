@@ -244,6 +244,22 @@ async fn the_bridge_pairs_only_matching_certificates() {
         "both closed at the match timeout"
     );
 
+    // The agent could not reach the target: the waiting client is closed at once, not at the
+    // match timeout.
+    let s5 = SessionId(random_uuid());
+    let c5 = mint(&ca, &client_identity(s5, agent_a, 0), now, minute);
+    let mut c = dial(front, 0, pem, &c5).await.unwrap();
+    let mut failed = dial(front, 0, pem, &cert_a).await.unwrap();
+    failed
+        .write_all(&bamf_proto::tunnel::agent_failure_preamble(s5))
+        .await
+        .unwrap();
+    failed.flush().await.unwrap();
+    let (got, ended) = read_to_end(&mut c, Duration::from_secs(5)).await;
+    assert!(got.is_empty());
+    assert!(ended.expect("closed") < Duration::from_secs(1), "{ended:?}");
+    drop(failed);
+
     // Expired session certificate, and one from another CA: the handshake fails.
     let expired = mint(
         &ca,
@@ -275,6 +291,7 @@ async fn the_bridge_pairs_only_matching_certificates() {
         ("session certificate pinned to another bridge", 1.0),
         ("agent does not match the session", 1.0),
         ("match timeout", 3.0),
+        ("target unreachable", 1.0),
         ("handshake, certificate or preamble refused", 2.0),
     ] {
         let sample = format!("bamf_tunnel_refusals_total{{reason=\"{reason}\"}}");
