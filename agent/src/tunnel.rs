@@ -11,11 +11,11 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bamf_client::relay::{BufferPool, RelayEnd};
 use bamf_proto::tunnel::{DialCommand, agent_failure_preamble, agent_preamble};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,6 @@ use crate::config::{Address, Config, Resource};
 use crate::enroll::{Tls, millis};
 
 /// Bytes read at once, per direction.
-const BUFFER: usize = 16 * 1024;
 /// After the grace period, how long cut tunnels get to log their end.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
@@ -238,82 +237,22 @@ pub struct Relayed {
 /// nothing moves for `idle`, or `cut` is cancelled.
 pub async fn relay<B, R>(bridge: B, resource: R, idle: Duration, cut: &CancellationToken) -> Relayed
 where
-    B: AsyncRead + AsyncWrite,
-    R: AsyncRead + AsyncWrite,
+    B: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut bridge_rx, mut bridge_tx) = tokio::io::split(bridge);
-    let (mut resource_rx, mut resource_tx) = tokio::io::split(resource);
-    let clock = Clock::new();
-    let (from_resource, to_resource) = (AtomicU64::new(0), AtomicU64::new(0));
-    let both = async {
-        tokio::try_join!(
-            copy(&mut resource_rx, &mut bridge_tx, &from_resource, &clock),
-            copy(&mut bridge_rx, &mut resource_tx, &to_resource, &clock),
-        )
-    };
-    let end = tokio::select! {
-        result = both => if result.is_ok() { End::Closed } else { End::Error },
-        () = clock.idle(idle) => End::IdleTimeout,
-        () = cut.cancelled() => End::Cut,
-    };
+    // Borrowed only while bytes are in flight: idle tunnels hold no copy buffers.
+    static BUFFERS: std::sync::LazyLock<BufferPool> = std::sync::LazyLock::new(BufferPool::default);
+    let relayed =
+        bamf_client::relay::relay(resource, bridge, idle, &BUFFERS, cut.cancelled()).await;
     Relayed {
-        from_resource: from_resource.load(Ordering::Relaxed),
-        to_resource: to_resource.load(Ordering::Relaxed),
-        end,
-    }
-}
-
-/// One direction: read, write, count, until end of stream, then shut the writer down.
-async fn copy<R, W>(from: &mut R, to: &mut W, count: &AtomicU64, clock: &Clock) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUFFER];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            // The peer may already be gone; its own direction reports that.
-            let _ = to.shutdown().await;
-            return Ok(());
-        }
-        clock.touch();
-        to.write_all(buf.get(..n).unwrap_or_default()).await?;
-        to.flush().await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
-/// The last time bytes moved, as milliseconds since the relay began: one timer for the
-/// whole tunnel re-armed from it, instead of a timer reset per chunk.
-struct Clock {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        self.last_ms
-            .store(millis(self.start.elapsed()), Ordering::Relaxed);
-    }
-
-    /// Completes once nothing has moved for `idle`.
-    async fn idle(&self, idle: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
+        from_resource: relayed.a_to_b,
+        to_resource: relayed.b_to_a,
+        end: match relayed.end {
+            RelayEnd::Closed => End::Closed,
+            RelayEnd::Error => End::Error,
+            RelayEnd::IdleTimeout => End::IdleTimeout,
+            RelayEnd::Stopped => End::Cut,
+        },
     }
 }
 
@@ -321,6 +260,7 @@ impl Clock {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     async fn tcp_pair() -> (TcpStream, TcpStream) {

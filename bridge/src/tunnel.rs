@@ -12,12 +12,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bamf_client::relay::{BufferPool, RelayEnd, relay};
 use bamf_proto::san::{AgentId, Identity, SessionId};
 use bamf_proto::tunnel::{AGENT_PREAMBLE_LEN, Target, parse_agent_preamble};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -197,6 +197,8 @@ pub struct Relay {
     events: mpsc::Sender<Event>,
     /// Ended by the bridge's shutdown cut.
     cut: CancellationToken,
+    /// Copy buffers, borrowed only while bytes are in flight.
+    buffers: BufferPool,
 }
 
 impl std::fmt::Debug for Relay {
@@ -249,6 +251,7 @@ impl Relay {
             live: Mutex::default(),
             events,
             cut,
+            buffers: BufferPool::default(),
         }
     }
 
@@ -490,46 +493,24 @@ impl Relay {
             at_ms: started,
         });
         tracing::info!(session = %session, agent = %agent, "tunnel paired");
-        let up = Arc::new(AtomicU64::new(0));
-        let down = Arc::new(AtomicU64::new(0));
-        let activity = Arc::new(AtomicU64::new(0));
-        let origin = Instant::now();
-        let mut client = Counted {
-            inner: client,
-            count: up.clone(),
-            activity: activity.clone(),
-            origin,
-        };
-        let mut agent_stream = Counted {
-            inner: agent_side,
-            count: down.clone(),
-            activity: activity.clone(),
-            origin,
-        };
-        let idle = self.idle_timeout;
-        let idle_watch = async {
-            loop {
-                let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-                let deadline = last + idle;
-                let now = origin.elapsed();
-                if now >= deadline {
-                    return;
-                }
-                tokio::time::sleep(deadline - now).await;
+        let stop = async {
+            tokio::select! {
+                () = kill.cancelled() => {}
+                () = self.cut.cancelled() => {}
             }
         };
-        let end = tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut client, &mut agent_stream) => {
-                if r.is_ok() { End::Closed } else { End::Error }
-            }
-            () = idle_watch => End::IdleTimeout,
-            () = kill.cancelled() => End::Killed,
-            () = self.cut.cancelled() => End::Shutdown,
+        let relayed = relay(client, agent_side, self.idle_timeout, &self.buffers, stop).await;
+        let end = match relayed.end {
+            RelayEnd::Closed => End::Closed,
+            RelayEnd::Error => End::Error,
+            RelayEnd::IdleTimeout => End::IdleTimeout,
+            RelayEnd::Stopped if kill.is_cancelled() => End::Killed,
+            RelayEnd::Stopped => End::Shutdown,
         };
         if let Ok(mut live) = self.live.lock() {
             live.remove(&session);
         }
-        let (up, down) = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
+        let (up, down) = (relayed.a_to_b, relayed.b_to_a);
         crate::metrics::tunnel_ended(end.as_str(), up, down);
         self.report(Event::End {
             session,
@@ -625,59 +606,6 @@ impl AsyncWrite for Replayed {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Counts the bytes read through it, and notes when anything moved.
-struct Counted<S> {
-    inner: S,
-    count: Arc<AtomicU64>,
-    /// Milliseconds since `origin` of the last read or write.
-    activity: Arc<AtomicU64>,
-    origin: Instant,
-}
-
-impl<S> Counted<S> {
-    fn touch(&self) {
-        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.activity.store(ms, Ordering::Relaxed);
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.count.fetch_add(n as u64, Ordering::Relaxed);
-            self.touch();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        polled
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
