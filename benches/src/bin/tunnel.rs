@@ -247,20 +247,28 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Sends `bytes` and reads them back concurrently; Gbit/s of one direction.
+/// Sends `bytes` and reads them back concurrently, with at most [`IN_FLIGHT`] bytes sent and
+/// not yet echoed (as a real protocol would; unbounded, two full-duplex bulk streams through
+/// loopback can stall the kernel's flow control); Gbit/s of one direction.
 async fn pump<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     s: &mut S,
     bytes: usize,
 ) -> Result<f64> {
+    const IN_FLIGHT: usize = 4 * 1024 * 1024;
     let (mut r, mut w) = tokio::io::split(s);
+    let received = std::sync::atomic::AtomicUsize::new(0);
+    let progress = tokio::sync::Notify::new();
     let chunk = vec![0x5au8; 64 * 1024];
     let started = Instant::now();
     let send = async {
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len());
+        let mut sent = 0;
+        while sent < bytes {
+            while sent - received.load(std::sync::atomic::Ordering::Acquire) > IN_FLIGHT {
+                progress.notified().await;
+            }
+            let n = (bytes - sent).min(chunk.len());
             w.write_all(&chunk[..n]).await?;
-            left -= n;
+            sent += n;
         }
         w.flush().await?;
         anyhow::Ok(())
@@ -272,6 +280,8 @@ async fn pump<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             let n = r.read(&mut buf).await?;
             anyhow::ensure!(n > 0, "closed early");
             got += n;
+            received.store(got, std::sync::atomic::Ordering::Release);
+            progress.notify_one();
         }
         anyhow::Ok(())
     };
