@@ -349,8 +349,9 @@ impl Relay {
 
     async fn pair(&self, tls: Stream, claim: Claim, peer: SocketAddr) -> Outcome {
         let session = claim.session;
-        // Decide under the lock, act after it. (`used` gains the session only in the arm that
-        // pairs, after the other checks, hence no entry API.)
+        // Decide and register under one lock, so two sides arriving together cannot both
+        // decide to wait. (`used` gains the session only in the arm that pairs, after the
+        // other checks, hence no entry API.)
         #[allow(clippy::map_entry)]
         let decision = {
             let (Ok(mut pending), Ok(mut used)) = (self.pending.lock(), self.used.lock()) else {
@@ -358,35 +359,48 @@ impl Relay {
             };
             let now = Instant::now();
             used.retain(|_, at| now.duration_since(*at) < USED_MEMORY);
+            let wait = |pending: &mut HashMap<SessionId, Waiting>| {
+                let (deliver, arrival) = oneshot::channel();
+                pending.insert(
+                    session,
+                    Waiting {
+                        client_side: claim.client_side,
+                        agent: claim.agent,
+                        deliver,
+                    },
+                );
+                Decision::Wait(arrival)
+            };
             if used.contains_key(&session) {
-                Err("session already used")
+                Decision::Refuse("session already used")
             } else {
                 match pending.remove(&session) {
+                    Some(w) if w.deliver.is_closed() => {
+                        // The waiting side gave up just now; take its place.
+                        wait(&mut pending)
+                    }
                     Some(w) if w.client_side == claim.client_side => {
                         pending.insert(session, w);
-                        Err("this side of the session is already waiting")
+                        Decision::Refuse("this side of the session is already waiting")
                     }
                     Some(w) if w.agent != claim.agent => {
                         pending.insert(session, w);
-                        Err("agent does not match the session")
-                    }
-                    Some(w) if w.deliver.is_closed() => {
-                        // The waiting side gave up just now; take its place.
-                        drop(w);
-                        Ok(None)
+                        Decision::Refuse("agent does not match the session")
                     }
                     Some(w) => {
                         used.insert(session, now);
-                        Ok(Some(w.deliver))
+                        Decision::Deliver(w.deliver)
                     }
-                    None if pending.len() >= self.max_pending => Err("too many tunnels waiting"),
-                    None => Ok(None),
+                    None if pending.len() >= self.max_pending => {
+                        Decision::Refuse("too many tunnels waiting")
+                    }
+                    None => wait(&mut pending),
                 }
             }
         };
         match decision {
-            Err(reason) => self.refused(peer, Some(session), reason),
-            Ok(Some(deliver)) => {
+            Decision::Refuse(reason) => self.refused(peer, Some(session), reason),
+            Decision::Deliver(deliver) => {
                 // Second side: hand the stream over and hold this connection until the end.
                 let (done, finished) = oneshot::channel();
                 let partner = Partner {
@@ -400,23 +414,18 @@ impl Relay {
                 let _ = finished.await;
                 Outcome::Joined
             }
-            Ok(None) => self.wait_and_relay(tls, claim, peer).await,
+            Decision::Wait(arrival) => self.wait_and_relay(tls, claim, arrival, peer).await,
         }
     }
 
-    async fn wait_and_relay(&self, tls: Stream, claim: Claim, peer: SocketAddr) -> Outcome {
+    async fn wait_and_relay(
+        &self,
+        tls: Stream,
+        claim: Claim,
+        arrival: oneshot::Receiver<Partner>,
+        peer: SocketAddr,
+    ) -> Outcome {
         let session = claim.session;
-        let (deliver, arrival) = oneshot::channel();
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(
-                session,
-                Waiting {
-                    client_side: claim.client_side,
-                    agent: claim.agent,
-                    deliver,
-                },
-            );
-        }
         crate::metrics::tunnels_waiting(1.0);
         let partner = tokio::select! {
             p = tokio::time::timeout(self.match_timeout, arrival) => p.ok().and_then(Result::ok),
@@ -425,9 +434,9 @@ impl Relay {
         crate::metrics::tunnels_waiting(-1.0);
         let Some(partner) = partner else {
             if let Ok(mut pending) = self.pending.lock()
-                && pending
-                    .get(&session)
-                    .is_some_and(|w| w.client_side == claim.client_side)
+                // Ours only if its receiver (dropped above) is gone: a side that took our place
+                // since holds a live one.
+                && pending.get(&session).is_some_and(|w| w.deliver.is_closed())
             {
                 pending.remove(&session);
             }
@@ -533,6 +542,13 @@ impl Relay {
             tracing::error!(error = %e, "session report queue full: event dropped");
         }
     }
+}
+
+/// What an arriving side does: refuse, hand itself to the waiting side, or wait.
+enum Decision {
+    Refuse(&'static str),
+    Deliver(oneshot::Sender<Partner>),
+    Wait(oneshot::Receiver<Partner>),
 }
 
 /// What a certificate (and, for agents, the preamble) claims.
