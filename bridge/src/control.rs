@@ -11,6 +11,7 @@ use std::time::Duration;
 use bamf_client::https::{Api, HttpsError};
 use bamf_client::identity;
 use bamf_proto::san::SessionId;
+use bamf_proto::tunnel::SessionEvent as Event;
 use http::Method;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,34 +26,6 @@ const REPORT_BATCH: usize = 500;
 /// Retry back-off bounds for reports and heartbeats.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// A session event for the API (`POST /api/v1/bridges/reports`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Event {
-    /// Both sides paired.
-    Start {
-        /// The session.
-        session: SessionId,
-        /// When.
-        at_ms: i64,
-    },
-    /// The tunnel closed.
-    End {
-        /// The session.
-        session: SessionId,
-        /// When it paired.
-        started_at_ms: Option<i64>,
-        /// When it ended.
-        at_ms: i64,
-        /// Client → agent bytes.
-        bytes_up: u64,
-        /// Agent → client bytes.
-        bytes_down: u64,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// Why the bridge could not get its certificate.
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::Event;
+use bamf_proto::tunnel::SessionEvent as Event;
 
 /// Deadline for the TLS handshake and the agent's preamble.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -89,6 +89,35 @@ pub struct DialCommand {
     pub bridge_port: u16,
 }
 
+/// A bridge's report about one of its sessions (`POST /api/v1/bridges/reports`, a batch of
+/// these under `events`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum SessionEvent {
+    /// Both sides paired.
+    Start {
+        /// The session.
+        session: SessionId,
+        /// When, Unix milliseconds.
+        at_ms: i64,
+    },
+    /// The tunnel closed.
+    End {
+        /// The session.
+        session: SessionId,
+        /// When it paired, if it did.
+        started_at_ms: Option<i64>,
+        /// When it ended.
+        at_ms: i64,
+        /// Client → agent bytes.
+        bytes_up: u64,
+        /// Agent → client bytes.
+        bytes_down: u64,
+        /// Why, e.g. `closed`, `idle_timeout`, `killed`, `target_unreachable`.
+        reason: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -117,6 +146,15 @@ mod tests {
                 "byte {i}"
             );
         }
+    }
+
+    #[test]
+    fn session_events_are_tagged_json() {
+        let text = r#"{"kind":"end","session":"0b6f1a52-3c0e-4d7e-9a41-5a4f6c3b2d10","started_at_ms":1,"at_ms":2,"bytes_up":3,"bytes_down":4,"reason":"closed"}"#;
+        let event: SessionEvent = serde_json::from_str(text).unwrap();
+        assert!(matches!(&event, SessionEvent::End { bytes_up: 3, .. }));
+        assert_eq!(serde_json::to_string(&event).unwrap(), text);
+        assert!(serde_json::from_str::<SessionEvent>(&text.replace("end", "stop")).is_err());
     }
 
     #[test]

@@ -810,3 +810,65 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// A fresh schema in the machine's PostgreSQL, dropped again when this goes out of scope.
+#[derive(Debug)]
+pub struct PgSchema {
+    admin_url: String,
+    /// The schema's name.
+    pub schema: String,
+    /// URL whose connections use the schema.
+    pub url: String,
+}
+
+impl PgSchema {
+    /// Creates `bamf_<tag>_<pid>` in the PostgreSQL at `DATABASE_URL` (default: the
+    /// machine's, `postgresql://postgres@127.0.0.1:5432/test`).
+    ///
+    /// # Panics
+    ///
+    /// PostgreSQL is unreachable: never a silent skip.
+    pub fn new(tag: &str) -> Self {
+        let admin_url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("bamf_{tag}_{}", std::process::id());
+        let this = Self {
+            url: format!(
+                "{admin_url}{}options=-c%20search_path%3D{schema}",
+                if admin_url.contains('?') { '&' } else { '?' }
+            ),
+            admin_url,
+            schema,
+        };
+        this.psql(&format!("CREATE SCHEMA {}", this.schema));
+        this
+    }
+
+    /// Runs `sql` with `psql` as the administrator; returns its unaligned output.
+    ///
+    /// # Panics
+    ///
+    /// `psql` fails.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .arg(&self.admin_url)
+            .args(["-qAtc", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(&self.admin_url)
+            .args(["-qAtc", &format!("DROP SCHEMA {} CASCADE", self.schema)])
+            .output();
+    }
+}

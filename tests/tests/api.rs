@@ -8,7 +8,7 @@ use std::time::Duration;
 use bamf_api::ca::Authority;
 use bamf_api::store::Store;
 use bamf_proto::san::Identity;
-use bamf_tests::{Api, TempDir};
+use bamf_tests::{Api, PgSchema, TempDir};
 
 /// `curl` against the API as host `localhost`, verifying its certificate with `ca`, plus
 /// `extra` arguments. Returns (exit code, HTTP status, body).
@@ -607,55 +607,6 @@ async fn agents_and_bridges_join_with_tokens_that_expire_run_out_and_can_be_revo
             .count(),
         2
     );
-}
-
-/// A fresh schema in the machine's PostgreSQL, dropped again when this goes out of scope.
-struct PgSchema {
-    admin_url: String,
-    schema: String,
-    /// URL whose connections use the schema.
-    url: String,
-}
-
-impl PgSchema {
-    fn new(tag: &str) -> Self {
-        let admin_url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("bamf_{tag}_{}", std::process::id());
-        let this = Self {
-            url: format!(
-                "{admin_url}{}options=-c%20search_path%3D{schema}",
-                if admin_url.contains('?') { '&' } else { '?' }
-            ),
-            admin_url,
-            schema,
-        };
-        this.psql(&format!("CREATE SCHEMA {}", this.schema));
-        this
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .arg(&self.admin_url)
-            .args(["-qAtc", sql])
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .arg(&self.admin_url)
-            .args(["-qAtc", &format!("DROP SCHEMA {} CASCADE", self.schema)])
-            .output();
-    }
 }
 
 /// Signs `user` in; returns the `authorization` header line.

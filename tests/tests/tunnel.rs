@@ -4,14 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bamf_api::ca::Authority;
 use bamf_api::store::Store;
 use bamf_client::https::Api as ApiClient;
 use bamf_proto::san::{AgentId, Identity, SessionId, Uuid};
-use bamf_tests::{Agent, Api, Bridge, TempDir};
+use bamf_tests::{Agent, Api, Bridge, PgSchema, TempDir};
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -369,71 +368,30 @@ impl User {
     }
 }
 
-/// The PostgreSQL schema the test's API uses, and psql against it.
-struct Pg {
-    admin: String,
-    schema: String,
-    url: String,
+/// (state, bytes_up, bytes_down, end_reason) of a session.
+fn session_row(pg: &PgSchema, id: &str) -> String {
+    pg.psql(&format!(
+        "SELECT state || ' ' || bytes_up || ' ' || bytes_down || ' ' || coalesce(end_reason, '-') \
+         FROM {}.sessions WHERE id = '{id}'",
+        pg.schema
+    ))
+    .trim()
+    .to_owned()
 }
 
-impl Pg {
-    fn new(tag: &str) -> Self {
-        let admin = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("bamf_{tag}_{}", std::process::id());
-        let sep = if admin.contains('?') { '&' } else { '?' };
-        let url = format!("{admin}{sep}options=-c%20search_path%3D{schema}");
-        let pg = Self { admin, schema, url };
-        pg.psql(&format!("CREATE SCHEMA {}", pg.schema));
-        pg
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .arg(&self.admin)
-            .args(["-qAtc", sql])
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// (state, bytes_up, bytes_down, end_reason) of a session.
-    fn session(&self, id: &str) -> String {
-        self.psql(&format!(
-            "SELECT state || ' ' || bytes_up || ' ' || bytes_down || ' ' || coalesce(end_reason, '-') \
-             FROM {}.sessions WHERE id = '{id}'",
-            self.schema
-        ))
-    }
-
-    /// Waits until the session row reads `want`.
-    async fn wait_session(&self, id: &str, want: &str, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            let got = self.session(id);
-            if got == want {
-                return;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "session {id}: {got:?}, wanted {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+/// Waits until the session row reads `want`.
+async fn wait_session(pg: &PgSchema, id: &str, want: &str, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let got = session_row(pg, id);
+        if got == want {
+            return;
         }
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .arg(&self.admin)
-            .args(["-qAtc", &format!("DROP SCHEMA {} CASCADE", self.schema)])
-            .output();
+        assert!(
+            started.elapsed() < limit,
+            "session {id}: {got:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -456,7 +414,7 @@ fn redis_db(db: u8) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     let dir = TempDir::new("tunnel-e2e");
-    let pg = Pg::new("tunnel");
+    let pg = PgSchema::new("tunnel");
     let redis = redis_db(9);
     let api_args = |listen: &str| {
         vec![
@@ -612,8 +570,13 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     tunnel_b.shutdown().await.unwrap();
     let (rest, _) = read_to_end(&mut tunnel_b, Duration::from_secs(10)).await;
     assert!(rest.is_empty());
-    pg.wait_session(&id_b, "ended 200000 200000 closed", Duration::from_secs(10))
-        .await;
+    wait_session(
+        &pg,
+        &id_b,
+        "ended 200000 200000 closed",
+        Duration::from_secs(10),
+    )
+    .await;
 
     // A second API replica on the same store and Redis: the admin's token works there, and a
     // session opened through it reaches the agent whose command stream is on the first.
@@ -637,8 +600,7 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     );
     tunnel_r.shutdown().await.unwrap();
     let _ = read_to_end(&mut tunnel_r, Duration::from_secs(5)).await;
-    pg.wait_session(&id_r, "ended 15 15 closed", Duration::from_secs(10))
-        .await;
+    wait_session(&pg, &id_r, "ended 15 15 closed", Duration::from_secs(10)).await;
     drop(replica);
 
     // Deleting a live session closes its tunnel within one heartbeat (1 s here).
@@ -649,8 +611,7 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     let (_, closed) = read_to_end(&mut tunnel_a, Duration::from_secs(5)).await;
     let closed = closed.expect("killed within a heartbeat");
     assert!(closed < Duration::from_secs(3), "{closed:?}");
-    pg.wait_session(&id_a, "ended 18 18 killed", Duration::from_secs(10))
-        .await;
+    wait_session(&pg, &id_a, "ended 18 18 killed", Duration::from_secs(10)).await;
 
     // The API goes away while a tunnel runs: bytes keep flowing, the report arrives when it
     // is back (on the same address, store and presence).
@@ -669,13 +630,12 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     tunnel_c.shutdown().await.unwrap();
     let _ = read_to_end(&mut tunnel_c, Duration::from_secs(5)).await;
     assert_eq!(
-        pg.session(&id_c),
+        session_row(&pg, &id_c),
         "pending 0 0 -",
         "no report while the API is down"
     );
     api = start_api(&api_addr);
-    pg.wait_session(&id_c, "ended 18 18 closed", Duration::from_secs(45))
-        .await;
+    wait_session(&pg, &id_c, "ended 18 18 closed", Duration::from_secs(45)).await;
 
     // Deleting (revoking) the agent closes its live tunnels within a heartbeat.
     let admin = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
@@ -695,8 +655,7 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
         .unwrap();
     let (_, closed) = read_to_end(&mut tunnel_d, Duration::from_secs(5)).await;
     assert!(closed.expect("closed after the revocation") < Duration::from_secs(3));
-    pg.wait_session(&id_d, "ended 4 4 killed", Duration::from_secs(10))
-        .await;
+    wait_session(&pg, &id_d, "ended 4 4 killed", Duration::from_secs(10)).await;
 
     drop((agent, bridge_0, bridge_1, api));
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bamf_proto::san::{AgentId, Identity, Name, SessionId};
-use bamf_proto::tunnel::DialCommand;
+use bamf_proto::tunnel::{DialCommand, SessionEvent};
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Bytes, Frame};
@@ -282,24 +282,7 @@ pub(super) async fn bridge_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Reports {
-    events: Vec<Event>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
-enum Event {
-    Start {
-        session: SessionId,
-        at_ms: i64,
-    },
-    End {
-        session: SessionId,
-        started_at_ms: Option<i64>,
-        at_ms: i64,
-        bytes_up: u64,
-        bytes_down: u64,
-        reason: String,
-    },
+    events: Vec<SessionEvent>,
 }
 
 pub(super) async fn bridge_reports<P: Presence>(call: &Call<'_, P>) -> Reply {
@@ -313,10 +296,10 @@ pub(super) async fn bridge_reports<P: Presence>(call: &Call<'_, P>) -> Reply {
     let mut applied = 0;
     for event in body.events {
         let (session, report, kind) = match event {
-            Event::Start { session, at_ms } => {
+            SessionEvent::Start { session, at_ms } => {
                 (session, Report::Started { at: at_ms }, "session.start")
             }
-            Event::End {
+            SessionEvent::End {
                 session,
                 started_at_ms,
                 at_ms,
