@@ -275,13 +275,7 @@ impl Bridge {
 
     /// Resident set size in KiB, from `/proc`.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        rss_kib(self.pid())
     }
 
     /// Scrapes `/metrics` with `curl` and returns the sample lines.
@@ -871,4 +865,39 @@ impl Drop for PgSchema {
             .args(["-qAtc", &format!("DROP SCHEMA {} CASCADE", self.schema)])
             .output();
     }
+}
+
+/// Resident set size of process `pid` in KiB, from `/proc` (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A TCP echo server on loopback (threads, so any test can use it): every byte back, and a
+/// close for a close.
+///
+/// # Panics
+///
+/// No loopback port can be bound.
+pub fn echo_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let Ok(mut reader) = stream.try_clone() else {
+                    return;
+                };
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
 }

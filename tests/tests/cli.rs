@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bamf_tests::{Agent, Api, Bridge, TempDir, binary, workspace};
+use bamf_tests::{Agent, Api, Bridge, TempDir, binary, echo_server, workspace};
 
 const BRIDGE_TOKEN: &str = "bamf_bridge-bootstrap-token-for-cli-tests";
 const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -238,24 +238,6 @@ fn token_of(home: &Path) -> String {
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-/// A TCP echo server on loopback (threads; every byte back, a close for a close).
-fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = stream.try_clone().unwrap();
-                let mut writer = stream;
-                let _ = std::io::copy(&mut reader, &mut writer);
-                let _ = writer.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    addr
 }
 
 /// A real OpenSSH server on loopback with a throwaway host key, accepting one user key.

@@ -13,26 +13,9 @@ use bamf_proto::san::{AgentId, Identity, SessionId, Uuid};
 use bamf_tests::{Agent, Api, Bridge, PgSchema, TempDir};
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const BRIDGE_TOKEN: &str = "bamf_bridge-bootstrap-token-for-tests";
 const DOMAIN: &str = "tunnel.test";
-
-/// A TCP echo server on loopback: every byte back, and a close for a close.
-async fn echo_target() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
 
 fn random_uuid() -> Uuid {
     use std::hash::{BuildHasher, Hasher};
@@ -471,7 +454,7 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     let fronts = [bridge_0.front, bridge_1.front];
 
     // One agent beside an echo target; it dials every bridge through bridge 0's front door.
-    let echo = echo_target().await;
+    let echo = bamf_tests::echo_server();
     let admin = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
     let token = admin
         .call(

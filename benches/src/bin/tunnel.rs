@@ -95,7 +95,7 @@ async fn main() -> Result<()> {
         &["--route", &route],
     )?;
 
-    let echo = echo_target().await?;
+    let echo = bamf_tests::echo_server();
     let tls = bamf_client::tls_config(&ca_pem, None, &[b"http/1.1"])?;
     let client = ApiClient::new(&url, tls)?.connect_to(Some(api.addr));
     let (_, csr) = bamf_client::identity::key_and_csr()?;
@@ -201,13 +201,13 @@ async fn main() -> Result<()> {
 
     // 3. Memory per established idle tunnel.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (bridge_before, agent_before) = (bridge.rss_kib(), rss_kib(agent_pid));
+    let (bridge_before, agent_before) = (bridge.rss_kib(), bamf_tests::rss_kib(agent_pid));
     let mut held = Vec::with_capacity(cli.idle);
     for _ in 0..cli.idle {
         held.push(open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (bridge_after, agent_after) = (bridge.rss_kib(), rss_kib(agent_pid));
+    let (bridge_after, agent_after) = (bridge.rss_kib(), bamf_tests::rss_kib(agent_pid));
     let per =
         |before: u64, after: u64| after.saturating_sub(before) as f64 * 1024.0 / cli.idle as f64;
     let (bridge_per, agent_per) = (
@@ -289,20 +289,6 @@ async fn pump<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     Ok(bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9)
 }
 
-async fn echo_target() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
 /// A TLS echo server with a throwaway certificate for `echo.bench`; returns its address
 /// and the certificate (to trust).
 async fn tls_echo_server() -> Result<(SocketAddr, String)> {
@@ -333,15 +319,6 @@ async fn tls_echo_server() -> Result<(SocketAddr, String)> {
         }
     });
     Ok((addr, cert.pem()))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn today() -> String {
