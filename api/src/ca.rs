@@ -31,6 +31,10 @@ const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Key algorithms a CSR may use. BAMF's own clients, agents and bridges generate ECDSA P-256
 /// keys; P-384 and Ed25519 are accepted for operators with their own tooling. RSA is not:
 /// nothing of ours needs it, and refusing it avoids judging modulus sizes.
+///
+/// rcgen names a CSR's key by the CSR's *signature* algorithm, so the key itself
+/// (`subjectPublicKeyInfo`: key type and curve) is checked against it in [`key_algorithm`]:
+/// each key is accepted with exactly one signature algorithm, the one rcgen writes it as.
 static ACCEPTED_KEYS: [&SignatureAlgorithm; 3] = [
     &rcgen::PKCS_ECDSA_P256_SHA256,
     &rcgen::PKCS_ECDSA_P384_SHA384,
@@ -45,7 +49,10 @@ pub enum CaError {
     #[error("certificate signing request is malformed or its signature does not verify")]
     BadCsr,
     /// The CSR's key algorithm is not accepted.
-    #[error("certificate signing request uses a key type that is not accepted (use ECDSA P-256)")]
+    #[error(
+        "certificate signing request uses a key type, or a key and signature hash, that is not \
+         accepted (use ECDSA P-256 with SHA-256)"
+    )]
     KeyType,
     /// The CSR asks for names or identities this route does not grant.
     #[error("certificate signing request asks for names this request does not grant")]
@@ -247,10 +254,13 @@ impl Authority {
         lifetime: Duration,
         now: OffsetDateTime,
     ) -> Result<Issued, CaError> {
+        let der =
+            rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+                .map_err(|_| CaError::BadCsr)?;
+        let algorithm = key_algorithm(der.as_ref())?;
         // Parsing verifies the CSR's signature: the requester holds the private key.
-        let csr =
-            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| CaError::BadCsr)?;
-        if !ACCEPTED_KEYS.contains(&csr.public_key.algorithm()) {
+        let csr = CertificateSigningRequestParams::from_der(&der).map_err(|_| CaError::BadCsr)?;
+        if !ACCEPTED_KEYS.contains(&algorithm) || csr.public_key.algorithm() != algorithm {
             return Err(CaError::KeyType);
         }
         if let Some(name) = dns_name {
@@ -323,6 +333,35 @@ fn random_serial() -> Result<[u8; 16], CaError> {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
     Ok(bytes)
+}
+
+/// The algorithm a CSR's key is used with, from its key type and curve, if the CSR's own
+/// signature uses that same algorithm. A P-384 key signed with SHA-256, say, is refused: rcgen
+/// would write its key as P-256 and issue a certificate whose key does not parse.
+fn key_algorithm(csr_der: &[u8]) -> Result<&'static SignatureAlgorithm, CaError> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_SIG_ECDSA_WITH_SHA256,
+        OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
+    };
+    use x509_parser::prelude::FromDer;
+    let (_, csr) = X509CertificationRequest::from_der(csr_der).map_err(|_| CaError::BadCsr)?;
+    let key = &csr.certification_request_info.subject_pki.algorithm;
+    let signature = &csr.signature_algorithm.algorithm;
+    let curve = key.parameters.as_ref().and_then(|p| p.as_oid().ok());
+    let (algorithm, expected_signature) = if key.algorithm == OID_SIG_ED25519 {
+        (&rcgen::PKCS_ED25519, OID_SIG_ED25519)
+    } else if key.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY && curve == Some(OID_EC_P256) {
+        (&rcgen::PKCS_ECDSA_P256_SHA256, OID_SIG_ECDSA_WITH_SHA256)
+    } else if key.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY && curve == Some(OID_NIST_EC_P384) {
+        (&rcgen::PKCS_ECDSA_P384_SHA384, OID_SIG_ECDSA_WITH_SHA384)
+    } else {
+        return Err(CaError::KeyType);
+    };
+    if *signature != expected_signature {
+        return Err(CaError::KeyType);
+    }
+    Ok(algorithm)
 }
 
 /// Whether a DER certificate is a CA, and its subject public key (the BIT STRING's contents).

@@ -294,3 +294,110 @@ fn a_ca_brought_in_as_pem_keeps_issuing_and_a_wrong_key_is_refused() {
     // The key never shows in Debug output.
     assert!(!format!("{loaded:?}").contains("PRIVATE KEY"));
 }
+
+/// A CSR made by openssl with `key_args` (an `openssl req -newkey` argument) and `digest`.
+fn openssl_csr(key_args: &[&str], digest: Option<&str>) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "bamf-ca-csr-{}-{}",
+        std::process::id(),
+        key_args.join("-").replace(['/', ':'], "_")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key.pem");
+    let made = std::process::Command::new("openssl")
+        .arg("genpkey")
+        .args(key_args)
+        .arg("-out")
+        .arg(&key)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{made:?}");
+    let mut req = std::process::Command::new("openssl");
+    req.args(["req", "-new", "-subj", "/CN=x", "-key"])
+        .arg(&key);
+    if let Some(digest) = digest {
+        req.arg(format!("-{digest}"));
+    }
+    let out = req.output().expect("openssl runs");
+    assert!(out.status.success(), "{out:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn each_key_is_signed_only_with_its_own_hash_and_issued_keys_parse() {
+    use x509_parser::prelude::FromDer;
+    let ca = Authority::generate("BAMF test CA", now()).unwrap();
+    let user = Identity::User {
+        user: "alice".parse().unwrap(),
+    };
+    let lifetime = Lifetimes::default().user;
+    let p256 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let p384 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"];
+    let p521 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"];
+    let cases: [(&[&str], Option<&str>, bool); 11] = [
+        (&p256, Some("sha256"), true),
+        (&p256, Some("sha384"), false),
+        (&p256, Some("sha512"), false),
+        (&p384, Some("sha256"), false),
+        (&p384, Some("sha384"), true),
+        (&p384, Some("sha512"), false),
+        (&p521, Some("sha256"), false),
+        (&p521, Some("sha384"), false),
+        (&p521, Some("sha512"), false),
+        (&["-algorithm", "ED25519"], None, true),
+        (&["-algorithm", "ED448"], None, false),
+    ];
+    for (key, digest, accepted) in cases {
+        let csr_pem = openssl_csr(key, digest);
+        let result = ca.issue(&csr_pem, &user, None, lifetime, now());
+        let what = format!("{key:?} {digest:?}");
+        if !accepted {
+            assert!(
+                matches!(result, Err(CaError::KeyType)),
+                "{what}: {result:?}"
+            );
+            continue;
+        }
+        let issued = result.unwrap_or_else(|e| panic!("{what}: {e}"));
+        // The certificate carries the CSR's key exactly, under an algorithm that parses.
+        let cert_der = der(&issued.pem);
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&cert_der).unwrap();
+        let csr_der =
+            rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+                .unwrap();
+        let (_, request) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der)
+                .unwrap();
+        assert_eq!(
+            cert.public_key().raw,
+            request.certification_request_info.subject_pki.raw,
+            "{what}"
+        );
+        assert!(cert.public_key().parsed().is_ok(), "{what}");
+        // And openssl, an independent parser, reads the key too.
+        let path = std::env::temp_dir().join(format!("bamf-ca-issued-{}.pem", std::process::id()));
+        std::fs::write(&path, &issued.pem).unwrap();
+        let read = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-pubkey", "-in"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(read.status.success(), "{what}: {read:?}");
+        let pubkey = String::from_utf8(read.stdout).unwrap();
+        let check = std::process::Command::new("openssl")
+            .args(["pkey", "-pubin", "-noout"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(pubkey.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(check.status.success(), "{what}: {check:?}");
+    }
+}
