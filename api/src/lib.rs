@@ -86,6 +86,9 @@ pub struct CaSetup {
     pub provided: Option<(String, String)>,
     /// Encrypts the CA key at rest; a key stored in the clear is encrypted at start.
     pub sealing: Option<seal::SealingKey>,
+    /// Without `sealing`: the file the sealing key is kept in, generated there when the CA
+    /// key needs sealing and the file does not exist yet.
+    pub sealing_file: Option<seal::KeyFile>,
 }
 
 /// Why the CA could not be made ready.
@@ -101,8 +104,20 @@ pub enum CaSetupError {
     #[error(transparent)]
     Seal(#[from] seal::SealError),
     /// The stored key is encrypted and no key was configured.
-    #[error("the stored CA key is encrypted: set BAMF_CA_ENCRYPTION_KEY")]
+    #[error(
+        "the stored CA key is encrypted: set BAMF_CA_ENCRYPTION_KEY or \
+         --ca-sealing-key-file to the key that sealed it"
+    )]
     KeyRequired,
+    /// The sealing key file could not be read or written.
+    #[error("CA sealing key file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// The provided CA is not the one in the store.
     #[error("the store already holds a different CA than the one provided (BAMF_CA_CERT_FILE)")]
     Different,
@@ -120,21 +135,44 @@ pub async fn load_or_create_ca(
     setup: &CaSetup,
 ) -> Result<Authority, CaSetupError> {
     let now = time::OffsetDateTime::now_utc();
-    let stored = match store.ca().await? {
+    let existing = store.ca().await?;
+    let key_file_failed = |file: &seal::KeyFile| {
+        let path = file.0.display().to_string();
+        move |source| CaSetupError::KeyFile { path, source }
+    };
+    let generated;
+    let sealing = match (&setup.sealing, &setup.sealing_file) {
+        (Some(key), _) => Some(key),
+        (None, Some(file)) => {
+            generated = match file.read().map_err(key_file_failed(file))? {
+                Some(key) => Some(key),
+                // A new key only when there is a key to seal: a sealed CA needs its own key.
+                None if existing.as_ref().is_none_or(|ca| !ca.key_encrypted) => {
+                    let key = file.generate().map_err(key_file_failed(file))?;
+                    tracing::info!(file = %file.0.display(), "generated the CA sealing key");
+                    Some(key)
+                }
+                None => None,
+            };
+            generated.as_ref()
+        }
+        (None, None) => None,
+    };
+    let stored = match existing {
         Some(stored) => stored,
         None => {
             let fresh = match &setup.provided {
                 Some((cert, key)) => Authority::from_pem(cert, key)?,
                 None => Authority::generate(name, now)?,
             };
-            let key_pem = match &setup.sealing {
+            let key_pem = match sealing {
                 Some(s) => s.seal(fresh.key_pem(), fresh.cert_pem())?,
                 None => fresh.key_pem().to_owned(),
             };
             let candidate = StoredCa {
                 cert_pem: fresh.cert_pem().to_owned(),
                 key_pem,
-                key_encrypted: setup.sealing.is_some(),
+                key_encrypted: sealing.is_some(),
             };
             let millis = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
             store.save_ca_if_absent(&candidate, millis).await?
@@ -145,7 +183,7 @@ pub async fn load_or_create_ca(
     {
         return Err(CaSetupError::Different);
     }
-    let key_pem = match (stored.key_encrypted, &setup.sealing) {
+    let key_pem = match (stored.key_encrypted, sealing) {
         (true, Some(s)) => s.open(&stored.key_pem, &stored.cert_pem)?,
         (true, None) => return Err(CaSetupError::KeyRequired),
         (false, Some(s)) => {
@@ -154,7 +192,13 @@ pub async fn load_or_create_ca(
             tracing::info!("the CA key is now encrypted at rest");
             stored.key_pem
         }
-        (false, None) => stored.key_pem,
+        (false, None) => {
+            tracing::warn!(
+                "the CA key is stored unencrypted: set BAMF_CA_ENCRYPTION_KEY or \
+                 --ca-sealing-key-file to seal it"
+            );
+            stored.key_pem
+        }
     };
     Ok(Authority::from_pem(&stored.cert_pem, &key_pem)?)
 }

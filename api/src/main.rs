@@ -52,6 +52,11 @@ struct Cli {
     /// Bring your own CA: its private key (PEM)
     #[arg(long, env = "BAMF_CA_KEY_FILE", requires = "ca_cert_file")]
     ca_key_file: Option<std::path::PathBuf>,
+    /// File holding the key that seals the CA key at rest (base64 of 32 bytes), generated
+    /// 0600 when missing; with SQLite the default is `ca-sealing.key` beside the database.
+    /// BAMF_CA_ENCRYPTION_KEY gives the key itself instead.
+    #[arg(long, env = "BAMF_CA_SEALING_KEY_FILE")]
+    ca_sealing_key_file: Option<std::path::PathBuf>,
     /// User certificate and API token lifetime
     #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
     user_cert_lifetime: Duration,
@@ -215,7 +220,25 @@ fn ca_setup(cli: &Cli) -> anyhow::Result<bamf_api::CaSetup> {
         }
         _ => None,
     };
-    Ok(bamf_api::CaSetup { provided, sealing })
+    if sealing.is_some() && cli.ca_sealing_key_file.is_some() {
+        anyhow::bail!("set either BAMF_CA_ENCRYPTION_KEY or --ca-sealing-key-file, not both");
+    }
+    // The CA key is sealed by default: with SQLite the key is kept in a file of its own
+    // beside the database (a copy of the database alone does not reveal the CA key).
+    let sealing_file = cli
+        .ca_sealing_key_file
+        .clone()
+        .or_else(|| {
+            let db = bamf_api::store::sqlite_file(&cli.database_url)?;
+            Some(db.with_file_name("ca-sealing.key"))
+        })
+        .filter(|_| sealing.is_none())
+        .map(bamf_api::seal::KeyFile);
+    Ok(bamf_api::CaSetup {
+        provided,
+        sealing,
+        sealing_file,
+    })
 }
 
 /// Everything the server needs except presence, whose type depends on the configuration.

@@ -95,6 +95,50 @@ impl SealingKey {
     }
 }
 
+/// A sealing key kept in a file (base64 of 32 bytes), apart from the database it protects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFile(pub std::path::PathBuf);
+
+impl KeyFile {
+    /// The key in the file, or `None` if there is no file.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, or [`SealError::KeyFormat`] as an `InvalidData` error.
+    pub fn read(&self) -> std::io::Result<Option<SealingKey>> {
+        match std::fs::read_to_string(&self.0) {
+            Ok(text) => SealingKey::from_base64(&text)
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Generates a key into the file, created 0600 (never overwriting one).
+    ///
+    /// # Errors
+    ///
+    /// The file exists or cannot be written.
+    pub fn generate(&self) -> std::io::Result<SealingKey> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut bytes = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| std::io::Error::other(SealError::Random))?;
+        let text = STANDARD.encode(bytes);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&self.0)?;
+        file.write_all(format!("{text}\n").as_bytes())?;
+        file.sync_all()?;
+        SealingKey::from_base64(&text).map_err(std::io::Error::other)
+    }
+}
+
 /// Whether a stored key is sealed.
 pub fn is_sealed(stored: &str) -> bool {
     stored.starts_with(PREFIX)
@@ -132,6 +176,25 @@ mod tests {
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).expect("ascii");
         assert!(key.open(&tampered, "cert A").is_err());
+    }
+
+    #[test]
+    fn a_key_file_is_generated_private_once_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("bamf-seal-{}.key", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let file = KeyFile(path.clone());
+        assert!(file.read().expect("read").is_none());
+        let key = file.generate().expect("generate");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(file.generate().is_err(), "never overwritten");
+        let sealed = key.seal("secret", "c").expect("seal");
+        let again = file.read().expect("read").expect("key");
+        assert_eq!(again.open(&sealed, "c").expect("open"), "secret");
+        std::fs::write(&path, "short").expect("write");
+        assert!(file.read().is_err());
+        std::fs::remove_file(&path).expect("remove");
     }
 
     #[test]

@@ -51,6 +51,76 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The SQLite file or its directory could not be created or restricted.
+    #[error("preparing {path}: {source}")]
+    File {
+        /// The file or directory.
+        path: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The database file of a SQLite URL (`sqlite://path?…`, `sqlite:path`); `None` in memory.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory") {
+        return None;
+    }
+    Some(std::path::PathBuf::from(path))
+}
+
+/// The SQLite file holds the CA and every credential hash, so it is the service's alone
+/// whatever the umask: missing directories are made 0700, the file 0600 (created here when
+/// `create`, tightened when it exists, with its `-wal` and `-shm` companions, which SQLite
+/// creates with the file's mode).
+fn restrict_sqlite_file(file: &std::path::Path, create: bool) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let failed = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| StoreError::File { path, source }
+    };
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+        && create
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(failed(dir))?;
+    }
+    if create {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(file)
+            .map_err(failed(file))?;
+    }
+    let mut companions = file.as_os_str().to_owned();
+    companions.push("-wal");
+    let wal = std::path::PathBuf::from(&companions);
+    companions = file.as_os_str().to_owned();
+    companions.push("-shm");
+    let shm = std::path::PathBuf::from(&companions);
+    for path in [file, wal.as_path(), shm.as_path()] {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(failed(path))?;
+                tracing::warn!(file = %path.display(), "database file was readable by others: now 0600");
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(path)(e)),
+        }
+    }
+    Ok(())
 }
 
 /// The CA as persisted.
@@ -188,6 +258,9 @@ impl Store {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
         } else if url.starts_with("sqlite:") {
+            if let Some(file) = sqlite_file(url) {
+                restrict_sqlite_file(&file, url.contains("mode=rwc"))?;
+            }
             Backend::Sqlite
         } else {
             return Err(StoreError::Scheme);

@@ -382,7 +382,27 @@ impl Api {
     ///
     /// As [`Api::start`].
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(binary("bamf-api"));
+        Self::spawn(Command::new(binary("bamf-api")), args, env)
+    }
+
+    /// [`Api::start_with_env`] under a process umask (octal, e.g. `"022"`), as a service
+    /// started directly or in a container would run.
+    ///
+    /// # Errors
+    ///
+    /// As [`Api::start`].
+    pub fn start_with_umask(
+        umask: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\"")])
+            .arg(binary("bamf-api"));
+        Self::spawn(cmd, args, env)
+    }
+
+    fn spawn(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
@@ -392,6 +412,7 @@ impl Api {
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
             .env_remove("BAMF_CA_ENCRYPTION_KEY")
+            .env_remove("BAMF_CA_SEALING_KEY_FILE")
             .envs(env.iter().copied());
         let Logged {
             child,

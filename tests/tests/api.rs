@@ -1135,6 +1135,53 @@ async fn the_ca_key_is_encrypted_at_rest_and_a_provided_ca_is_used() {
     assert!(err.contains("different CA"), "{err}");
 }
 
+/// Started with a permissive umask, the API still keeps its state to itself: a new state
+/// directory 0700, the SQLite file 0600 (and an existing 0644 one tightened), and the CA key
+/// sealed by default under a key generated 0600 beside the database; the key is required
+/// afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_private_and_the_ca_key_sealed_by_default_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = TempDir::new("api-private");
+    let state = dir.path().join("state");
+    let url = sqlite_url(&state);
+    let api = Api::start_with_umask("022", &["--database-url", &url], &[]).unwrap();
+    drop(api);
+    assert_eq!(mode(&state), 0o700, "state directory");
+    assert_eq!(mode(&state.join("bamf.db")), 0o600, "database");
+    let key_file = state.join("ca-sealing.key");
+    assert_eq!(mode(&key_file), 0o600, "sealing key");
+    let store = Store::connect(&url).await.unwrap();
+    let stored = store.ca().await.unwrap().unwrap();
+    assert!(stored.key_encrypted && !stored.key_pem.contains("PRIVATE KEY"));
+    drop(store);
+
+    // An existing database left readable is tightened; without its sealing key the API
+    // refuses to start rather than generating another.
+    std::fs::set_permissions(
+        state.join("bamf.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let moved = dir.path().join("elsewhere.key");
+    std::fs::rename(&key_file, &moved).unwrap();
+    let err = Api::start_with_umask("022", &["--database-url", &url], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("encrypted"), "{err}");
+    assert!(!key_file.exists(), "no new key generated for a sealed CA");
+    assert_eq!(mode(&state.join("bamf.db")), 0o600, "tightened");
+    let moved = moved.display().to_string();
+    let api = Api::start_with_umask(
+        "022",
+        &["--database-url", &url, "--ca-sealing-key-file", &moved],
+        &[],
+    )
+    .unwrap();
+    assert!(api.fetch_ca(dir.path()).exists());
+}
+
 /// Without Redis the API still starts, `/health` answers, and `/ready` says which dependency
 /// is missing.
 #[test]
