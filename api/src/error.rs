@@ -29,6 +29,10 @@ pub enum ApiError {
     /// No such route or object.
     #[error("not found")]
     NotFound,
+    /// A resource that does not exist or that the caller may not reach: the two are
+    /// answered alike so the answer does not reveal which names exist.
+    #[error("no such resource, or you may not reach it")]
+    Inaccessible,
     /// The object exists already (e.g. an agent name).
     #[error("{0}")]
     Conflict(&'static str),
@@ -63,7 +67,7 @@ impl ApiError {
         match self {
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
-            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotFound | Self::Inaccessible => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),

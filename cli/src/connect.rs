@@ -53,12 +53,11 @@ pub fn check_name(resource: &str) -> Result<()> {
 /// How a refused `/connect` reads.
 pub fn refusal(resource: &str, e: HttpsError) -> Error {
     match e {
-        HttpsError::Status { code, .. } if code == "forbidden" => Error::msg(format!(
-            "access to '{resource}' denied: ask an administrator for a role that allows it"
+        // The API answers a missing resource and a denied one alike (no existence oracle).
+        HttpsError::Status { code, .. } if code == "not_found" => Error::msg(format!(
+            "there is no resource '{resource}' you may reach: `bamf ls` lists yours; \
+             ask an administrator for a role that allows it"
         )),
-        HttpsError::Status { code, .. } if code == "not_found" => {
-            Error::msg(format!("there is no resource '{resource}' (see `bamf ls`)"))
-        }
         HttpsError::Status { code, message, .. } if code == "offline" => Error::msg(format!(
             "'{resource}' cannot be reached now: {message} (offline)"
         )),
@@ -133,8 +132,8 @@ pub async fn open(ctx: &Ctx, resource: &str) -> Result<Tunnel> {
 }
 
 /// Before listening for local connections: is `resource` one the user may reach and
-/// online? A name the listing does not show is asked of `/connect`, whose refusal says
-/// whether it is unknown or denied.
+/// online? A name the listing does not show is asked of `/connect`, whose refusal reads the
+/// same whether it is unknown or denied.
 ///
 /// # Errors
 ///

@@ -72,8 +72,8 @@ tunnels (`--via`), because not every resolver answers for `*.localhost` names.
 ## Exit status
 
 `0` success; `1` failure (the message is on stderr, e.g. `not logged in (or the login
-expired): run `bamf login``, or `access to 'db-1' denied: ask an administrator for a role
-that allows it`); `2` a usage error. `bamf ssh|scp|sftp`, `bamf psql` and `bamf tcp --exec`
+expired): run `bamf login``, or `there is no resource 'db-1' you may reach: `bamf ls` lists
+yours; ask an administrator for a role that allows it`); `2` a usage error. `bamf ssh|scp|sftp`, `bamf psql` and `bamf tcp --exec`
 exit with the status of the program they ran.
 
 Listings print a table, or JSON with `--json`. Progress and notes go to stderr, so stdout

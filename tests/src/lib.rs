@@ -458,6 +458,22 @@ impl Drop for Api {
     }
 }
 
+/// The CA a test API keeps in its store at `url`, opened as an operator tool would: with
+/// the sealing key file the API generated beside a SQLite database.
+///
+/// # Errors
+///
+/// The store cannot be reached or the CA not opened.
+pub async fn stored_ca(url: &str) -> anyhow::Result<bamf_api::ca::Authority> {
+    let store = bamf_api::store::Store::connect(url).await?;
+    let setup = bamf_api::CaSetup {
+        sealing_file: bamf_api::store::sqlite_file(url)
+            .map(|db| bamf_api::seal::KeyFile(db.with_file_name("ca-sealing.key"))),
+        ..Default::default()
+    };
+    Ok(bamf_api::load_or_create_ca(&store, "unused", &setup).await?)
+}
+
 /// A running `openssl s_server` with a throwaway self-signed certificate.
 #[derive(Debug)]
 pub struct OpensslServer {

@@ -105,10 +105,7 @@ async fn a_client_certificate_from_our_ca_identifies_the_caller_and_others_are_r
     let api = Api::start(&["--database-url", &url]).unwrap();
     let ca_pem = api.fetch_ca(dir.path());
     // The API persisted its CA in the store: load it as an operator tool would.
-    let store = Store::connect(&url).await.unwrap();
-    let ca = bamf_api::load_or_create_ca(&store, "unused", &Default::default())
-        .await
-        .unwrap();
+    let ca = bamf_tests::stored_ca(&url).await.unwrap();
     assert_eq!(ca.cert_pem(), std::fs::read_to_string(&ca_pem).unwrap());
     let now = time::OffsetDateTime::now_utc();
     let alice = Identity::User {

@@ -704,7 +704,8 @@ labels = {{ env = "test", team = "blue" }}
     // A user without a role: a clear refusal, and a non-zero status, whichever command.
     let bob = stack.home("bob");
     stack.login(&bob, "bob", "bob-password-12").ok();
-    let denied = "access to 'echo' denied: ask an administrator for a role that allows it";
+    let denied = "there is no resource 'echo' you may reach: `bamf ls` lists yours; \
+                  ask an administrator for a role that allows it";
     cli(&bob, &["pipe", "echo"]).fails_with(1, denied);
     cli(&bob, &["tcp", "echo", "--exec", "true"]).fails_with(1, denied);
     let ssh_denied = run(bamf(&bob).args(ssh(&["echo", "hello"])), "");
@@ -712,10 +713,10 @@ labels = {{ env = "test", team = "blue" }}
     assert!(
         ssh_denied
             .stderr
-            .contains("access to 'box' denied: ask an administrator"),
+            .contains("there is no resource 'box' you may reach"),
         "{ssh_denied:?}"
     );
-    cli(&alice, &["pipe", "nope"]).fails_with(1, "there is no resource 'nope'");
+    cli(&alice, &["pipe", "nope"]).fails_with(1, "there is no resource 'nope' you may reach");
 
     // The administrator's view: sessions with bytes, the audit log, agents and bridges.
     let sessions = parse(

@@ -47,9 +47,13 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
         }
         d
     };
+    // A resource the caller may not reach and one that does not exist are answered alike,
+    // after the same work (including the audit write): the answer must not reveal names.
     let resources = state.store.resources().await.map_err(store_failed)?;
     let Some(resource) = resources.iter().find(|r| r.name == body.resource) else {
-        return Err(ApiError::NotFound);
+        call.audit("connect", "not_found", detail(serde_json::json!({})))
+            .await;
+        return Err(ApiError::Inaccessible);
     };
     let decision = rbac::decide(
         roles.iter().map(|r| (r.name.as_str(), &r.rules)),
@@ -70,7 +74,7 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
             detail(serde_json::json!({"denied_by": role})),
         )
         .await;
-        return Err(ApiError::Forbidden);
+        return Err(ApiError::Inaccessible);
     }
     let agent: AgentId = resource.agent_id.parse().map_err(|_| ApiError::Internal)?;
     let presence_err = |_| ApiError::Unavailable("presence");

@@ -70,13 +70,7 @@ async fn main() -> Result<()> {
         ],
         &[("BAMF_BRIDGE_JOIN_TOKEN", TOKEN)],
     )?;
-    let ca_pem = {
-        let store = bamf_api::store::Store::connect(&db).await?;
-        bamf_api::load_or_create_ca(&store, "unused", &Default::default())
-            .await?
-            .cert_pem()
-            .to_owned()
-    };
+    let ca_pem = bamf_tests::stored_ca(&db).await?.cert_pem().to_owned();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca_pem)?;
     let url = format!("https://localhost:{}", api.addr.port());
