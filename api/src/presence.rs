@@ -1,8 +1,8 @@
 //! Presence: who is alive right now, and the channel that reaches each agent.
 //!
-//! Everything here expires on its own (heartbeats and API tokens carry a TTL), so losing it
-//! loses nothing durable: bridges and agents re-register within one heartbeat, and users
-//! log in again. One trait, two implementations: [`RedisPresence`] shared by every API
+//! Everything here expires on its own (heartbeats carry a TTL), so losing it loses nothing
+//! durable: bridges and agents re-register within one heartbeat. API tokens are not here:
+//! they are credentials, kept in the store so a Redis restart signs nobody out. One trait, two implementations: [`RedisPresence`] shared by every API
 //! replica, and [`MemoryPresence`] for a single node.
 //!
 //! Agent commands travel by publish/subscribe, so whichever replica holds an agent's command
@@ -88,23 +88,6 @@ pub trait Presence: Send + Sync {
         &self,
         agent: AgentId,
     ) -> impl Future<Output = Result<bool, PresenceError>> + Send;
-    /// Stores an API token (by its hash) for `user`, valid for `ttl`.
-    fn put_token(
-        &self,
-        token_hash: &str,
-        user: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(), PresenceError>> + Send;
-    /// The user of a token, if it is valid.
-    fn token_user(
-        &self,
-        token_hash: &str,
-    ) -> impl Future<Output = Result<Option<String>, PresenceError>> + Send;
-    /// Revokes a token (logout).
-    fn revoke_token(
-        &self,
-        token_hash: &str,
-    ) -> impl Future<Output = Result<(), PresenceError>> + Send;
     /// Publishes a command to an agent; returns how many subscribers it reached.
     fn publish_command(
         &self,
@@ -130,7 +113,6 @@ pub struct MemoryPresence {
 struct MemoryState {
     bridges: HashMap<u32, (BridgeStatus, Instant)>,
     agents: HashMap<AgentId, Instant>,
-    tokens: HashMap<String, (String, Instant)>,
     subscribers: HashMap<AgentId, Vec<mpsc::Sender<String>>>,
 }
 
@@ -176,38 +158,6 @@ impl Presence for MemoryPresence {
     async fn agent_online(&self, agent: AgentId) -> Result<bool, PresenceError> {
         let now = Instant::now();
         Ok(self.with(|s| s.agents.get(&agent).is_some_and(|until| *until > now)))
-    }
-
-    async fn put_token(
-        &self,
-        token_hash: &str,
-        user: &str,
-        ttl: Duration,
-    ) -> Result<(), PresenceError> {
-        let until = Instant::now() + ttl;
-        let now = Instant::now();
-        self.with(|s| {
-            // Sweep on write, so the map holds only live tokens.
-            s.tokens.retain(|_, (_, until)| *until > now);
-            s.tokens
-                .insert(token_hash.to_owned(), (user.to_owned(), until));
-        });
-        Ok(())
-    }
-
-    async fn token_user(&self, token_hash: &str) -> Result<Option<String>, PresenceError> {
-        let now = Instant::now();
-        Ok(self.with(|s| {
-            s.tokens
-                .get(token_hash)
-                .filter(|(_, until)| *until > now)
-                .map(|(user, _)| user.clone())
-        }))
-    }
-
-    async fn revoke_token(&self, token_hash: &str) -> Result<(), PresenceError> {
-        self.with(|s| s.tokens.remove(token_hash));
-        Ok(())
     }
 
     async fn publish_command(&self, agent: AgentId, command: &str) -> Result<usize, PresenceError> {
@@ -308,10 +258,6 @@ fn agent_key(agent: AgentId) -> String {
     format!("{PREFIX}:agent:{agent}")
 }
 
-fn token_key(hash: &str) -> String {
-    format!("{PREFIX}:token:{hash}")
-}
-
 fn command_channel(agent: AgentId) -> String {
     format!("{PREFIX}:commands:{agent}")
 }
@@ -366,28 +312,6 @@ impl Presence for RedisPresence {
     async fn agent_online(&self, agent: AgentId) -> Result<bool, PresenceError> {
         let mut c = self.conn().await?;
         Ok(c.exists(agent_key(agent)).await?)
-    }
-
-    async fn put_token(
-        &self,
-        token_hash: &str,
-        user: &str,
-        ttl: Duration,
-    ) -> Result<(), PresenceError> {
-        let mut c = self.conn().await?;
-        let _: () = c.pset_ex(token_key(token_hash), user, millis(ttl)).await?;
-        Ok(())
-    }
-
-    async fn token_user(&self, token_hash: &str) -> Result<Option<String>, PresenceError> {
-        let mut c = self.conn().await?;
-        Ok(c.get(token_key(token_hash)).await?)
-    }
-
-    async fn revoke_token(&self, token_hash: &str) -> Result<(), PresenceError> {
-        let mut c = self.conn().await?;
-        let _: () = c.del(token_key(token_hash)).await?;
-        Ok(())
     }
 
     async fn publish_command(&self, agent: AgentId, command: &str) -> Result<usize, PresenceError> {

@@ -513,23 +513,16 @@ async fn token_user<P: Presence>(
     let Some(token) = bearer(parts) else {
         return Ok(TokenCheck::Missing);
     };
+    // Bound to the user's id: a deleted or disabled user's tokens stop working at once, and
+    // a user created again under the same name does not inherit them.
     let user = state
-        .presence
-        .token_user(&crate::auth::token_hash(token))
+        .store
+        .token_user(&crate::auth::token_hash(token), now_ms())
         .await
-        .map_err(|_| ApiError::Unavailable("presence"))?;
+        .map_err(|_| ApiError::Unavailable("store"))?;
     let Some(name) = user else {
         return Ok(TokenCheck::Invalid);
     };
-    // A deleted or disabled user's tokens stop working at once.
-    if !state
-        .store
-        .user_enabled(&name)
-        .await
-        .map_err(|_| ApiError::Unavailable("store"))?
-    {
-        return Ok(TokenCheck::Invalid);
-    }
     let roles = state
         .store
         .effective_roles(&name)
@@ -626,6 +619,49 @@ fn new_uuid() -> Result<Uuid, ApiError> {
         .fill(&mut bytes)
         .map_err(|_| ApiError::Internal)?;
     Ok(Uuid::new_v4(bytes))
+}
+
+/// Issues a certificate with the configured lifetime for `identity` and records it, so that
+/// revoking it by serial or by fingerprint finds whom it names.
+async fn issue<P>(
+    state: &AppState<P>,
+    csr: &str,
+    identity: &Identity,
+    dns: Option<&bamf_proto::HostName>,
+) -> Result<crate::ca::Issued, ApiError> {
+    use crate::store::CertificateSubject as Subject;
+    let now = time::OffsetDateTime::now_utc();
+    let issued = state
+        .ca
+        .issue(
+            csr,
+            identity,
+            dns,
+            state.lifetimes.for_identity(identity),
+            now,
+        )
+        .map_err(|e| ApiError::BadRequest(format!("csr: {e}")))?;
+    let subject = match identity {
+        Identity::User { user } => Subject::User(user.to_string()),
+        Identity::Agent { agent } => Subject::Agent(agent.to_string()),
+        Identity::Bridge { ordinal } => Subject::Bridge(*ordinal),
+        Identity::Client { session, .. } => Subject::Session(session.to_string()),
+    };
+    let millis = |t: time::OffsetDateTime| {
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    };
+    state
+        .store
+        .record_certificate(
+            &issued.serial,
+            &issued.fingerprint,
+            &subject,
+            millis(now),
+            millis(issued.not_after),
+        )
+        .await
+        .map_err(store_failed)?;
+    Ok(issued)
 }
 
 /// Logs a store failure where it happened and answers `internal`.

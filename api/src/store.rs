@@ -16,7 +16,7 @@ mod fleet;
 mod identity;
 mod sessions;
 
-pub use fleet::{Agent, Bridge, CertificateRef, Resource, Revocation};
+pub use fleet::{Agent, Bridge, CertificateRef, CertificateSubject, Resource, Revocation, Revoked};
 pub use identity::{Role, RoleChange, User};
 pub use sessions::{Report, Session, SessionFilter};
 
@@ -51,6 +51,9 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The random source failed (making an id).
+    #[error("random source failed")]
+    Random,
     /// The SQLite file or its directory could not be created or restricted.
     #[error("preparing {path}: {source}")]
     File {
@@ -60,6 +63,16 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A random UUID (v4), for ids the store assigns.
+fn new_id() -> Result<String, StoreError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| StoreError::Random)?;
+    Ok(bamf_proto::san::Uuid::new_v4(bytes).to_string())
 }
 
 /// The database file of a SQLite URL (`sqlite://path?…`, `sqlite:path`); `None` in memory.
@@ -372,13 +385,15 @@ impl Store {
         password_hash: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        // A fresh id every time: credentials bind to it, so a name used again starts clean.
         let done = sqlx::query(
-            "INSERT INTO users (name, password_hash, created_at) VALUES ($1, $2, $3) \
+            "INSERT INTO users (name, password_hash, created_at, id) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(password_hash)
         .bind(now_ms)
+        .bind(new_id()?)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -192,7 +192,8 @@ pub struct Relay {
     idle_timeout: Duration,
     max_pending: usize,
     pending: Mutex<HashMap<SessionId, Waiting>>,
-    used: Mutex<HashMap<SessionId, Instant>>,
+    /// Sessions that may not pair (again): when, and the refusal's reason.
+    used: Mutex<HashMap<SessionId, (Instant, &'static str)>>,
     live: Mutex<HashMap<SessionId, Live>>,
     events: mpsc::Sender<Event>,
     /// Ended by the bridge's shutdown cut.
@@ -263,8 +264,14 @@ impl Relay {
             .unwrap_or_default()
     }
 
-    /// Ends the live tunnel of `session`, if there is one.
+    /// Ends `session` as the API asked: its live tunnel closes, a side waiting for its
+    /// partner is dropped, and the session can never pair here again (its certificate may
+    /// still be unexpired). Returns whether a live tunnel was closed.
     pub fn kill(&self, session: SessionId) -> bool {
+        if let (Ok(mut pending), Ok(mut used)) = (self.pending.lock(), self.used.lock()) {
+            pending.remove(&session);
+            used.insert(session, (Instant::now(), "session ended by the API"));
+        }
         let live = self.live.lock().ok();
         match live.as_ref().and_then(|l| l.get(&session)) {
             Some(t) => {
@@ -358,7 +365,7 @@ impl Relay {
                 return self.refused(peer, Some(session), "internal state");
             };
             let now = Instant::now();
-            used.retain(|_, at| now.duration_since(*at) < USED_MEMORY);
+            used.retain(|_, (at, _)| now.duration_since(*at) < USED_MEMORY);
             let wait = |pending: &mut HashMap<SessionId, Waiting>| {
                 let (deliver, arrival) = oneshot::channel();
                 pending.insert(
@@ -371,8 +378,8 @@ impl Relay {
                 );
                 Decision::Wait(arrival)
             };
-            if used.contains_key(&session) {
-                Decision::Refuse("session already used")
+            if let Some((_, reason)) = used.get(&session) {
+                Decision::Refuse(reason)
             } else {
                 match pending.remove(&session) {
                     Some(w) if w.deliver.is_closed() => {
@@ -388,7 +395,7 @@ impl Relay {
                         Decision::Refuse("agent does not match the session")
                     }
                     Some(w) => {
-                        used.insert(session, now);
+                        used.insert(session, (now, "session already used"));
                         Decision::Deliver(w.deliver)
                     }
                     None if pending.len() >= self.max_pending => {

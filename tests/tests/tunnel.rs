@@ -63,6 +63,30 @@ async fn dial(
     bamf_client::tunnel::dial(&format!("{ordinal}.bridge.{DOMAIN}"), 443, Some(front), tls).await
 }
 
+/// A certificate's serial (lower-case hex, as the API names it) and SHA-256 fingerprint, as
+/// `openssl` reads them.
+fn serial_and_fingerprint(pem: &str) -> (String, String) {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "openssl x509 -noout -serial -fingerprint -sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(pem.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.split_once('=').filter(|(k, _)| k.ends_with(name)))
+            .map(|(_, v)| v.replace(':', "").to_lowercase())
+            .unwrap()
+    };
+    (field("serial"), field("Fingerprint"))
+}
+
 /// Reads until the peer closes or fails, within `limit`; returns what arrived and when it
 /// ended (None: still open at the limit).
 async fn read_to_end(stream: &mut Tunnel, limit: Duration) -> (Vec<u8>, Option<Duration>) {
@@ -282,6 +306,8 @@ async fn the_bridge_pairs_only_matching_certificates() {
 struct User {
     api: ApiClient,
     token: String,
+    /// The user certificate from the login (PEM).
+    certificate: String,
 }
 
 impl User {
@@ -299,6 +325,7 @@ impl User {
         Self {
             api: client,
             token: answer["token"].as_str().unwrap().to_owned(),
+            certificate: answer["certificate"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -566,6 +593,7 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
         .unwrap()
         .connect_to(Some(replica.addr)),
         token: admin.token.clone(),
+        certificate: admin.certificate.clone(),
     };
     let (id_r, on_r, cert_r) = via_replica.connect("echo").await;
     let mut tunnel_r = dial(fronts[on_r as usize], on_r, &ca_pem, &cert_r)
@@ -614,7 +642,85 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     api = start_api(&api_addr);
     wait_session(&pg, &id_c, "ended 18 18 closed", Duration::from_secs(45)).await;
 
-    // Deleting (revoking) the agent closes its live tunnels within a heartbeat.
+    // Revocation ends what derives from the certificate, within a heartbeat (1 s here).
+    let admin = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
+    let revoke = |serial: Option<&str>, fingerprint: Option<&str>| {
+        let mut body = serde_json::json!({"reason": "test"});
+        if let Some(s) = serial {
+            body["serial"] = s.into();
+        }
+        if let Some(f) = fingerprint {
+            body["fingerprint"] = f.into();
+        }
+        body
+    };
+    // A session certificate revoked (by fingerprint) while its tunnel runs.
+    let (id_e, on_e, cert_e) = admin.connect("echo").await;
+    let mut tunnel_e = dial(fronts[on_e as usize], on_e, &ca_pem, &cert_e)
+        .await
+        .unwrap();
+    assert_eq!(echo_through(&mut tunnel_e, b"live").await, b"live");
+    let (_, fingerprint_e) = serial_and_fingerprint(&cert_e.0);
+    admin
+        .call(
+            Method::POST,
+            "/api/v1/revocations",
+            Some(revoke(None, Some(&fingerprint_e))),
+        )
+        .await
+        .unwrap();
+    let (_, closed) = read_to_end(&mut tunnel_e, Duration::from_secs(5)).await;
+    assert!(closed.expect("closed after the revocation") < Duration::from_secs(3));
+    wait_session(&pg, &id_e, "ended 4 4 revoked", Duration::from_secs(10)).await;
+    // A session certificate revoked (by serial) before it is used never pairs.
+    let (id_f, on_f, cert_f) = admin.connect("echo").await;
+    let (serial_f, _) = serial_and_fingerprint(&cert_f.0);
+    admin
+        .call(
+            Method::POST,
+            "/api/v1/revocations",
+            Some(revoke(Some(&serial_f), None)),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    if let Ok(mut tunnel_f) = dial(fronts[on_f as usize], on_f, &ca_pem, &cert_f).await {
+        let _ = tunnel_f.write_all(b"let me in").await;
+        let (got, closed) = read_to_end(&mut tunnel_f, Duration::from_secs(15)).await;
+        assert!(
+            got.is_empty() && closed.is_some(),
+            "a revoked session paired"
+        );
+    }
+    wait_session(&pg, &id_f, "ended 0 0 revoked", Duration::from_secs(10)).await;
+    // A user's certificate revoked: their live tunnel closes and their tokens stop working
+    // (all of them: the administrator signs in again below).
+    let signed_in = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
+    let (id_g, on_g, cert_g) = signed_in.connect("echo").await;
+    let mut tunnel_g = dial(fronts[on_g as usize], on_g, &ca_pem, &cert_g)
+        .await
+        .unwrap();
+    assert_eq!(echo_through(&mut tunnel_g, b"mine").await, b"mine");
+    let (serial_g, _) = serial_and_fingerprint(&signed_in.certificate);
+    admin
+        .call(
+            Method::POST,
+            "/api/v1/revocations",
+            Some(revoke(Some(&serial_g), None)),
+        )
+        .await
+        .unwrap();
+    let (_, closed) = read_to_end(&mut tunnel_g, Duration::from_secs(5)).await;
+    assert!(closed.expect("closed after the user's revocation") < Duration::from_secs(3));
+    wait_session(&pg, &id_g, "ended 4 4 revoked", Duration::from_secs(10)).await;
+    let refused = signed_in
+        .call(Method::GET, "/api/v1/whoami", None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(401));
+
+    // Revoking the agent's certificate by fingerprint closes its live tunnels, and deleting
+    // the agent ends any that remain.
     let admin = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
     let (id_d, on_d, cert_d) = admin.connect("echo").await;
     let mut tunnel_d = dial(fronts[on_d as usize], on_d, &ca_pem, &cert_d)
@@ -626,13 +732,23 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
         .await
         .unwrap();
     let agent_id = agents["items"][0]["id"].as_str().unwrap().to_owned();
+    let agent_cert = std::fs::read_to_string(dir.path().join("agent").join("agent.crt")).unwrap();
+    let (_, agent_fingerprint) = serial_and_fingerprint(&agent_cert);
     admin
-        .call(Method::DELETE, &format!("/api/v1/agents/{agent_id}"), None)
+        .call(
+            Method::POST,
+            "/api/v1/revocations",
+            Some(revoke(None, Some(&agent_fingerprint))),
+        )
         .await
         .unwrap();
     let (_, closed) = read_to_end(&mut tunnel_d, Duration::from_secs(5)).await;
     assert!(closed.expect("closed after the revocation") < Duration::from_secs(3));
-    wait_session(&pg, &id_d, "ended 4 4 killed", Duration::from_secs(10)).await;
+    wait_session(&pg, &id_d, "ended 4 4 revoked", Duration::from_secs(10)).await;
+    admin
+        .call(Method::DELETE, &format!("/api/v1/agents/{agent_id}"), None)
+        .await
+        .unwrap();
 
     drop((agent, bridge_0, bridge_1, api));
 }

@@ -105,17 +105,19 @@ pub(super) async fn delete_user<P: Presence>(call: &Call<'_, P>) -> Reply {
             "administrators cannot delete themselves",
         ));
     }
-    if !call
+    let ended = call
         .state
         .store
-        .delete_user(user)
+        .delete_user(user, &call.actor(), now_ms())
         .await
         .map_err(store_failed)?
-    {
-        return Err(ApiError::NotFound);
-    }
-    call.audit("user.delete", "allowed", serde_json::json!({"user": user}))
-        .await;
+        .ok_or(ApiError::NotFound)?;
+    call.audit(
+        "user.delete",
+        "allowed",
+        serde_json::json!({"user": user, "ended_sessions": ended}),
+    )
+    .await;
     Ok(no_content())
 }
 
@@ -409,7 +411,7 @@ pub(super) async fn revoke<P: Presence>(call: &Call<'_, P>) -> Reply {
         serial: body.serial,
         fingerprint: body.fingerprint,
     };
-    let added = call
+    let revoked = call
         .state
         .store
         .revoke(&certificate, &body.reason, &call.actor(), now_ms())
@@ -419,11 +421,12 @@ pub(super) async fn revoke<P: Presence>(call: &Call<'_, P>) -> Reply {
         "certificate.revoke",
         "allowed",
         serde_json::json!({"serial": certificate.serial, "fingerprint": certificate.fingerprint,
-            "reason": body.reason, "new": added}),
+            "reason": body.reason, "new": revoked.added, "kind": revoked.kind,
+            "ended_sessions": revoked.ended_sessions, "ended_tokens": revoked.ended_tokens}),
     )
     .await;
     Ok(json_response(
-        if added {
+        if revoked.added {
             StatusCode::CREATED
         } else {
             StatusCode::OK

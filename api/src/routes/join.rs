@@ -7,7 +7,7 @@ use bamf_proto::san::{AgentId, Identity, Name};
 use http::StatusCode;
 use serde::Deserialize;
 
-use super::{Call, Principal, Reply, new_uuid, no_content, now_ms, store_failed};
+use super::{Call, Principal, Reply, issue, new_uuid, no_content, now_ms, store_failed};
 use crate::auth;
 use crate::ca::Issued;
 use crate::error::{ApiError, json_response};
@@ -131,7 +131,7 @@ pub(super) async fn join_agent<P: Presence>(call: &Call<'_, P>) -> Reply {
     })?;
     let agent = AgentId(new_uuid()?);
     // The CSR is checked before the token is spent.
-    let certificate = issue(call, &body.csr, &Identity::Agent { agent }, None)?;
+    let certificate = issue(call.state, &body.csr, &Identity::Agent { agent }, None).await?;
     let outcome = state
         .store
         .join_agent(
@@ -187,7 +187,7 @@ pub(super) async fn join_bridge<P: Presence>(call: &Call<'_, P>) -> Reply {
     let identity = Identity::Bridge {
         ordinal: body.ordinal,
     };
-    let certificate = issue(call, &body.csr, &identity, Some(&name))?;
+    let certificate = issue(call.state, &body.csr, &identity, Some(&name)).await?;
     let outcome = state
         .store
         .join_bridge(&auth::token_hash(&body.token), body.ordinal, now_ms())
@@ -232,7 +232,7 @@ pub(super) async fn renew_agent<P: Presence>(call: &Call<'_, P>) -> Reply {
         return Err(ApiError::Forbidden);
     };
     let body: Renewal = call.json()?;
-    let certificate = issue(call, &body.csr, &Identity::Agent { agent }, None)?;
+    let certificate = issue(call.state, &body.csr, &Identity::Agent { agent }, None).await?;
     call.state
         .store
         .set_agent_serial(&agent.to_string(), &certificate.serial)
@@ -259,7 +259,13 @@ pub(super) async fn renew_bridge<P: Presence>(call: &Call<'_, P>) -> Reply {
     };
     let body: Renewal = call.json()?;
     let name = bridge_name(call, ordinal)?;
-    let certificate = issue(call, &body.csr, &Identity::Bridge { ordinal }, Some(&name))?;
+    let certificate = issue(
+        call.state,
+        &body.csr,
+        &Identity::Bridge { ordinal },
+        Some(&name),
+    )
+    .await?;
     call.state
         .store
         .set_bridge_serial(ordinal, &certificate.serial)
@@ -285,26 +291,6 @@ fn bridge_name<P>(call: &Call<'_, P>, ordinal: u32) -> Result<HostName, ApiError
     format!("{ordinal}.bridge.{}", call.state.tunnel_domain)
         .parse()
         .map_err(|_| ApiError::BadRequest("ordinal does not make a valid bridge name".into()))
-}
-
-/// Issues a certificate with the configured lifetime for `identity`.
-fn issue<P>(
-    call: &Call<'_, P>,
-    csr: &str,
-    identity: &Identity,
-    dns: Option<&HostName>,
-) -> Result<Issued, ApiError> {
-    let state = call.state;
-    state
-        .ca
-        .issue(
-            csr,
-            identity,
-            dns,
-            state.lifetimes.for_identity(identity),
-            time::OffsetDateTime::now_utc(),
-        )
-        .map_err(|e| ApiError::BadRequest(format!("csr: {e}")))
 }
 
 /// The certificate answer: `about` (an object naming the holder) plus the certificate

@@ -4,7 +4,7 @@ use bamf_proto::san::{Identity, Name};
 use http::StatusCode;
 use serde::Deserialize;
 
-use super::{Call, Principal, Reply, bearer, no_content};
+use super::{Call, Principal, Reply, bearer, no_content, now_ms};
 use crate::auth;
 use crate::error::{ApiError, json_response};
 use crate::presence::Presence;
@@ -61,29 +61,22 @@ pub(super) async fn login<P: Presence>(call: &Call<'_, P>) -> Reply {
 
     let identity = Identity::User { user: user.clone() };
     let lifetime = state.lifetimes.user;
-    let certificate = match state.ca.issue(
-        &body.csr,
-        &identity,
-        None,
-        lifetime,
-        time::OffsetDateTime::now_utc(),
-    ) {
+    let certificate = match super::issue(state, &body.csr, &identity, None).await {
         Ok(issued) => issued,
         Err(e) => {
             let detail = serde_json::json!({"reason": "csr", "request_id": ctx.request_id});
             super::audit(state, actor, "auth.login", "failed", detail).await;
-            return Err(ApiError::BadRequest(format!("csr: {e}")));
+            return Err(e);
         }
     };
     let token = auth::new_token().map_err(|_| ApiError::Internal)?;
+    let now = now_ms();
+    let expires_ms = now.saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));
     state
-        .presence
-        .put_token(&auth::token_hash(&token), user.as_str(), lifetime)
+        .store
+        .put_token(&auth::token_hash(&token), user.as_str(), expires_ms, now)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "login: presence failed");
-            ApiError::Unavailable("presence")
-        })?;
+        .map_err(super::store_failed)?;
     super::audit(state, actor, "auth.login", "allowed", detail).await;
     let expires = time::OffsetDateTime::now_utc() + lifetime;
     Ok(json_response(
@@ -102,10 +95,10 @@ pub(super) async fn login<P: Presence>(call: &Call<'_, P>) -> Reply {
 pub(super) async fn logout<P: Presence>(call: &Call<'_, P>, parts: &http::request::Parts) -> Reply {
     if let Some(token) = bearer(parts) {
         call.state
-            .presence
-            .revoke_token(&auth::token_hash(token))
+            .store
+            .delete_token(&auth::token_hash(token))
             .await
-            .map_err(|_| ApiError::Unavailable("presence"))?;
+            .map_err(super::store_failed)?;
     }
     call.audit("auth.logout", "allowed", serde_json::json!({}))
         .await;

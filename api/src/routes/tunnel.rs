@@ -106,16 +106,6 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
         agent,
         bridge: bridge.ordinal,
     };
-    let certificate = state
-        .ca
-        .issue(
-            &body.csr,
-            &identity,
-            None,
-            state.lifetimes.session,
-            time::OffsetDateTime::now_utc(),
-        )
-        .map_err(|e| ApiError::BadRequest(format!("csr: {e}")))?;
     let now = now_ms();
     state
         .store
@@ -135,6 +125,8 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
         })
         .await
         .map_err(store_failed)?;
+    // After the row: a certificate revoked at once finds its session to end.
+    let certificate = super::issue(state, &body.csr, &identity, None).await?;
     let bridge_host = format!("{}.bridge.{}", bridge.ordinal, state.tunnel_domain);
     let command = DialCommand {
         session,
@@ -270,12 +262,23 @@ pub(super) async fn bridge_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
         .bridge_seen(ordinal, now_ms())
         .await
         .map_err(store_failed)?;
-    let kill = call
+    let mut kill = call
         .state
         .store
         .sessions_to_kill(&body.sessions)
         .await
         .map_err(store_failed)?;
+    // And those ended before they paired (killed, revoked, their user or agent deleted)
+    // while their certificate may still be used: the bridge refuses to pair them.
+    let window = call.state.lifetimes.session + BRIDGE_TTL;
+    let since = now_ms().saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+    kill.extend(
+        call.state
+            .store
+            .ended_unpaired(ordinal, since)
+            .await
+            .map_err(store_failed)?,
+    );
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({"interval_seconds": BRIDGE_HEARTBEAT.as_secs(), "kill": kill}),

@@ -58,6 +58,33 @@ pub struct CertificateRef {
     pub fingerprint: Option<String>,
 }
 
+/// Whom a certificate was issued to, as recorded when it was issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateSubject {
+    /// A user, by name (recorded as the user's immutable id).
+    User(String),
+    /// An agent, by id.
+    Agent(String),
+    /// A bridge, by ordinal.
+    Bridge(u32),
+    /// A session (client) certificate, by session id.
+    Session(String),
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    /// Whether it is new (not revoked before).
+    pub added: bool,
+    /// The certificate as recorded at issue (`user`, `agent`, `bridge`, `client`), if the
+    /// CA issued it since certificates are recorded.
+    pub kind: Option<String>,
+    /// Sessions ended because they derive from the certificate.
+    pub ended_sessions: Vec<String>,
+    /// API tokens ended (a user certificate's user signs in again).
+    pub ended_tokens: u64,
+}
+
 /// A revocation as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
@@ -170,6 +197,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        revoke_issued(&mut tx, "agent", id, "agent deleted", revoked_by, now_ms).await?;
+        // Pending sessions too: their bridge refuses to pair them once it hears.
+        super::sessions::end_sessions_where(&mut tx, "agent_id = $1", id, "agent_deleted", now_ms)
+            .await?;
         tx.commit().await?;
         Ok(Some(agent))
     }
@@ -277,22 +308,112 @@ impl Store {
         reason: &str,
         revoked_by: &str,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        if self.is_revoked(certificate).await? {
-            return Ok(false);
-        }
-        let done = sqlx::query(
-            "INSERT INTO revoked_certificates (serial, fingerprint, reason, revoked_by, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    ) -> Result<Revoked, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A certificate the CA recorded is revoked by serial *and* fingerprint, whichever
+        // was named, and what derives from it ends with it.
+        let issued = sqlx::query(
+            "SELECT serial, fingerprint, kind, subject FROM issued_certificates \
+             WHERE serial = $1 OR fingerprint = $2",
         )
         .bind(certificate.serial.as_deref())
         .bind(certificate.fingerprint.as_deref())
-        .bind(reason)
-        .bind(revoked_by)
-        .bind(now_ms)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let mut full = certificate.clone();
+        let mut derived = None;
+        if let Some(row) = issued {
+            full.serial = Some(row.try_get(0)?);
+            full.fingerprint = Some(row.try_get(1)?);
+            derived = Some((row.try_get::<String, _>(2)?, row.try_get::<String, _>(3)?));
+        }
+        let known = sqlx::query(
+            "SELECT 1 FROM revoked_certificates WHERE serial = $1 OR fingerprint = $2 LIMIT 1",
+        )
+        .bind(full.serial.as_deref())
+        .bind(full.fingerprint.as_deref())
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        let mut revoked = Revoked {
+            added: !known,
+            kind: derived.as_ref().map(|(kind, _)| kind.clone()),
+            ..Revoked::default()
+        };
+        if !known {
+            sqlx::query(
+                "INSERT INTO revoked_certificates \
+                 (serial, fingerprint, reason, revoked_by, revoked_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(full.serial.as_deref())
+            .bind(full.fingerprint.as_deref())
+            .bind(reason)
+            .bind(revoked_by)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Ended again even when revoked before: idempotent, and repairs what an earlier
+        // version of the API left running.
+        if let Some((kind, subject)) = &derived {
+            let condition = match kind.as_str() {
+                "client" => "id = $1",
+                "agent" => "agent_id = $1",
+                "bridge" => "CAST(bridge AS TEXT) = $1",
+                _ => "user_name IN (SELECT name FROM users WHERE id = $1)",
+            };
+            if kind == "user" {
+                revoked.ended_tokens = sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
+                    .bind(subject)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            revoked.ended_sessions =
+                super::sessions::end_sessions_where(&mut tx, condition, subject, "revoked", now_ms)
+                    .await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    /// Records a certificate the CA has just issued, so that revoking it by serial or by
+    /// fingerprint finds whom it names.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn record_certificate(
+        &self,
+        serial: &str,
+        fingerprint: &str,
+        subject: &CertificateSubject,
+        issued_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let (sql, kind, key) = match subject {
+            CertificateSubject::User(name) => (
+                "INSERT INTO issued_certificates \
+                 (serial, fingerprint, kind, subject, issued_at, expires_at) \
+                 SELECT $1, $2, $3, id, $5, $6 FROM users WHERE name = $4",
+                "user",
+                name.clone(),
+            ),
+            CertificateSubject::Agent(id) => (RECORD, "agent", id.clone()),
+            CertificateSubject::Bridge(ordinal) => (RECORD, "bridge", ordinal.to_string()),
+            CertificateSubject::Session(id) => (RECORD, "client", id.clone()),
+        };
+        sqlx::query(sql)
+            .bind(serial)
+            .bind(fingerprint)
+            .bind(kind)
+            .bind(key)
+            .bind(issued_at)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Whether the certificate is revoked by its serial or by its fingerprint.
@@ -347,4 +468,34 @@ fn agent_row(r: &sqlx::any::AnyRow) -> Result<Agent, StoreError> {
         joined_at: r.try_get(3)?,
         last_seen_at: r.try_get(4)?,
     })
+}
+
+/// Inserts a recorded certificate of any kind (users are resolved to their id instead).
+const RECORD: &str = "INSERT INTO issued_certificates \
+                      (serial, fingerprint, kind, subject, issued_at, expires_at) \
+                      VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Revokes every unexpired certificate recorded for `kind`/`subject`, by serial and
+/// fingerprint.
+pub(super) async fn revoke_issued(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: &str,
+    subject: &str,
+    reason: &str,
+    revoked_by: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO revoked_certificates (serial, fingerprint, reason, revoked_by, revoked_at) \
+         SELECT serial, fingerprint, $3, $4, $5 FROM issued_certificates \
+         WHERE kind = $1 AND subject = $2 AND expires_at > $5 ON CONFLICT DO NOTHING",
+    )
+    .bind(kind)
+    .bind(subject)
+    .bind(reason)
+    .bind(revoked_by)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

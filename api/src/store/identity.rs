@@ -5,6 +5,9 @@ use sqlx::Row;
 use super::{Store, StoreError};
 use crate::rbac::{self, Rules};
 
+/// Most live API tokens one user keeps (one per sign-in); older ones are forgotten.
+pub(super) const MAX_TOKENS_PER_USER: i64 = 100;
+
 /// A user as listed (never the password hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -82,24 +85,56 @@ impl Store {
         Ok(users)
     }
 
-    /// Deletes a user (their bindings go with them); `false` when there is no such user.
+    /// Deletes a user with everything derived from them: role bindings, API tokens,
+    /// unexpired certificates (revoked: a certificate names its user by name) and open
+    /// sessions (ended `user_deleted`; their ids are returned). `None`: no such user.
     ///
     /// # Errors
     ///
     /// [`StoreError::Database`].
-    pub async fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+    pub async fn delete_user(
+        &self,
+        name: &str,
+        revoked_by: &str,
+        now_ms: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let Some(id) = sqlx::query("SELECT id FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        // Everything derived from the user goes with them: tokens, unexpired certificates
+        // (revoked, since a certificate names the user by name), and sessions.
+        sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        super::fleet::revoke_issued(&mut tx, "user", &id, "user deleted", revoked_by, now_ms)
+            .await?;
+        let ended = super::sessions::end_sessions_where(
+            &mut tx,
+            "user_name = $1",
+            name,
+            "user_deleted",
+            now_ms,
+        )
+        .await?;
         // Explicit, so it does not depend on SQLite's foreign-key pragma.
         sqlx::query("DELETE FROM role_bindings WHERE user_name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query("DELETE FROM users WHERE name = $1")
+        sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(Some(ended))
     }
 
     /// Replaces a user's password hash; `false` when there is no such user.
@@ -108,12 +143,97 @@ impl Store {
     ///
     /// [`StoreError::Database`].
     pub async fn set_password_hash(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE users SET password_hash = $2 WHERE name = $1")
             .bind(name)
             .bind(hash)
+            .execute(&mut *tx)
+            .await?;
+        // A new password ends every sign-in made with the old one.
+        sqlx::query(
+            "DELETE FROM api_tokens WHERE user_id IN (SELECT id FROM users WHERE name = $1)",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Keeps an API token (its hash) for `user` until `expires_at`. Expired tokens are swept,
+    /// and a user keeps at most [`MAX_TOKENS_PER_USER`] (the oldest go first).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`]; `false` when the user does not exist.
+    pub async fn put_token(
+        &self,
+        token_hash: &str,
+        user: &str,
+        expires_at: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM api_tokens WHERE expires_at <= $1")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO api_tokens (token_hash, user_id, expires_at, created_at) \
+             SELECT $1, id, $3, $4 FROM users WHERE name = $2 AND disabled = 0",
+        )
+        .bind(token_hash)
+        .bind(user)
+        .bind(expires_at)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM api_tokens WHERE user_id IN (SELECT id FROM users WHERE name = $1) \
+             AND token_hash NOT IN (SELECT t.token_hash FROM api_tokens t JOIN users u \
+             ON u.id = t.user_id WHERE u.name = $1 ORDER BY t.created_at DESC LIMIT $2)",
+        )
+        .bind(user)
+        .bind(MAX_TOKENS_PER_USER)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The user a token belongs to, if the token is unexpired and its user (the same one it
+    /// was issued to, by id) exists and is enabled.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn token_user(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.name FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.token_hash = $1 AND t.expires_at > $2 AND u.disabled = 0",
+        )
+        .bind(token_hash)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Forgets a token (logout).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn delete_token(&self, token_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM api_tokens WHERE token_hash = $1")
+            .bind(token_hash)
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(())
     }
 
     /// Removes a binding; `false` when there was none.

@@ -241,6 +241,31 @@ impl Store {
         Ok(kill)
     }
 
+    /// Sessions pinned to `bridge` that ended before they paired, in the last `within_ms`
+    /// (killed or revoked while pending): the bridge must refuse to pair them.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn ended_unpaired(
+        &self,
+        bridge: u32,
+        since_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id FROM sessions WHERE bridge = $1 AND state = 'ended' \
+             AND started_at IS NULL AND ended_at >= $2 ORDER BY ended_at DESC LIMIT 1000",
+        )
+        .bind(i64::from(bridge))
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Notes a bridge heartbeat.
     ///
     /// # Errors
@@ -271,4 +296,34 @@ fn session_row(r: &sqlx::any::AnyRow) -> Result<Session, StoreError> {
         bytes_down: r.try_get(10)?,
         end_reason: r.try_get(11)?,
     })
+}
+
+/// Ends the open sessions matching `condition` (an SQL condition on `sessions` with one text
+/// parameter, `$1`) with `reason`, and returns their ids.
+pub(super) async fn end_sessions_where(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    condition: &'static str,
+    param: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<Vec<String>, StoreError> {
+    let select = format!("SELECT id FROM sessions WHERE ({condition}) AND state <> 'ended'");
+    let ids: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(select))
+        .bind(param)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let update = format!(
+        "UPDATE sessions SET state = 'ended', ended_at = $2, end_reason = $3 \
+         WHERE ({condition}) AND state <> 'ended'"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(update))
+        .bind(param)
+        .bind(now_ms)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    Ok(ids)
 }

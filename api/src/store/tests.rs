@@ -401,13 +401,19 @@ async fn resources_belong_to_one_agent_and_go_with_it() {
             !s.revoke(&by_serial, "again", "user:admin", 9)
                 .await
                 .unwrap()
+                .added
         );
         let by_fp = CertificateRef {
             serial: None,
             fingerprint: Some("ff".into()),
         };
         assert!(!s.is_revoked(&by_fp).await.unwrap());
-        assert!(s.revoke(&by_fp, "lost", "user:admin", 9).await.unwrap());
+        assert!(
+            s.revoke(&by_fp, "lost", "user:admin", 9)
+                .await
+                .unwrap()
+                .added
+        );
         // A check naming both matches either.
         let both = CertificateRef {
             serial: Some("0b".into()),
@@ -458,8 +464,175 @@ async fn roles_are_created_changed_and_deleted_except_builtins() {
             ["everyone"]
         );
         assert_eq!(s.users().await.unwrap()[0].roles, Vec::<String>::new());
-        assert!(s.delete_user("alice").await.unwrap());
+        assert!(
+            s.delete_user("alice", "user:admin", 9)
+                .await
+                .unwrap()
+                .is_some()
+        );
         assert!(!s.user_enabled("alice").await.unwrap());
+        fresh.drop_now().await;
+    }
+}
+
+fn session(id: &str, user: &str, agent: &str, bridge: u32) -> Session {
+    Session {
+        id: id.into(),
+        user: user.into(),
+        resource: "db".into(),
+        agent_id: agent.into(),
+        bridge,
+        state: "pending".into(),
+        created_at: 1,
+        started_at: None,
+        ended_at: None,
+        bytes_up: 0,
+        bytes_down: 0,
+        end_reason: None,
+    }
+}
+
+/// API tokens are durable, expire, end at logout and at a password reset, and are bound to
+/// the user's id: a user deleted and created again under the same name does not get them.
+#[tokio::test]
+async fn tokens_are_bound_to_the_user_not_the_name() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let s = &fresh.store;
+        s.create_user("bob", "h", 1).await.unwrap();
+        assert!(s.put_token("t1", "bob", 1_000, 10).await.unwrap());
+        assert!(s.put_token("t2", "bob", 1_000, 10).await.unwrap());
+        assert!(!s.put_token("t3", "nobody", 1_000, 10).await.unwrap());
+        assert_eq!(
+            s.token_user("t1", 20).await.unwrap().as_deref(),
+            Some("bob")
+        );
+        assert_eq!(s.token_user("t1", 1_000).await.unwrap(), None, "expired");
+        assert_eq!(s.token_user("t3", 20).await.unwrap(), None);
+        s.delete_token("t1").await.unwrap();
+        assert_eq!(s.token_user("t1", 20).await.unwrap(), None, "logged out");
+        // A new password ends every token.
+        assert!(s.set_password_hash("bob", "h2").await.unwrap());
+        assert_eq!(
+            s.token_user("t2", 20).await.unwrap(),
+            None,
+            "{backend:?}: reset"
+        );
+        // Deleted and created again: the old token does not come back.
+        assert!(s.put_token("t4", "bob", 1_000, 10).await.unwrap());
+        assert!(
+            s.delete_user("bob", "user:admin", 30)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        s.create_user("bob", "h", 31).await.unwrap();
+        assert_eq!(
+            s.token_user("t4", 40).await.unwrap(),
+            None,
+            "{backend:?}: resurrected"
+        );
+        // Each user keeps a bounded number of tokens.
+        for n in 0..identity::MAX_TOKENS_PER_USER + 5 {
+            s.put_token(&format!("many-{n}"), "bob", 10_000, 50 + n)
+                .await
+                .unwrap();
+        }
+        let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(kept, identity::MAX_TOKENS_PER_USER);
+        assert!(
+            s.token_user("many-0", 60).await.unwrap().is_none(),
+            "oldest went"
+        );
+        fresh.drop_now().await;
+    }
+}
+
+/// Revoking a recorded certificate by serial or by fingerprint ends what derives from it: a
+/// session certificate its session, a user certificate the user's tokens and sessions, an
+/// agent certificate the agent's sessions; deleting a user revokes their certificates.
+#[tokio::test]
+async fn revocation_ends_everything_derived_from_the_certificate() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let s = &fresh.store;
+        let admin = "user:admin";
+        s.create_user("bob", "h", 1).await.unwrap();
+        s.create_user("carol", "h", 1).await.unwrap();
+        for (id, user, agent) in [
+            ("s1", "bob", "a1"),
+            ("s2", "bob", "a1"),
+            ("s3", "carol", "a1"),
+            ("s4", "carol", "a2"),
+            ("s5", "carol", "a2"),
+        ] {
+            s.create_session(&session(id, user, agent, 0))
+                .await
+                .unwrap();
+        }
+        let record = |serial: &'static str, subject: CertificateSubject| async move {
+            s.record_certificate(serial, &format!("fp{serial}"), &subject, 1, 100_000)
+                .await
+                .unwrap();
+        };
+        record("01", CertificateSubject::Session("s5".into())).await;
+        record("02", CertificateSubject::User("bob".into())).await;
+        record("03", CertificateSubject::Agent("a2".into())).await;
+        record("04", CertificateSubject::User("carol".into())).await;
+        s.put_token("bob-token", "bob", 100_000, 1).await.unwrap();
+        let by_fp = |fp: &str| CertificateRef {
+            serial: None,
+            fingerprint: Some(fp.into()),
+        };
+        let by_serial = |serial: &str| CertificateRef {
+            serial: Some(serial.into()),
+            fingerprint: None,
+        };
+        // A session certificate, by fingerprint: its session ends; revoked by serial too.
+        let r = s.revoke(&by_fp("fp01"), "lost", admin, 5).await.unwrap();
+        assert_eq!((r.added, r.kind.as_deref()), (true, Some("client")));
+        assert_eq!(r.ended_sessions, ["s5"]);
+        assert!(s.is_revoked(&by_serial("01")).await.unwrap(), "{backend:?}");
+        assert_eq!(
+            s.session("s5")
+                .await
+                .unwrap()
+                .unwrap()
+                .end_reason
+                .as_deref(),
+            Some("revoked")
+        );
+        // A user certificate, by serial: the user's tokens and sessions end.
+        let r = s
+            .revoke(&by_serial("02"), "stolen", admin, 6)
+            .await
+            .unwrap();
+        assert_eq!(r.kind.as_deref(), Some("user"));
+        assert_eq!(r.ended_tokens, 1);
+        let mut ended = r.ended_sessions.clone();
+        ended.sort();
+        assert_eq!(ended, ["s1", "s2"]);
+        assert_eq!(s.token_user("bob-token", 7).await.unwrap(), None);
+        // An agent certificate, by fingerprint: the agent's sessions end.
+        let r = s
+            .revoke(&by_fp("fp03"), "host lost", admin, 7)
+            .await
+            .unwrap();
+        assert_eq!(r.ended_sessions, ["s4"]);
+        assert!(s.is_revoked(&by_serial("03")).await.unwrap());
+        // Deleting a user revokes their unexpired certificates and ends their sessions.
+        let ended = s.delete_user("carol", admin, 8).await.unwrap().unwrap();
+        assert_eq!(ended, ["s3"]);
+        assert!(s.is_revoked(&by_fp("fp04")).await.unwrap(), "{backend:?}");
+        // Sessions that ended before pairing are listed for their bridge to refuse.
+        let mut refused = s.ended_unpaired(0, 5).await.unwrap();
+        refused.sort();
+        assert_eq!(refused, ["s1", "s2", "s3", "s4", "s5"]);
+        assert!(s.ended_unpaired(1, 0).await.unwrap().is_empty());
+        assert!(s.ended_unpaired(0, 9).await.unwrap().is_empty());
         fresh.drop_now().await;
     }
 }
