@@ -13,7 +13,8 @@ use bamf_proto::HostName;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// Failed logins allowed per client address and per user name in [`LOGIN_WINDOW`].
+/// Login attempts per client address, and failures per user before attempts from
+/// unfamiliar addresses are slowed, in [`LOGIN_WINDOW`] (see `auth::LoginGuard`).
 const LOGIN_FAILURES: u32 = 10;
 /// The login rate-limit window.
 const LOGIN_WINDOW: Duration = Duration::from_secs(300);
@@ -78,6 +79,9 @@ struct Cli {
     /// Domain under which bridges are named (`<n>.bridge.<domain>`)
     #[arg(long, env = "BAMF_TUNNEL_DOMAIN", default_value = "tunnel.localhost")]
     tunnel_domain: HostName,
+    /// Password checks at once (each takes about 19 MiB); more wait, within a bound
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    login_concurrency: u16,
     /// How long shutdown waits for open requests
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -192,6 +196,7 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         tunnel_domain: cli.tunnel_domain,
         tunnel_port: cli.tunnel_port,
         lifetimes,
+        login_concurrency: usize::from(cli.login_concurrency),
     };
     match presence {
         // Connected on first use: while Redis is down, /ready says so.
@@ -253,6 +258,7 @@ struct Wiring {
     tunnel_domain: HostName,
     tunnel_port: u16,
     lifetimes: bamf_api::ca::Lifetimes,
+    login_concurrency: usize,
 }
 
 impl Wiring {
@@ -263,7 +269,11 @@ impl Wiring {
             ca: self.ca,
             metrics: Some(self.metrics),
             lifetimes: self.lifetimes,
-            login_limits: bamf_api::auth::RateLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW),
+            login_limits: bamf_api::auth::LoginGuard::new(
+                LOGIN_FAILURES,
+                LOGIN_WINDOW,
+                self.login_concurrency,
+            ),
             tunnel_domain: self.tunnel_domain,
             tunnel_port: self.tunnel_port,
             shutdown: self.shutdown.clone(),

@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::RateLimiter;
+use crate::auth::LoginGuard;
 use crate::ca::{Authority, CaError, Lifetimes};
 use crate::presence::Presence;
 use crate::routes;
@@ -57,7 +57,7 @@ pub struct AppState<P> {
     /// Certificate lifetimes (user certificates and API tokens share the user lifetime).
     pub lifetimes: Lifetimes,
     /// Failed-login limits, per client address and per user name.
-    pub login_limits: RateLimiter,
+    pub login_limits: LoginGuard,
     /// Bridges are named `<n>.bridge.<tunnel_domain>`.
     pub tunnel_domain: HostName,
     /// The bridges' public (front door) port, for clients and agents.

@@ -431,6 +431,11 @@ impl Api {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Fetches the CA certificate the API serves (trust on first use, as an operator or
     /// `bamf login` would) into `dir/ca.pem` and returns that path.
     ///

@@ -363,15 +363,16 @@ async fn login_logout_bad_input_and_rate_limits_are_real_and_audited() {
     };
     assert_eq!(strip(&wrong), strip(&unknown));
 
-    // Failures are limited per address: the 11th failure in the window is refused with
-    // Retry-After, and so is a correct password from the same address.
+    // Attempts are limited per address: the 11th in the window is refused with Retry-After,
+    // and so is a correct password from the same address; the administrator, whose name
+    // was guessed, still signs in from another address.
     let mut failures = 2;
     let (status, headers) = loop {
         let (status, _, headers) = post(
             &api,
             &ca,
             "/api/v1/auth/login",
-            &login("mallory", "guess"),
+            &login("admin", "guess"),
             &[],
         );
         if status != 401 {
@@ -390,6 +391,14 @@ async fn login_logout_bad_input_and_rate_limits_are_real_and_audited() {
         &[],
     );
     assert_eq!(status, 429);
+    let (status, body, _) = post(
+        &api,
+        &ca,
+        "/api/v1/auth/login",
+        &login("admin", "correct horse battery"),
+        &["--interface", "127.0.0.2"],
+    );
+    assert_eq!(status, 200, "locked out from elsewhere: {body}");
 
     // Every attempt is in the audit log.
     let store = Store::connect(&url).await.unwrap();
@@ -403,7 +412,7 @@ async fn login_logout_bad_input_and_rate_limits_are_real_and_audited() {
             .filter(|e| e.event.kind == kind && e.event.outcome == outcome)
             .count()
     };
-    assert_eq!(count("auth.login", "allowed"), 1);
+    assert_eq!(count("auth.login", "allowed"), 2);
     assert_eq!(count("auth.login", "denied"), 10);
     assert_eq!(count("auth.login", "rate_limited"), 2);
     assert_eq!(count("auth.logout", "allowed"), 1);
@@ -1290,4 +1299,79 @@ fn logins_survive_a_redis_restart() {
     }
     let (_, status, body) = curl(&api, &ca, "/api/v1/whoami", &["-H", &admin]);
     assert_eq!(status, 200, "signed out by a Redis restart: {body}");
+}
+
+/// 200 concurrent wrong passwords from one address: at most the configured 10 are checked
+/// (attempts count when they start), memory stays flat, and the real user signs in from
+/// their own address meanwhile.
+#[test]
+fn a_login_flood_checks_few_passwords_and_locks_nobody_out() {
+    let dir = TempDir::new("api-login-flood");
+    let url = sqlite_url(dir.path());
+    let api = Api::start(&[
+        "--database-url",
+        &url,
+        "--admin-password",
+        "admin-password-1",
+    ])
+    .unwrap();
+    let ca = api.fetch_ca(dir.path());
+    // The administrator signs in from 127.0.0.1; the flood comes from 127.0.0.3.
+    bearer_for(&api, &ca, "admin", "admin-password-1");
+    let rss_before = bamf_tests::rss_kib(api.pid());
+    let (_, csr) = key_and_csr();
+    let guess = serde_json::json!({"user": "admin", "password": "guess", "csr": csr}).to_string();
+    let body_file = dir.path().join("guess.json");
+    std::fs::write(&body_file, guess).unwrap();
+    let port = api.addr.port();
+    let flood: Vec<std::process::Child> = (0..200)
+        .map(|_| {
+            Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "60",
+                ])
+                .arg("--cacert")
+                .arg(&ca)
+                .args(["--interface", "127.0.0.3", "--resolve"])
+                .arg(format!("localhost:{port}:127.0.0.1"))
+                .args(["-H", "content-type: application/json", "--data-binary"])
+                .arg(format!("@{}", body_file.display()))
+                .arg(format!("https://localhost:{port}/api/v1/auth/login"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("curl runs")
+        })
+        .collect();
+    // Meanwhile, from the address the administrator uses.
+    let admin = bearer_for(&api, &ca, "admin", "admin-password-1");
+    assert_eq!(curl(&api, &ca, "/api/v1/whoami", &["-H", &admin]).1, 200);
+    let mut codes = std::collections::BTreeMap::<String, u32>::new();
+    for child in flood {
+        let out = child.wait_with_output().unwrap();
+        *codes
+            .entry(String::from_utf8_lossy(&out.stdout).into_owned())
+            .or_default() += 1;
+    }
+    let rss_after = bamf_tests::rss_kib(api.pid());
+    let (_, _, metrics) = curl(&api, &ca, "/metrics", &[]);
+    let checked = bamf_tests::parse_sample(&metrics, "bamf_api_password_checks_total");
+    println!(
+        "login flood: answers {codes:?}, passwords checked {checked}, API RSS {rss_before} KiB \
+         before, {rss_after} KiB after"
+    );
+    // Two sign-ins by the administrator, and at most 10 guesses.
+    assert!(checked <= 12.0, "{checked} passwords checked: {codes:?}");
+    assert_eq!(codes.get("401").copied().unwrap_or(0), 10, "{codes:?}");
+    assert_eq!(codes.get("429").copied().unwrap_or(0), 190, "{codes:?}");
+    // Four hashing threads (the default) keep one 19 MiB argon2 block each.
+    assert!(
+        rss_after < rss_before + 120 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
 }

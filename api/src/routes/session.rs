@@ -22,42 +22,44 @@ struct LoginRequest {
 pub(super) async fn login<P: Presence>(call: &Call<'_, P>) -> Reply {
     let (state, ctx) = (call.state, call.ctx);
     let body: LoginRequest = call.json()?;
-    let address_key = format!("addr:{}", ctx.peer.ip());
-    let user_key = format!("user:{}", body.user);
     let detail =
         serde_json::json!({"address": ctx.peer.ip().to_string(), "request_id": ctx.request_id});
-    // A user name outside the grammar is simply an unknown user (same answer, same time).
+    // A user name outside the grammar is simply an unknown user (same answer, same work).
     let name: Option<Name> = body.user.parse().ok();
     let actor = name.as_ref().map_or_else(
         || format!("anonymous:{}", ctx.peer.ip()),
         |n| format!("user:{n}"),
     );
-    for key in [&address_key, &user_key] {
-        if let Err(retry) = state.login_limits.check(key) {
+    // Limits are decided before any work, and the attempt counts from now on.
+    let user_key: String = body.user.chars().take(64).collect();
+    let attempt = match state.login_limits.admit(ctx.peer.ip(), &user_key) {
+        Ok(attempt) => attempt,
+        Err(refused) => {
             super::audit(state, actor, "auth.login", "rate_limited", detail).await;
-            return Err(ApiError::TooManyRequests(retry.as_secs() + 1));
+            return Err(ApiError::TooManyRequests(refused.retry_after.as_secs() + 1));
         }
-    }
-    let stored = match &name {
-        Some(n) => state
-            .store
-            .password_hash(n.as_str())
-            .await
-            .map_err(super::store_failed)?,
-        None => None,
     };
-    let password = body.password;
-    let matched =
-        tokio::task::spawn_blocking(move || auth::verify_password(&password, stored.as_deref()))
-            .await
-            .unwrap_or(false);
+    // The same lookup for every name, known or not.
+    let lookup = name.as_ref().map_or("-", Name::as_str);
+    let stored = state
+        .store
+        .password_hash(lookup)
+        .await
+        .map_err(super::store_failed)?
+        .filter(|_| name.is_some());
+    let matched = match attempt.verify(body.password, stored).await {
+        Ok(matched) => matched,
+        Err(refused) => {
+            super::audit(state, actor, "auth.login", "rate_limited", detail).await;
+            return Err(ApiError::TooManyRequests(refused.retry_after.as_secs() + 1));
+        }
+    };
     let Some(user) = name.filter(|_| matched) else {
-        state.login_limits.fail(&address_key);
-        state.login_limits.fail(&user_key);
+        drop(attempt);
         super::audit(state, actor, "auth.login", "denied", detail).await;
         return Err(ApiError::Unauthenticated);
     };
-    state.login_limits.clear(&user_key);
+    attempt.succeeded();
 
     let identity = Identity::User { user: user.clone() };
     let lifetime = state.lifetimes.user;
