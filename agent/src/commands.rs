@@ -2,8 +2,11 @@
 //! event stream of `dial` events (each a [`DialCommand`] as JSON) and keep-alive comments
 //! about every 15 s.
 //!
-//! The stream is reconnected whenever it ends or fails, after a back-off of one second
-//! doubling to 30 s with jitter (reset once a connection has lasted [`STABLE`]). A stream
+//! The stream is reconnected whenever it ends or fails: at once (with jitter under a
+//! second) when it had been open, since the API was there a moment ago (a restart, say);
+//! after a back-off of one second doubling to 30 s with jitter when it cannot be opened,
+//! except that an API answering "unavailable" (its Redis is down) is asked again every
+//! [`UNAVAILABLE_RETRY`] at most, so commands flow again soon after Redis returns. A stream
 //! silent for [`SILENCE`] (not even a keep-alive) is taken for dead: a half-open TCP
 //! connection otherwise looks exactly like a quiet one. A 401 or 403 means the agent was
 //! revoked or deleted: it is logged as an error and retried every [`REFUSED_RETRY`] in case
@@ -30,8 +33,8 @@ use crate::tunnel::Tunnels;
 pub const PATH: &str = "/api/v1/agent/commands";
 /// Twice the keep-alive period: no byte for this long means the stream is dead.
 pub const SILENCE: Duration = Duration::from_secs(30);
-/// A connection that lasted this long resets the back-off.
-pub const STABLE: Duration = Duration::from_secs(10);
+/// Longest wait before asking again an API that answered "unavailable".
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
 /// Retry period after a refusal of the agent's certificate.
 pub const REFUSED_RETRY: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -92,15 +95,21 @@ pub async fn follow(
         };
         connected.store(false, Ordering::Release);
         let Err(end) = end;
-        if up_since.is_some_and(|t| t.elapsed() >= STABLE) {
+        if up_since.is_some() {
             backoff.reset();
         }
+        let status = match &end {
+            StreamEnd::Http(e) => e.status(),
+            _ => None,
+        };
         let refused = matches!(
-            &end,
-            StreamEnd::Http(e) if matches!(e.status(), Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN))
+            status,
+            Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
         );
         let delay = if refused {
             REFUSED_RETRY
+        } else if status == Some(StatusCode::SERVICE_UNAVAILABLE) {
+            backoff.next_delay().min(UNAVAILABLE_RETRY)
         } else {
             backoff.next_delay()
         };

@@ -20,7 +20,9 @@
 
 pub mod auth;
 pub mod ca;
+pub mod connections;
 pub mod error;
+pub mod placement;
 pub mod presence;
 pub mod rbac;
 pub mod routes;

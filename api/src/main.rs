@@ -82,6 +82,19 @@ struct Cli {
     /// Password checks at once (each takes about 19 MiB); more wait, within a bound
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     login_concurrency: u16,
+    /// Connections held at once; more are accepted and closed at once
+    #[arg(long, default_value_t = server::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Connections held at once per client address (IPv6: per /64)
+    #[arg(long, default_value_t = server::MAX_PER_ADDRESS)]
+    max_connections_per_address: u32,
+    /// A connection with no request in flight this long is closed
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose connections start with a
+    /// PROXY v2 header naming the client, e.g. the bridges' front doors
+    #[arg(long, env = "BAMF_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<bamf_api::connections::Cidr>,
     /// How long shutdown waits for open requests
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -128,6 +141,19 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
             anyhow::bail!("--{name}-cert-lifetime must be between 10s and 5 years");
         }
     }
+    if cli.max_connections == 0 || cli.max_connections_per_address == 0 {
+        anyhow::bail!("--max-connections and --max-connections-per-address must be at least 1");
+    }
+    if cli.idle_timeout < Duration::from_secs(1) {
+        anyhow::bail!("--idle-timeout must be at least 1s");
+    }
+    let mut policy = server::ConnectionPolicy {
+        idle_timeout: cli.idle_timeout,
+        ..Default::default()
+    };
+    policy.limits.max_connections = cli.max_connections;
+    policy.limits.max_per_address = cli.max_connections_per_address;
+    policy.limits.trusted_proxies = std::mem::take(&mut cli.trusted_proxies);
     let presence = cli
         .redis_url
         .as_deref()
@@ -197,6 +223,7 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         tunnel_port: cli.tunnel_port,
         lifetimes,
         login_concurrency: usize::from(cli.login_concurrency),
+        policy,
     };
     match presence {
         // Connected on first use: while Redis is down, /ready says so.
@@ -259,6 +286,7 @@ struct Wiring {
     tunnel_port: u16,
     lifetimes: bamf_api::ca::Lifetimes,
     login_concurrency: usize,
+    policy: server::ConnectionPolicy,
 }
 
 impl Wiring {
@@ -277,7 +305,16 @@ impl Wiring {
             tunnel_domain: self.tunnel_domain,
             tunnel_port: self.tunnel_port,
             shutdown: self.shutdown.clone(),
+            lost_bridges: Arc::default(),
         });
-        server::serve(self.listener, self.tls, state, self.shutdown, self.grace).await;
+        server::serve(
+            self.listener,
+            self.tls,
+            state,
+            self.policy,
+            self.shutdown,
+            self.grace,
+        )
+        .await;
     }
 }

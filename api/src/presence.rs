@@ -77,6 +77,10 @@ pub trait Presence: Send + Sync {
     /// Bridges whose heartbeat has not expired.
     fn live_bridges(&self)
     -> impl Future<Output = Result<Vec<BridgeStatus>, PresenceError>> + Send;
+    /// Forgets a bridge at once (its control stream ended): no session is placed on it
+    /// until its next heartbeat.
+    fn forget_bridge(&self, ordinal: u32)
+    -> impl Future<Output = Result<(), PresenceError>> + Send;
     /// Records an agent heartbeat, alive for `ttl`.
     fn heartbeat_agent(
         &self,
@@ -147,6 +151,11 @@ impl Presence for MemoryPresence {
             live.sort_by_key(|b| b.ordinal);
             live
         }))
+    }
+
+    async fn forget_bridge(&self, ordinal: u32) -> Result<(), PresenceError> {
+        self.with(|s| s.bridges.remove(&ordinal));
+        Ok(())
     }
 
     async fn heartbeat_agent(&self, agent: AgentId, ttl: Duration) -> Result<(), PresenceError> {
@@ -301,6 +310,12 @@ impl Presence for RedisPresence {
             .collect::<Result<Vec<_>, _>>()?;
         live.sort_by_key(|b| b.ordinal);
         Ok(live)
+    }
+
+    async fn forget_bridge(&self, ordinal: u32) -> Result<(), PresenceError> {
+        let mut c = self.conn().await?;
+        let _: () = c.del(bridge_key(ordinal)).await?;
+        Ok(())
     }
 
     async fn heartbeat_agent(&self, agent: AgentId, ttl: Duration) -> Result<(), PresenceError> {

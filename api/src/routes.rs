@@ -90,6 +90,7 @@ pub enum Endpoint {
     Connect,
     AgentCommands,
     BridgeHeartbeat,
+    BridgeControl,
     BridgeReports,
     ListSessions,
     DeleteSession,
@@ -143,6 +144,7 @@ pub static ROUTES: &[Route] = &[
     r(Method::GET,    "/api/v1/agent/commands",             Agent,             E::AgentCommands),
     r(Method::POST,   "/api/v1/bridges/renew",              Bridge,            E::RenewBridge),
     r(Method::POST,   "/api/v1/bridges/heartbeat",          Bridge,            E::BridgeHeartbeat),
+    r(Method::GET,    "/api/v1/bridges/control",            Bridge,            E::BridgeControl),
     r(Method::POST,   "/api/v1/bridges/reports",            Bridge,            E::BridgeReports),
     // Administration.
     r(Method::POST,   "/api/v1/join-tokens",                Admin,             E::CreateJoinToken),
@@ -370,6 +372,7 @@ pub async fn route<P: Presence>(
         E::Connect => tunnel::connect(&call).await,
         E::AgentCommands => tunnel::agent_commands(&call).await,
         E::BridgeHeartbeat => tunnel::bridge_heartbeat(&call).await,
+        E::BridgeControl => tunnel::bridge_control(&call).await,
         E::BridgeReports => tunnel::bridge_reports(&call).await,
         E::ListSessions => tunnel::list_sessions(&call).await,
         E::DeleteSession => tunnel::delete_session(&call).await,
@@ -541,14 +544,29 @@ fn bearer(parts: &http::request::Parts) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
+/// How long `/ready` waits for its dependencies, together: well inside a 1 s probe.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 async fn ready<P: Presence>(state: &AppState<P>) -> Reply {
-    if let Err(e) = state.store.ping().await {
-        tracing::warn!(error = %e, "readiness: store unavailable");
-        return Err(ApiError::Unavailable("store"));
+    let unavailable = |what: &'static str, e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "readiness: {what} unavailable");
+        ApiError::Unavailable(what)
+    };
+    // Both asked at once, under one deadline: a dependency that hangs is as down as one
+    // that refuses.
+    let (store, presence) = tokio::join!(
+        tokio::time::timeout(READY_WAIT, state.store.ping()),
+        tokio::time::timeout(READY_WAIT, state.presence.ping()),
+    );
+    match store {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(unavailable("store", &e)),
+        Err(e) => return Err(unavailable("store", &e)),
     }
-    if let Err(e) = state.presence.ping().await {
-        tracing::warn!(error = %e, "readiness: presence unavailable");
-        return Err(ApiError::Unavailable("presence"));
+    match presence {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(unavailable("presence", &e)),
+        Err(e) => return Err(unavailable("presence", &e)),
     }
     Ok(json_response(
         StatusCode::OK,

@@ -14,22 +14,22 @@ use std::time::Duration;
 use bamf_proto::HostName;
 use bamf_proto::san::Identity;
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::LoginGuard;
 use crate::ca::{Authority, CaError, Lifetimes};
+use crate::connections::{Admission, Limits};
 use crate::presence::Presence;
 use crate::routes;
 use crate::store::Store;
@@ -38,8 +38,19 @@ use crate::store::Store;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for a request's headers (slow-loris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Concurrent connections.
-const MAX_CONNECTIONS: usize = 4096;
+/// Connections held at once, in all (default).
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections held at once per client address (default).
+pub const MAX_PER_ADDRESS: u32 = 64;
+/// A connection with nothing in flight this long is closed (default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle connection may take to close once asked.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 64;
+/// HTTP/2 pings find a peer that vanished while a stream is open.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the API's own server certificate; it is re-issued at every start.
 const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -64,6 +75,8 @@ pub struct AppState<P> {
     pub tunnel_port: u16,
     /// Cancelled at shutdown: long-lived responses (command streams) end with it.
     pub shutdown: CancellationToken,
+    /// Bridges whose control stream ended, for the reconciler.
+    pub lost_bridges: Arc<crate::placement::LostBridges>,
 }
 
 /// What the router knows about a request besides the request itself.
@@ -196,71 +209,252 @@ pub fn tls_config(ca: &Authority, hosts: &[HostName]) -> Result<Arc<ServerConfig
     Ok(Arc::new(config))
 }
 
+/// How the server treats connections.
+#[derive(Debug, Clone)]
+pub struct ConnectionPolicy {
+    /// Caps and trusted proxies.
+    pub limits: Limits,
+    /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive
+    /// and HTTP/2 alike; a streaming response counts as in flight).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionPolicy {
+    fn default() -> Self {
+        Self {
+            limits: Limits {
+                max_connections: MAX_CONNECTIONS,
+                max_per_address: MAX_PER_ADDRESS,
+                trusted_proxies: Vec::new(),
+                handshake_timeout: HANDSHAKE_TIMEOUT,
+            },
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
 /// Serves until `shutdown`, then lets open requests finish for up to `grace`.
 pub async fn serve<P: Presence + 'static>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     state: Arc<AppState<P>>,
+    policy: ConnectionPolicy,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
+    let admission = Admission::new(policy.limits.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listener = "api", %addr, "listening");
     }
+    tokio::spawn(crate::placement::reconcile(state.clone()));
     loop {
-        let Some(Ok(permit)) = shutdown
-            .run_until_cancelled(slots.clone().acquire_owned())
-            .await
-        else {
-            break;
-        };
         let Some(accepted) = shutdown.run_until_cancelled(listener.accept()).await else {
             break;
         };
-        let Ok((tcp, peer)) = accepted else {
+        let Ok((mut tcp, peer)) = accepted else {
             // Out of descriptors and the like: pause instead of spinning.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
+        };
+        // Over a cap: closed at once, and the loop goes on accepting.
+        let mut slot = match admission.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                metrics::counter!("bamf_api_connections_refused_total", "reason" => refusal.as_str())
+                    .increment(1);
+                continue;
+            }
         };
         // Answers go out in several TLS records; with Nagle the later ones wait for the
         // client's delayed ACK (40 ms).
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            else {
+        let admission = admission.clone();
+        let shutdown = shutdown.clone();
+        let idle = policy.idle_timeout;
+        connections.spawn(async move {
+            let handshake = admission.limits().handshake_timeout;
+            let mut peer = peer;
+            if admission.is_trusted_proxy(peer.ip()) {
+                let Ok(client) =
+                    crate::connections::read_proxy_header(&mut tcp, peer, handshake).await
+                else {
+                    return;
+                };
+                if slot.attribute(client.ip()).is_err() {
+                    return;
+                }
+                peer = client;
+            }
+            let Ok(Ok(tls)) = tokio::time::timeout(handshake, acceptor.accept(tcp)).await else {
                 return;
             };
             let caller = Arc::new(Caller::from_peer(tls.get_ref().1.peer_certificates()));
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                let caller = caller.clone();
-                async move { Ok::<_, Infallible>(handle(&state, &caller, peer, req).await) }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            let _ = watcher.watch(conn.into_owned()).await;
+            // The protocol is the one ALPN chose, so no read waits to guess it.
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let activity = Arc::new(Activity::default());
+            let service = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    let caller = caller.clone();
+                    let busy = activity.begin();
+                    async move {
+                        let response = handle(&state, &caller, peer, req).await;
+                        Ok::<_, Infallible>(
+                            response.map(|body| InFlight { body, busy }.boxed_unsync()),
+                        )
+                    }
+                })
+            };
+            let io = TokioIo::new(tls);
+            if h2 {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(MAX_STREAMS)
+                    .keep_alive_interval(Some(PING_INTERVAL))
+                    .keep_alive_timeout(PING_TIMEOUT)
+                    .serve_connection(io, service);
+                drive(conn, &activity, idle, &shutdown).await;
+            } else {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(io, service);
+                drive(conn, &activity, idle, &shutdown).await;
+            }
+            drop(slot);
         });
     }
     drop(listener);
+    connections.close();
     tracing::info!("shutdown: stopped accepting, draining requests");
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()
     {
         tracing::warn!("shutdown complete: grace period ran out with requests open");
     } else {
         tracing::info!("shutdown complete: every request finished");
+    }
+}
+
+/// Runs a connection until it ends; closes it gracefully when it has been idle for `idle`
+/// or at shutdown, and drops it if it does not close within [`CLOSE_GRACE`] after going idle.
+async fn drive<C: GracefulConnection>(
+    conn: C,
+    activity: &Activity,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) {
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = activity.idle_for(idle) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+            return;
+        }
+        () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    // Shutting down: open requests finish (the server's grace bounds the wait).
+    let _ = conn.await;
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    state: std::sync::Mutex<(usize, tokio::time::Instant)>,
+    changed: tokio::sync::Notify,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            state: std::sync::Mutex::new((0, tokio::time::Instant::now())),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl Activity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, tokio::time::Instant)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A request starts; it is in flight until the returned guard (kept with the response
+    /// body) is dropped.
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.lock().0 += 1;
+        self.changed.notify_waiters();
+        Busy(self.clone())
+    }
+
+    /// Returns once nothing has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            let (in_flight, since) = *self.lock();
+            if in_flight == 0 {
+                let until = since + idle;
+                if tokio::time::Instant::now() >= until {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    () = changed => {}
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
+}
+
+/// A request in flight.
+#[derive(Debug)]
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        {
+            let mut state = self.0.lock();
+            state.0 = state.0.saturating_sub(1);
+            state.1 = tokio::time::Instant::now();
+        }
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// A response body that keeps its request in flight until it is finished or dropped.
+struct InFlight {
+    body: crate::error::Body,
+    #[allow(dead_code)] // held for its Drop
+    busy: Busy,
+}
+
+impl hyper::body::Body for InFlight {
+    type Data = hyper::body::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

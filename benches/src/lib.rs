@@ -11,6 +11,15 @@ pub fn commit() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// Today's date, `YYYY-MM-DD` (UTC), or empty.
+pub fn today() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// The CPU model and core count, from `/proc/cpuinfo`.
 pub fn machine() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

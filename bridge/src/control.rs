@@ -171,6 +171,73 @@ pub struct Control {
     pub draining: Arc<AtomicBool>,
     /// The report sender; at shutdown it flushes what is queued, then ends.
     pub reporter: tokio::task::JoinHandle<()>,
+    /// What a heartbeat needs, for [`Control::announce_draining`].
+    heartbeat: Heartbeat,
+}
+
+/// Deadline for announcing a drain before the bridge stops accepting.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The API writes a keep-alive on the control stream every 500 ms: this long without a
+/// byte means the stream is dead.
+const CONTROL_SILENCE: Duration = Duration::from_secs(5);
+/// Reconnect delays of the control stream.
+const CONTROL_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// What every heartbeat carries besides the live sessions.
+#[derive(Clone)]
+struct Heartbeat {
+    api: Arc<arc_swap::ArcSwap<Api>>,
+    relay: Arc<Relay>,
+    draining: Arc<AtomicBool>,
+    /// When this process started (Unix ms): the API ends older sessions it does not list.
+    started_at_ms: i64,
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heartbeat")
+            .field("started_at_ms", &self.started_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Heartbeat {
+    /// Sends one heartbeat and closes the tunnels the answer names.
+    async fn send(&self) -> Result<(), HttpsError> {
+        let sessions = self.relay.live_sessions();
+        let body = serde_json::json!({
+            "load": sessions.len(),
+            "draining": self.draining.load(Ordering::Relaxed),
+            "sessions": sessions.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "started_at_ms": self.started_at_ms,
+        });
+        let answer = self
+            .api
+            .load()
+            .call(Method::POST, "/api/v1/bridges/heartbeat", Some(&body), None)
+            .await?;
+        for id in answer["kill"].as_array().into_iter().flatten() {
+            if let Some(session) = id.as_str().and_then(|s| s.parse::<SessionId>().ok())
+                && self.relay.kill(session)
+            {
+                tracing::info!(session = %session, "heartbeat: the API ended this session");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Control {
+    /// Tells the API at once that this bridge is draining, so it places no new session
+    /// here; called before the bridge stops accepting. Bounded by [`ANNOUNCE_TIMEOUT`].
+    pub async fn announce_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, self.heartbeat.send()).await {
+            Ok(Ok(())) => tracing::info!("shutdown: the API knows this bridge is draining"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "shutdown: could not announce draining"),
+            Err(_) => tracing::warn!("shutdown: announcing draining timed out"),
+        }
+    }
 }
 
 /// Starts heartbeats, reports and renewal; they stop at `stop`.
@@ -190,13 +257,24 @@ pub fn start(
     let api = api_client(config, &credentials.ca_pem, Some(&credentials))?;
     let api = Arc::new(arc_swap::ArcSwap::from_pointee(api));
     let draining = Arc::new(AtomicBool::new(false));
-    tokio::spawn(heartbeats(
-        api.clone(),
+    let heartbeat = Heartbeat {
+        api: api.clone(),
         relay,
-        draining.clone(),
+        draining: draining.clone(),
+        started_at_ms: i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX),
+    };
+    tokio::spawn(heartbeats(
+        heartbeat.clone(),
         config.heartbeat_interval,
         stop.clone(),
     ));
+    tokio::spawn(control_stream(api.clone(), stop.clone()));
     let reporter = tokio::spawn(reports(api.clone(), events, stop.clone()));
     tokio::spawn(renewals(
         config.clone(),
@@ -206,41 +284,22 @@ pub fn start(
         api,
         stop,
     ));
-    Ok(Control { draining, reporter })
+    Ok(Control {
+        draining,
+        reporter,
+        heartbeat,
+    })
 }
 
-async fn heartbeats(
-    api: Arc<arc_swap::ArcSwap<Api>>,
-    relay: Arc<Relay>,
-    draining: Arc<AtomicBool>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
+async fn heartbeats(heartbeat: Heartbeat, interval: Duration, stop: CancellationToken) {
     let mut failures = 0u32;
     loop {
-        let sessions = relay.live_sessions();
-        let body = serde_json::json!({
-            "load": sessions.len(),
-            "draining": draining.load(Ordering::Relaxed),
-            "sessions": sessions.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        });
-        let wait = match api
-            .load()
-            .call(Method::POST, "/api/v1/bridges/heartbeat", Some(&body), None)
-            .await
-        {
-            Ok(answer) => {
+        let wait = match heartbeat.send().await {
+            Ok(()) => {
                 if failures > 0 {
                     tracing::info!("heartbeat: the API answers again");
                 }
                 failures = 0;
-                for id in answer["kill"].as_array().into_iter().flatten() {
-                    if let Some(session) = id.as_str().and_then(|s| s.parse::<SessionId>().ok())
-                        && relay.kill(session)
-                    {
-                        tracing::info!(session = %session, "heartbeat: the API ended this session");
-                    }
-                }
                 interval
             }
             Err(e) => {
@@ -254,6 +313,53 @@ async fn heartbeats(
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Holds the control stream open for as long as the bridge runs: the API forgets a bridge
+/// whose stream breaks, so a dead bridge gets no new sessions. Reconnects after a short
+/// back-off whenever the stream ends (an API restart, say).
+async fn control_stream(api: Arc<arc_swap::ArcSwap<Api>>, stop: CancellationToken) {
+    use http_body_util::BodyExt;
+    let mut failures = 0u32;
+    loop {
+        let held = async {
+            let response = api.load().stream("/api/v1/bridges/control").await?;
+            tracing::debug!("control stream open");
+            let mut body = response.into_body();
+            loop {
+                match tokio::time::timeout(CONTROL_SILENCE, body.frame()).await {
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(e))) => return Err(HttpsError::Exchange(e.to_string())),
+                    Ok(None) => return Ok(true),
+                    Err(_) => return Err(HttpsError::Exchange("control stream silent".into())),
+                }
+            }
+        };
+        let Some(ended) = stop.run_until_cancelled(held).await else {
+            return;
+        };
+        // A stream that was open reconnects at once; failures to open back off.
+        let wait = match ended {
+            Ok(_) => {
+                failures = 0;
+                BACKOFF_MIN / 4
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(error = %e, failures, "control stream unavailable; retrying");
+                }
+                backoff(failures).min(CONTROL_RETRY_MAX)
+            }
+        };
+        if stop
+            .run_until_cancelled(tokio::time::sleep(wait))
+            .await
+            .is_none()
+        {
+            return;
         }
     }
 }

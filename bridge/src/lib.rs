@@ -264,11 +264,11 @@ pub async fn run(
     });
 
     shutdown.cancelled().await;
-    // 1. Readiness off, so load balancers stop sending before we stop accepting; the API
-    //    stops placing sessions here at the next heartbeat.
+    // 1. Readiness off, so load balancers stop sending before we stop accepting, and the
+    //    API told at once (not at the next heartbeat) to place no new session here.
     ready.store(false, Ordering::Release);
     if let Some(control) = &control {
-        control.draining.store(true, Ordering::Release);
+        control.announce_draining().await;
     }
     // 2. Stop accepting; the listeners close when their loops end.
     stop_accepting.cancel();

@@ -1232,6 +1232,77 @@ fn ready_names_the_unavailable_dependency() {
     );
 }
 
+/// A TCP relay to PostgreSQL that can be made to swallow connections (accept, then send
+/// and answer nothing), as a database host that stopped answering would.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let target = target.to_owned();
+        let flag = down.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let flag = flag.clone();
+                let target = target.clone();
+                held.push(tokio::spawn(async move {
+                    if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _client = client;
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let mut relay = std::pin::pin!(relay);
+                    loop {
+                        tokio::select! {
+                            _ = &mut relay => return,
+                            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                                    // Swallow: stop relaying, answer nothing.
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }));
+            }
+        });
+        Self { addr, down }
+    }
+}
+
+/// With PostgreSQL gone silent, `/ready` still answers 503 `store` inside a 1 s probe
+/// (it waited for the pool's 5 s before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_answers_in_time_when_the_store_hangs() {
+    let pg = PgSchema::new("ready_hang");
+    let hole = Blackhole::start("127.0.0.1:5432").await;
+    let url = pg.url.replace("127.0.0.1:5432", &hole.addr.to_string());
+    let dir = TempDir::new("api-ready-hang");
+    let api = Api::start(&["--database-url", &url]).unwrap();
+    let ca = api.fetch_ca(dir.path());
+    assert_eq!(curl(&api, &ca, "/ready", &[]).1, 200);
+    hole.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ca2 = ca.clone();
+    let (code, status, body) =
+        tokio::task::spawn_blocking(move || curl(&api, &ca2, "/ready", &["--max-time", "1"]))
+            .await
+            .unwrap();
+    assert_eq!((code, status), (0, 503), "{body}");
+    assert!(body.contains("store unavailable"), "{body}");
+}
+
 /// A Redis server of this test's own, on a fixed port so it can come back on it.
 struct OwnRedis(std::process::Child);
 
@@ -1308,11 +1379,14 @@ fn logins_survive_a_redis_restart() {
 fn a_login_flood_checks_few_passwords_and_locks_nobody_out() {
     let dir = TempDir::new("api-login-flood");
     let url = sqlite_url(dir.path());
+    // Connection caps out of the way: this is about the login limits.
     let api = Api::start(&[
         "--database-url",
         &url,
         "--admin-password",
         "admin-password-1",
+        "--max-connections-per-address",
+        "1000",
     ])
     .unwrap();
     let ca = api.fetch_ca(dir.path());
@@ -1373,5 +1447,93 @@ fn a_login_flood_checks_few_passwords_and_locks_nobody_out() {
     assert!(
         rss_after < rss_before + 120 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
+/// A TLS connection to the API from `source`, handshake done, with `alpn`.
+async fn tls_from(
+    api: &Api,
+    ca_pem: &str,
+    source: &str,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    let tcp = socket.connect(api.addr).await?;
+    let tls = bamf_client::tls_config(ca_pem, None, &[alpn]).unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+}
+
+/// Whether the server closes `stream` within `limit`.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// One client's held connections cannot take the API: beyond its share they are closed at
+/// once (accepting goes on), idle ones (HTTP/1 after the handshake, an HTTP/2 preface and
+/// nothing) are closed after the idle timeout, and another client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_excess_connections_are_closed_and_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new("api-idle");
+    let url = sqlite_url(dir.path());
+    let api = Api::start(&[
+        "--database-url",
+        &url,
+        "--idle-timeout",
+        "2s",
+        "--max-connections-per-address",
+        "8",
+    ])
+    .unwrap();
+    let ca = api.fetch_ca(dir.path());
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    // Eight held: four silent HTTP/1.1, four HTTP/2 that send the preface and stop.
+    let mut held = Vec::new();
+    for n in 0..8 {
+        let alpn: &[u8] = if n % 2 == 0 { b"http/1.1" } else { b"h2" };
+        let mut tls = tls_from(&api, &ca_pem, "127.0.0.3", alpn).await.unwrap();
+        if alpn == b"h2" {
+            tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+        }
+        held.push(tls);
+    }
+    // The ninth from that address is closed at once, before any handshake.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut ninth = socket.connect(api.addr).await.unwrap();
+    assert!(
+        closed_within(&mut ninth, Duration::from_secs(2)).await,
+        "a ninth connection from one address was held"
+    );
+    // Another client is served meanwhile.
+    let (_, status, _) = curl(&api, &ca, "/health", &[]);
+    assert_eq!(status, 200);
+    // The idle ones are closed after the idle timeout (2 s, plus the close grace).
+    for (n, tls) in held.iter_mut().enumerate() {
+        assert!(
+            closed_within(tls, Duration::from_secs(9)).await,
+            "idle connection {n} is still open"
+        );
+    }
+    // And their places are back.
+    assert!(
+        tls_from(&api, &ca_pem, "127.0.0.3", b"http/1.1")
+            .await
+            .is_ok()
     );
 }

@@ -752,3 +752,194 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
 
     drop((agent, bridge_0, bridge_1, api));
 }
+
+/// The state and end reason of a session, as the API lists it.
+async fn session_state(admin: &User, id: &str) -> (String, Option<String>) {
+    let listed = admin
+        .call(Method::GET, "/api/v1/sessions?limit=500", None)
+        .await
+        .unwrap();
+    let item = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("session {id} not listed: {listed}"))
+        .clone();
+    (
+        item["state"].as_str().unwrap().to_owned(),
+        item["end_reason"].as_str().map(str::to_owned),
+    )
+}
+
+/// A bridge killed with SIGKILL gets no new session after its control stream breaks (well
+/// within 2 s) although its last heartbeat made it the best choice, and its sessions end
+/// `bridge_lost`; a bridge that gets SIGTERM announces draining before it stops accepting,
+/// so none is placed on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_or_draining_bridge_gets_no_new_sessions() {
+    let dir = TempDir::new("tunnel-chaos");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("bamf.db").display());
+    let api = Api::start_with_env(
+        &[
+            "--database-url",
+            &url,
+            "--admin-password",
+            "admin-password-1",
+            "--tunnel-domain",
+            DOMAIN,
+        ],
+        &[("BAMF_BRIDGE_JOIN_TOKEN", BRIDGE_TOKEN)],
+    )
+    .unwrap();
+    let ca_pem = bamf_tests::stored_ca(&url)
+        .await
+        .unwrap()
+        .cert_pem()
+        .to_owned();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    // Bridge 1 is the way in (clients and the agent); it forwards bridge 0's name to
+    // bridge 0's peer port, reserved first.
+    let peer_0 = std::net::TcpListener::bind("127.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let to_0 = format!("127.0.0.{{n}}:{peer_0}");
+    let mut bridge_1 = tunnel_bridge(
+        dir.path(),
+        1,
+        &api,
+        &ca_file,
+        &["--peer-address", &to_0, "--shutdown-grace", "20s"],
+    );
+    let front = bridge_1.front;
+    let admin = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
+    let token = admin
+        .call(
+            Method::POST,
+            "/api/v1/join-tokens",
+            Some(serde_json::json!({"kind": "agent", "ttl_seconds": 600, "max_uses": 1})),
+        )
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let echo = bamf_tests::echo_server();
+    let agent_config = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "name = \"edge\"\napi_url = \"https://localhost:{port}\"\napi_address = \"{api}\"\n\
+             api_ca_file = \"{ca}\"\ndata_dir = \"{data}\"\nbridge_address = \"{front}\"\n\
+             [[resources]]\nname = \"echo\"\nkind = \"tcp\"\naddress = \"{echo}\"\n",
+            port = api.addr.port(),
+            api = api.addr,
+            ca = ca_file.display(),
+            data = dir.path().join("agent").display(),
+        ),
+    )
+    .unwrap();
+    let agent = Agent::spawn(&agent_config, &[("BAMF_JOIN_TOKEN", &token)]).unwrap();
+    let started = Instant::now();
+    while admin
+        .call(Method::GET, "/api/v1/resources", None)
+        .await
+        .unwrap()["items"][0]["online"]
+        != true
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the agent never came online: {:?}",
+            agent.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // One live tunnel on bridge 1 (the only bridge yet).
+    let (_, on_b, cert_b) = admin.connect("echo").await;
+    assert_eq!(on_b, 1);
+    let mut tunnel_b = dial(front, on_b, &ca_pem, &cert_b).await.unwrap();
+    assert_eq!(echo_through(&mut tunnel_b, b"on one").await, b"on one");
+    // Bridge 0 joins, gets one live tunnel too: equal load, and the lower ordinal wins ties.
+    let peer_0_listen = format!("127.0.0.0:{peer_0}");
+    let bridge_0 = tunnel_bridge(
+        dir.path(),
+        0,
+        &api,
+        &ca_file,
+        &["--peer-listen", &peer_0_listen],
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (id_a, on_a, cert_a) = admin.connect("echo").await;
+    assert_eq!(on_a, 0);
+    let mut tunnel_a = dial(front, on_a, &ca_pem, &cert_a).await.unwrap();
+    assert_eq!(echo_through(&mut tunnel_a, b"on zero").await, b"on zero");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // SIGKILL bridge 0: its last heartbeat still says load 1 and it wins the tie, but
+    // after 2 s every session goes to bridge 1.
+    bridge_0.signal("KILL");
+    let killed = Instant::now();
+    let (_, closed) = read_to_end(&mut tunnel_a, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "the dead bridge's tunnel stayed open");
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(killed.elapsed())).await;
+    for _ in 0..5 {
+        let (_, on, _) = admin.connect("echo").await;
+        assert_eq!(on, 1, "a session was placed on the dead bridge");
+    }
+    // Its session ends bridge_lost within the grace after the API noticed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (state, reason) = session_state(&admin, &id_a).await;
+        if state == "ended" {
+            assert_eq!(reason.as_deref(), Some("bridge_lost"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "session {id_a} still {state}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // SIGTERM bridge 1 (it drains: a tunnel is open): once it stops accepting, and in
+    // fact from its announcement on, no session is placed anywhere (bridge 0 is dead).
+    bridge_1.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bridge_1
+        .logs()
+        .iter()
+        .any(|l| l.contains("shutdown: stopped accepting"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "bridge 1 never stopped accepting"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = bridge_1.logs();
+    let announced = logs
+        .iter()
+        .position(|l| l.contains("the API knows this bridge is draining"));
+    let stopped = logs
+        .iter()
+        .position(|l| l.contains("shutdown: stopped accepting"));
+    assert!(
+        announced.is_some() && announced < stopped,
+        "draining was not announced before accepting stopped: {logs:?}"
+    );
+    let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
+    let refused = admin
+        .call(
+            Method::POST,
+            "/api/v1/connect",
+            Some(serde_json::json!({"resource": "echo", "csr": csr})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(503), "{refused}");
+    assert!(refused.to_string().contains("no bridge"), "{refused}");
+    drop(tunnel_b);
+    assert!(bridge_1.wait(Duration::from_secs(25)).is_some());
+    drop(agent);
+}

@@ -50,6 +50,13 @@ async fn heartbeats_expire(p: &impl Presence, ordinal: u32) {
         .unwrap();
     let live = p.live_bridges().await.unwrap();
     assert!(live.contains(&draining) && !live.contains(&b));
+    // Forgotten at once, back with its next heartbeat.
+    p.forget_bridge(ordinal).await.unwrap();
+    assert!(!p.live_bridges().await.unwrap().contains(&draining));
+    p.heartbeat_bridge(draining, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(p.live_bridges().await.unwrap().contains(&draining));
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(
         !p.agent_online(a).await.unwrap(),

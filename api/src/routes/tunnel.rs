@@ -12,14 +12,11 @@ use serde::Deserialize;
 
 use super::{Call, Principal, Reply, new_uuid, no_content, now_ms, store_failed};
 use crate::error::{ApiError, Body, json_response};
+use crate::placement::{self, BRIDGE_HEARTBEAT, BRIDGE_TTL, CONTROL_KEEP_ALIVE};
 use crate::presence::{BridgeStatus, Presence};
 use crate::rbac;
 use crate::store::{Report, Session, SessionFilter};
 
-/// How often bridges report (the answer tells them), and how long a report keeps one live
-/// (design: every 10 s, TTL 30 s).
-const BRIDGE_HEARTBEAT: Duration = Duration::from_secs(10);
-const BRIDGE_TTL: Duration = Duration::from_secs(30);
 /// Comment lines on an idle command stream, so proxies and the agent see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Most live sessions one heartbeat may list.
@@ -86,15 +83,8 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
     {
         return Err(ApiError::Offline("the resource's agent is offline"));
     }
-    let bridge = state
-        .presence
-        .live_bridges()
-        .await
-        .map_err(presence_err)?
-        .into_iter()
-        .filter(|b| !b.draining)
-        .min_by_key(|b| (b.load, b.ordinal))
-        .ok_or(ApiError::Offline("no bridge is available"))?;
+    let live = state.presence.live_bridges().await.map_err(presence_err)?;
+    let bridge = placement::choose(live).ok_or(ApiError::Offline("no bridge is available"))?;
     let session = SessionId(new_uuid()?);
     let identity = Identity::Client {
         session,
@@ -179,7 +169,7 @@ pub(super) async fn agent_commands<P: Presence>(call: &Call<'_, P>) -> Reply {
         .subscribe_commands(agent)
         .await
         .map_err(|_| ApiError::Unavailable("presence"))?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let shutdown = call.state.shutdown.clone();
     tokio::spawn(async move {
         if tx
@@ -206,6 +196,53 @@ pub(super) async fn agent_commands<P: Presence>(call: &Call<'_, P>) -> Reply {
             }
         }
     });
+    call.audit("agent.commands", "allowed", serde_json::json!({}))
+        .await;
+    Ok(event_stream(rx))
+}
+
+/// `GET /api/v1/bridges/control`: a server-sent event stream of keep-alive comments, held
+/// open by each bridge for as long as it lives. When it ends without the API shutting down
+/// (the bridge died, or its connection did), the bridge is forgotten at once, so no new
+/// session is placed on it before its next heartbeat (see [`placement`]).
+pub(super) async fn bridge_control<P: Presence>(call: &Call<'_, P>) -> Reply {
+    let Principal::Bridge(ordinal) = call.principal else {
+        return Err(ApiError::Forbidden);
+    };
+    // A reconnecting stream counts as a sign of life.
+    call.state
+        .store
+        .bridge_seen(ordinal, now_ms())
+        .await
+        .map_err(store_failed)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let shutdown = call.state.shutdown.clone();
+    let lost = call.state.lost_bridges.clone();
+    tokio::spawn(async move {
+        let mut keep_alive = tokio::time::interval(CONTROL_KEEP_ALIVE);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tx.closed() => break,
+                _ = keep_alive.tick() => {
+                    if tx.send(Bytes::from_static(b": alive\n\n")).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // The body was dropped: the connection failed or closed.
+        if !shutdown.is_cancelled() {
+            lost.push(ordinal, now_ms());
+        }
+    });
+    call.audit("bridge.control", "allowed", serde_json::json!({}))
+        .await;
+    Ok(event_stream(rx))
+}
+
+/// A `text/event-stream` response whose body is what `rx` yields, until it ends.
+fn event_stream(mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
     let stream = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx)
             .map(|b| b.map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))))
@@ -221,9 +258,7 @@ pub(super) async fn agent_commands<P: Presence>(call: &Call<'_, P>) -> Reply {
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
     );
-    call.audit("agent.commands", "allowed", serde_json::json!({}))
-        .await;
-    Ok(response)
+    response
 }
 
 /// `POST /api/v1/bridges/heartbeat`.
@@ -237,6 +272,10 @@ struct BridgeHeartbeat {
     /// Ids of the sessions whose tunnels are open on this bridge.
     #[serde(default)]
     sessions: Vec<String>,
+    /// When this bridge process started (Unix ms): sessions older than it that it does not
+    /// list were lost with its previous process.
+    #[serde(default)]
+    started_at_ms: Option<i64>,
 }
 
 pub(super) async fn bridge_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
@@ -252,16 +291,28 @@ pub(super) async fn bridge_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
         load: body.load,
         draining: body.draining,
     };
-    call.state
-        .presence
-        .heartbeat_bridge(status, BRIDGE_TTL)
-        .await
-        .map_err(|_| ApiError::Unavailable("presence"))?;
+    // The store first: it is what says the bridge lives, whatever happens to presence.
     call.state
         .store
         .bridge_seen(ordinal, now_ms())
         .await
         .map_err(store_failed)?;
+    call.state
+        .presence
+        .heartbeat_bridge(status, BRIDGE_TTL)
+        .await
+        .map_err(|_| ApiError::Unavailable("presence"))?;
+    if let Some(started_at) = body.started_at_ms {
+        let lost = call
+            .state
+            .store
+            .end_sessions_before_restart(ordinal, started_at, &body.sessions, now_ms())
+            .await
+            .map_err(store_failed)?;
+        if !lost.is_empty() {
+            tracing::warn!(bridge = ordinal, sessions = ?lost, "sessions ended: their bridge restarted");
+        }
+    }
     let mut kill = call
         .state
         .store

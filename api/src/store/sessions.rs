@@ -266,6 +266,90 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
+    /// Ends `bridge_lost` the open sessions on bridges that have not heartbeated since
+    /// `silent_since` (and were created before it); returns their ids.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn end_sessions_of_silent_bridges(
+        &self,
+        silent_since: i64,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query(
+            "SELECT s.id FROM sessions s JOIN bridges b ON b.ordinal = s.bridge \
+             WHERE s.state <> 'ended' AND s.created_at < $1 \
+             AND (b.last_seen_at IS NULL OR b.last_seen_at < $1)",
+        )
+        .bind(silent_since)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        for id in &ids {
+            end_sessions_where(&mut tx, "id = $1", id, "bridge_lost", now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Ends `bridge_lost` the open sessions of `bridge` created before `lost_at`, unless the
+    /// bridge has heartbeated since; returns their ids.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn end_sessions_of_lost_bridge(
+        &self,
+        bridge: u32,
+        lost_at: i64,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let seen: Option<i64> = sqlx::query("SELECT last_seen_at FROM bridges WHERE ordinal = $1")
+            .bind(i64::from(bridge))
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get::<Option<i64>, _>(0))
+            .transpose()?
+            .flatten();
+        if seen.is_some_and(|at| at > lost_at) {
+            return Ok(Vec::new());
+        }
+        let ids = open_sessions_on(&mut tx, bridge, lost_at).await?;
+        for id in &ids {
+            end_sessions_where(&mut tx, "id = $1", id, "bridge_lost", now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// A bridge came back as a new process started at `started_at`: its open sessions
+    /// created before then, other than the `live` ones it reports, end `bridge_lost`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn end_sessions_before_restart(
+        &self,
+        bridge: u32,
+        started_at: i64,
+        live: &[String],
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut ids = open_sessions_on(&mut tx, bridge, started_at).await?;
+        ids.retain(|id| !live.contains(id));
+        for id in &ids {
+            end_sessions_where(&mut tx, "id = $1", id, "bridge_lost", now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
     /// Notes a bridge heartbeat.
     ///
     /// # Errors
@@ -326,4 +410,22 @@ pub(super) async fn end_sessions_where(
         .execute(&mut **tx)
         .await?;
     Ok(ids)
+}
+
+/// Ids of `bridge`'s open sessions created before `before`.
+async fn open_sessions_on(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    bridge: u32,
+    before: i64,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query(
+        "SELECT id FROM sessions WHERE bridge = $1 AND state <> 'ended' AND created_at < $2",
+    )
+    .bind(i64::from(bridge))
+    .bind(before)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect::<Result<_, _>>()?)
 }

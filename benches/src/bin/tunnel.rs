@@ -218,7 +218,7 @@ async fn main() -> Result<()> {
          - session setup, `POST /connect` → dial with the session certificate → first byte echoed, {n} sessions one after another: **p50 {p50:.1} ms, p99 {p99:.1} ms**\n\
          - throughput, {mib} MiB each way on one connection, median of {runs}: relay (TLS client→bridge, TLS bridge→agent, TCP agent→target) **{relay:.2} Gbit/s**; front-door passthrough of one TLS connection to a TLS echo server **{pass:.2} Gbit/s**; ratio relay ÷ passthrough **{ratio:.2}×**\n\
          - memory per established idle tunnel ({idle} tunnels): bridge **{bridge_per:.0} B**, agent **{agent_per:.0} B** (RSS growth ÷ tunnels)\n",
-        date = today(),
+        date = bamf_benches::today(),
         smoke = if cli.smoke {
             " (smoke: too small to quote)"
         } else {
@@ -313,10 +313,4 @@ async fn tls_echo_server() -> Result<(SocketAddr, String)> {
         }
     });
     Ok((addr, cert.pem()))
-}
-
-fn today() -> String {
-    let out = std::process::Command::new("date").arg("+%Y-%m-%d").output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }
