@@ -95,9 +95,6 @@ pub async fn follow(
         };
         connected.store(false, Ordering::Release);
         let Err(end) = end;
-        if up_since.is_some() {
-            backoff.reset();
-        }
         let status = match &end {
             StreamEnd::Http(e) => e.status(),
             _ => None,
@@ -106,13 +103,7 @@ pub async fn follow(
             status,
             Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
         );
-        let delay = if refused {
-            REFUSED_RETRY
-        } else if status == Some(StatusCode::SERVICE_UNAVAILABLE) {
-            backoff.next_delay().min(UNAVAILABLE_RETRY)
-        } else {
-            backoff.next_delay()
-        };
+        let delay = retry_delay(&mut backoff, up_since.is_some(), status);
         if refused {
             tracing::error!(
                 error = %end,
@@ -142,6 +133,20 @@ pub async fn follow(
         {
             return;
         }
+    }
+}
+
+/// How long to wait before reconnecting: at once (jitter only) after a stream that was
+/// open, [`REFUSED_RETRY`] after a refusal, at most [`UNAVAILABLE_RETRY`] while the API
+/// answers 503, the growing back-off otherwise.
+fn retry_delay(backoff: &mut Backoff, was_open: bool, status: Option<StatusCode>) -> Duration {
+    if was_open {
+        backoff.reset();
+    }
+    match status {
+        Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => REFUSED_RETRY,
+        Some(StatusCode::SERVICE_UNAVAILABLE) => backoff.next_delay().min(UNAVAILABLE_RETRY),
+        _ => backoff.next_delay(),
     }
 }
 
@@ -188,4 +193,30 @@ fn handle(event: sse::Event, agent: AgentId, tunnels: &Tunnels) {
     }
     tracing::debug!(session = %cmd.session, resource = %cmd.resource, "dial command");
     tunnels.dispatch(cmd);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_that_was_there_is_asked_again_at_once() {
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        // The API is down for a while: the back-off grows to its ceiling.
+        for _ in 0..10 {
+            retry_delay(&mut backoff, false, None);
+        }
+        assert!(retry_delay(&mut backoff, false, None) >= BACKOFF_MAX / 2);
+        // Its Redis is down: asked again within 2 s however long it has been.
+        assert!(
+            retry_delay(&mut backoff, false, Some(StatusCode::SERVICE_UNAVAILABLE))
+                <= UNAVAILABLE_RETRY
+        );
+        // A stream opened, then ended (the API restarted): back within a second.
+        assert!(retry_delay(&mut backoff, true, None) <= BACKOFF_MIN);
+        assert_eq!(
+            retry_delay(&mut backoff, true, Some(StatusCode::FORBIDDEN)),
+            REFUSED_RETRY
+        );
+    }
 }

@@ -476,50 +476,8 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     // One agent beside an echo target; it dials every bridge through bridge 0's front door.
     let echo = bamf_tests::echo_server();
     let admin = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
-    let token = admin
-        .call(
-            Method::POST,
-            "/api/v1/join-tokens",
-            Some(serde_json::json!({"kind": "agent", "ttl_seconds": 600, "max_uses": 1})),
-        )
-        .await
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let agent_config = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "name = \"edge\"\napi_url = \"https://localhost:{port}\"\napi_address = \"{api}\"\n\
-             api_ca_file = \"{ca}\"\ndata_dir = \"{data}\"\nbridge_address = \"{front}\"\n\
-             [[resources]]\nname = \"echo\"\nkind = \"tcp\"\naddress = \"{echo}\"\nlabels = {{ env = \"test\" }}\n",
-            port = api.addr.port(),
-            api = api.addr,
-            ca = ca_file.display(),
-            data = dir.path().join("agent").display(),
-            front = bridge_0.front,
-        ),
-    )
-    .unwrap();
     // Killed when dropped, also when an assertion fails.
-    let agent = Agent::spawn(&agent_config, &[("BAMF_JOIN_TOKEN", &token)]).unwrap();
-    let started = Instant::now();
-    loop {
-        let listed = admin
-            .call(Method::GET, "/api/v1/resources", None)
-            .await
-            .unwrap();
-        if listed["items"][0]["online"] == true {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the agent never came online: {:?}",
-            agent.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let agent = start_agent(dir.path(), &api, &ca_file, &admin, bridge_0.front, echo).await;
 
     // RBAC: a user without a role is refused, audited.
     admin
@@ -753,6 +711,60 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     drop((agent, bridge_0, bridge_1, api));
 }
 
+/// Starts an agent (joined with a fresh token from `admin`) serving the `echo` resource at
+/// `echo` (label `env=test`), entering bridges through `front`; waits until it is online.
+async fn start_agent(
+    dir: &Path,
+    api: &Api,
+    ca_file: &Path,
+    admin: &User,
+    front: SocketAddr,
+    echo: SocketAddr,
+) -> Agent {
+    let token = admin
+        .call(
+            Method::POST,
+            "/api/v1/join-tokens",
+            Some(serde_json::json!({"kind": "agent", "ttl_seconds": 600, "max_uses": 1})),
+        )
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"edge\"\napi_url = \"https://localhost:{port}\"\napi_address = \"{api}\"\n\
+             api_ca_file = \"{ca}\"\ndata_dir = \"{data}\"\nbridge_address = \"{front}\"\n\
+             [[resources]]\nname = \"echo\"\nkind = \"tcp\"\naddress = \"{echo}\"\n\
+             labels = {{ env = \"test\" }}\n",
+            port = api.addr.port(),
+            api = api.addr,
+            ca = ca_file.display(),
+            data = dir.join("agent").display(),
+        ),
+    )
+    .unwrap();
+    let agent = Agent::spawn(&config, &[("BAMF_JOIN_TOKEN", &token)]).unwrap();
+    let started = Instant::now();
+    while admin
+        .call(Method::GET, "/api/v1/resources", None)
+        .await
+        .unwrap()["items"][0]["online"]
+        != true
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the agent never came online: {:?}",
+            agent.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent
+}
+
 /// The state and end reason of a session, as the API lists it.
 async fn session_state(admin: &User, id: &str) -> (String, Option<String>) {
     let listed = admin
@@ -816,47 +828,8 @@ async fn a_dead_or_draining_bridge_gets_no_new_sessions() {
     );
     let front = bridge_1.front;
     let admin = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
-    let token = admin
-        .call(
-            Method::POST,
-            "/api/v1/join-tokens",
-            Some(serde_json::json!({"kind": "agent", "ttl_seconds": 600, "max_uses": 1})),
-        )
-        .await
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let echo = bamf_tests::echo_server();
-    let agent_config = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "name = \"edge\"\napi_url = \"https://localhost:{port}\"\napi_address = \"{api}\"\n\
-             api_ca_file = \"{ca}\"\ndata_dir = \"{data}\"\nbridge_address = \"{front}\"\n\
-             [[resources]]\nname = \"echo\"\nkind = \"tcp\"\naddress = \"{echo}\"\n",
-            port = api.addr.port(),
-            api = api.addr,
-            ca = ca_file.display(),
-            data = dir.path().join("agent").display(),
-        ),
-    )
-    .unwrap();
-    let agent = Agent::spawn(&agent_config, &[("BAMF_JOIN_TOKEN", &token)]).unwrap();
-    let started = Instant::now();
-    while admin
-        .call(Method::GET, "/api/v1/resources", None)
-        .await
-        .unwrap()["items"][0]["online"]
-        != true
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the agent never came online: {:?}",
-            agent.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let agent = start_agent(dir.path(), &api, &ca_file, &admin, front, echo).await;
 
     // One live tunnel on bridge 1 (the only bridge yet).
     let (_, on_b, cert_b) = admin.connect("echo").await;
