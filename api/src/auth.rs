@@ -492,9 +492,9 @@ mod tests {
                 refused += 1;
             }
         }
-        // One being checked, four waiting (give or take one the thread has taken already):
-        // the rest refused at once.
-        assert!((14..=15).contains(&refused), "{refused} refused");
+        // Four waiting, plus the ones the thread has taken off the queue meanwhile (none or
+        // one, rarely two): the rest refused at once.
+        assert!((14..=16).contains(&refused), "{refused} refused");
         assert_eq!(guard.verified(), 20 - refused);
     }
 }

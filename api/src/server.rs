@@ -305,7 +305,7 @@ pub async fn serve<P: Presence + 'static>(
                     async move {
                         let response = handle(&state, &caller, peer, req).await;
                         Ok::<_, Infallible>(
-                            response.map(|body| InFlight { body, busy }.boxed_unsync()),
+                            response.map(|body| InFlight { body, _busy: busy }.boxed_unsync()),
                         )
                     }
                 })
@@ -434,8 +434,8 @@ impl Drop for Busy {
 /// A response body that keeps its request in flight until it is finished or dropped.
 struct InFlight {
     body: crate::error::Body,
-    #[allow(dead_code)] // held for its Drop
-    busy: Busy,
+    /// Held for its `Drop`.
+    _busy: Busy,
 }
 
 impl hyper::body::Body for InFlight {

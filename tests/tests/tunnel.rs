@@ -703,6 +703,17 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     let (_, closed) = read_to_end(&mut tunnel_d, Duration::from_secs(5)).await;
     assert!(closed.expect("closed after the revocation") < Duration::from_secs(3));
     wait_session(&pg, &id_d, "ended 4 4 revoked", Duration::from_secs(10)).await;
+    // And no new session goes to it, although its last heartbeat is recent.
+    let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
+    let offline = admin
+        .call(
+            Method::POST,
+            "/api/v1/connect",
+            Some(serde_json::json!({"resource": "echo", "csr": csr})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(offline.status().map(|s| s.as_u16()), Some(503), "{offline}");
     admin
         .call(Method::DELETE, &format!("/api/v1/agents/{agent_id}"), None)
         .await

@@ -15,7 +15,7 @@ use crate::error::{ApiError, Body, json_response};
 use crate::placement::{self, BRIDGE_HEARTBEAT, BRIDGE_TTL, CONTROL_KEEP_ALIVE};
 use crate::presence::{BridgeStatus, Presence};
 use crate::rbac;
-use crate::store::{Report, Session, SessionFilter};
+use crate::store::{CertificateRef, Report, Session, SessionFilter};
 
 /// Comment lines on an idle command stream, so proxies and the agent see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -75,11 +75,30 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
     }
     let agent: AgentId = resource.agent_id.parse().map_err(|_| ApiError::Internal)?;
     let presence_err = |_| ApiError::Unavailable("presence");
-    if !state
-        .presence
-        .agent_online(agent)
+    // A revoked agent is offline, whatever its last heartbeat said.
+    let revoked = match state
+        .store
+        .agent(&resource.agent_id)
         .await
-        .map_err(presence_err)?
+        .map_err(store_failed)?
+        .and_then(|a| a.cert_serial)
+    {
+        Some(serial) => state
+            .store
+            .is_revoked(&CertificateRef {
+                serial: Some(serial),
+                fingerprint: None,
+            })
+            .await
+            .map_err(store_failed)?,
+        None => false,
+    };
+    if revoked
+        || !state
+            .presence
+            .agent_online(agent)
+            .await
+            .map_err(presence_err)?
     {
         return Err(ApiError::Offline("the resource's agent is offline"));
     }
