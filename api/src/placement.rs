@@ -26,8 +26,9 @@ pub const BRIDGE_HEARTBEAT: Duration = Duration::from_secs(10);
 /// How long one heartbeat keeps a bridge live.
 pub const BRIDGE_TTL: Duration = Duration::from_secs(30);
 /// How long after its control stream ended a bridge that has not heartbeated since counts as
-/// gone: one and a half heartbeat intervals, so a live bridge's next heartbeat arrives first.
-pub const LOST_GRACE: Duration = Duration::from_secs(15);
+/// gone: one heartbeat interval. A live bridge whose stream only broke has reconnected it
+/// well before (within a second; reconnecting counts as a sign of life) or heartbeated.
+pub const LOST_GRACE: Duration = BRIDGE_HEARTBEAT;
 /// Keep-alive period of a bridge's control stream: a dead bridge is noticed within about
 /// two of these.
 pub const CONTROL_KEEP_ALIVE: Duration = Duration::from_millis(500);
