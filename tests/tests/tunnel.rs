@@ -87,6 +87,31 @@ fn serial_and_fingerprint(pem: &str) -> (String, String) {
     (field("serial"), field("Fingerprint"))
 }
 
+/// A revocation request naming a certificate by `field` (`serial` or `fingerprint`).
+fn revoke(field: &str, value: &str) -> serde_json::Value {
+    let mut body = serde_json::json!({"reason": "test"});
+    body[field] = value.into();
+    body
+}
+
+/// Revokes as `body` says and checks that `tunnel` closes within a heartbeat (1 s here) and
+/// its session `id` ends `revoked`.
+async fn revoke_and_see_it_close(
+    admin: &User,
+    body: serde_json::Value,
+    tunnel: &mut Tunnel,
+    pg: &PgSchema,
+    id: &str,
+) {
+    admin
+        .call(Method::POST, "/api/v1/revocations", Some(body))
+        .await
+        .unwrap();
+    let (_, closed) = read_to_end(tunnel, Duration::from_secs(5)).await;
+    assert!(closed.expect("closed after the revocation") < Duration::from_secs(3));
+    wait_session(pg, id, "ended 4 4 revoked", Duration::from_secs(10)).await;
+}
+
 /// Reads until the peer closes or fails, within `limit`; returns what arrived and when it
 /// ended (None: still open at the limit).
 async fn read_to_end(stream: &mut Tunnel, limit: Duration) -> (Vec<u8>, Option<Duration>) {
@@ -602,16 +627,6 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
 
     // Revocation ends what derives from the certificate, within a heartbeat (1 s here).
     let admin = User::login(&api, &ca_pem, "admin", "admin-password-1").await;
-    let revoke = |serial: Option<&str>, fingerprint: Option<&str>| {
-        let mut body = serde_json::json!({"reason": "test"});
-        if let Some(s) = serial {
-            body["serial"] = s.into();
-        }
-        if let Some(f) = fingerprint {
-            body["fingerprint"] = f.into();
-        }
-        body
-    };
     // A session certificate revoked (by fingerprint) while its tunnel runs.
     let (id_e, on_e, cert_e) = admin.connect("echo").await;
     let mut tunnel_e = dial(fronts[on_e as usize], on_e, &ca_pem, &cert_e)
@@ -619,17 +634,14 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
         .unwrap();
     assert_eq!(echo_through(&mut tunnel_e, b"live").await, b"live");
     let (_, fingerprint_e) = serial_and_fingerprint(&cert_e.0);
-    admin
-        .call(
-            Method::POST,
-            "/api/v1/revocations",
-            Some(revoke(None, Some(&fingerprint_e))),
-        )
-        .await
-        .unwrap();
-    let (_, closed) = read_to_end(&mut tunnel_e, Duration::from_secs(5)).await;
-    assert!(closed.expect("closed after the revocation") < Duration::from_secs(3));
-    wait_session(&pg, &id_e, "ended 4 4 revoked", Duration::from_secs(10)).await;
+    revoke_and_see_it_close(
+        &admin,
+        revoke("fingerprint", &fingerprint_e),
+        &mut tunnel_e,
+        &pg,
+        &id_e,
+    )
+    .await;
     // A session certificate revoked (by serial) before it is used never pairs.
     let (id_f, on_f, cert_f) = admin.connect("echo").await;
     let (serial_f, _) = serial_and_fingerprint(&cert_f.0);
@@ -637,7 +649,7 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
         .call(
             Method::POST,
             "/api/v1/revocations",
-            Some(revoke(Some(&serial_f), None)),
+            Some(revoke("serial", &serial_f)),
         )
         .await
         .unwrap();
@@ -660,17 +672,14 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
         .unwrap();
     assert_eq!(echo_through(&mut tunnel_g, b"mine").await, b"mine");
     let (serial_g, _) = serial_and_fingerprint(&signed_in.certificate);
-    admin
-        .call(
-            Method::POST,
-            "/api/v1/revocations",
-            Some(revoke(Some(&serial_g), None)),
-        )
-        .await
-        .unwrap();
-    let (_, closed) = read_to_end(&mut tunnel_g, Duration::from_secs(5)).await;
-    assert!(closed.expect("closed after the user's revocation") < Duration::from_secs(3));
-    wait_session(&pg, &id_g, "ended 4 4 revoked", Duration::from_secs(10)).await;
+    revoke_and_see_it_close(
+        &admin,
+        revoke("serial", &serial_g),
+        &mut tunnel_g,
+        &pg,
+        &id_g,
+    )
+    .await;
     let refused = signed_in
         .call(Method::GET, "/api/v1/whoami", None)
         .await
@@ -692,17 +701,14 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     let agent_id = agents["items"][0]["id"].as_str().unwrap().to_owned();
     let agent_cert = std::fs::read_to_string(dir.path().join("agent").join("agent.crt")).unwrap();
     let (_, agent_fingerprint) = serial_and_fingerprint(&agent_cert);
-    admin
-        .call(
-            Method::POST,
-            "/api/v1/revocations",
-            Some(revoke(None, Some(&agent_fingerprint))),
-        )
-        .await
-        .unwrap();
-    let (_, closed) = read_to_end(&mut tunnel_d, Duration::from_secs(5)).await;
-    assert!(closed.expect("closed after the revocation") < Duration::from_secs(3));
-    wait_session(&pg, &id_d, "ended 4 4 revoked", Duration::from_secs(10)).await;
+    revoke_and_see_it_close(
+        &admin,
+        revoke("fingerprint", &agent_fingerprint),
+        &mut tunnel_d,
+        &pg,
+        &id_d,
+    )
+    .await;
     // And no new session goes to it, although its last heartbeat is recent.
     let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
     let offline = admin
