@@ -365,6 +365,18 @@ impl User {
             .await
     }
 
+    /// `/connect` for `resource`, expected to be refused: the refusal.
+    async fn connect_refused(&self, resource: &str) -> bamf_client::https::HttpsError {
+        let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
+        self.call(
+            Method::POST,
+            "/api/v1/connect",
+            Some(serde_json::json!({"resource": resource, "csr": csr})),
+        )
+        .await
+        .expect_err("connect was not refused")
+    }
+
     /// `/connect` for `resource`: (session id, bridge ordinal, session certificate and key).
     /// While the agent is reconnecting its command stream (503), it tries again for 30 s.
     async fn connect(&self, resource: &str) -> (String, u32, (String, String)) {
@@ -514,24 +526,9 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
         .await
         .unwrap();
     let bob = User::login(&api, &ca_pem, "bob", "bob-password-12").await;
-    let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
-    let denied = bob
-        .call(
-            Method::POST,
-            "/api/v1/connect",
-            Some(serde_json::json!({"resource": "echo", "csr": csr})),
-        )
-        .await
-        .unwrap_err();
+    let denied = bob.connect_refused("echo").await;
     // A resource bob may not reach reads exactly like one that does not exist.
-    let unknown = bob
-        .call(
-            Method::POST,
-            "/api/v1/connect",
-            Some(serde_json::json!({"resource": "nope", "csr": csr})),
-        )
-        .await
-        .unwrap_err();
+    let unknown = bob.connect_refused("nope").await;
     assert_eq!(unknown.status().map(|s| s.as_u16()), Some(404));
     assert_eq!(denied.to_string(), unknown.to_string());
 
@@ -710,15 +707,7 @@ async fn sessions_cross_bridges_are_counted_killed_and_survive_the_api() {
     )
     .await;
     // And no new session goes to it, although its last heartbeat is recent.
-    let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
-    let offline = admin
-        .call(
-            Method::POST,
-            "/api/v1/connect",
-            Some(serde_json::json!({"resource": "echo", "csr": csr})),
-        )
-        .await
-        .unwrap_err();
+    let offline = admin.connect_refused("echo").await;
     assert_eq!(offline.status().map(|s| s.as_u16()), Some(503), "{offline}");
     admin
         .call(Method::DELETE, &format!("/api/v1/agents/{agent_id}"), None)
@@ -918,15 +907,7 @@ async fn a_dead_or_draining_bridge_gets_no_new_sessions() {
         announced.is_some() && announced < stopped,
         "draining was not announced before accepting stopped: {logs:?}"
     );
-    let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
-    let refused = admin
-        .call(
-            Method::POST,
-            "/api/v1/connect",
-            Some(serde_json::json!({"resource": "echo", "csr": csr})),
-        )
-        .await
-        .unwrap_err();
+    let refused = admin.connect_refused("echo").await;
     assert_eq!(refused.status().map(|s| s.as_u16()), Some(503), "{refused}");
     assert!(refused.to_string().contains("no bridge"), "{refused}");
     drop(tunnel_b);
