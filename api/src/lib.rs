@@ -57,9 +57,7 @@ pub async fn bootstrap_admin(
     let hash = tokio::task::spawn_blocking(move || auth::hash_password(&to_hash))
         .await?
         .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
-    let millis = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(i64::MAX);
-    if store.create_user(BOOTSTRAP_ADMIN, &hash, millis).await? {
+    if store.create_user(BOOTSTRAP_ADMIN, &hash, now_ms()).await? {
         store.bind_role(BOOTSTRAP_ADMIN, "admin").await?;
         store.bind_role(BOOTSTRAP_ADMIN, "everyone").await?;
     }
@@ -78,6 +76,16 @@ fn generate_password() -> anyhow::Result<String> {
         .iter()
         .map(|b| char::from(ALPHABET[usize::from(b % 32)]))
         .collect())
+}
+
+/// A time as the store keeps it: Unix milliseconds.
+pub fn unix_ms(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    unix_ms(time::OffsetDateTime::now_utc())
 }
 
 /// Where the CA comes from and how its key is kept.
@@ -176,8 +184,7 @@ pub async fn load_or_create_ca(
                 key_pem,
                 key_encrypted: sealing.is_some(),
             };
-            let millis = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-            store.save_ca_if_absent(&candidate, millis).await?
+            store.save_ca_if_absent(&candidate, unix_ms(now)).await?
         }
     };
     if let Some((cert, _)) = &setup.provided

@@ -171,14 +171,11 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
     if let Ok(token) = std::env::var("BAMF_BRIDGE_JOIN_TOKEN")
         && !token.is_empty()
     {
-        let millis =
-            i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(i64::MAX);
         store
             .install_bootstrap_token(
                 bamf_api::store::JoinKind::Bridge,
                 &bamf_api::auth::token_hash(&token),
-                millis,
+                bamf_api::now_ms(),
             )
             .await
             .context("installing BAMF_BRIDGE_JOIN_TOKEN")?;

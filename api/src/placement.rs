@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::now_ms;
 use crate::presence::{BridgeStatus, Presence};
 use crate::server::AppState;
 
@@ -141,11 +142,6 @@ async fn end_if_still_gone<P: Presence>(state: &AppState<P>, ordinal: u32, lost_
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use hyper::body::{Bytes, Incoming};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, Body, full, json_response};
+use crate::now_ms;
 use crate::presence::Presence;
 use crate::rbac;
 use crate::server::{AppState, Caller, RequestContext};
@@ -624,11 +625,6 @@ async fn audit<P: Presence>(
     }
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(i64::MAX)
-}
-
 /// A random (v4) UUID.
 fn new_uuid() -> Result<Uuid, ApiError> {
     use ring::rand::SecureRandom;
@@ -665,17 +661,14 @@ async fn issue<P>(
         Identity::Bridge { ordinal } => Subject::Bridge(*ordinal),
         Identity::Client { session, .. } => Subject::Session(session.to_string()),
     };
-    let millis = |t: time::OffsetDateTime| {
-        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-    };
     state
         .store
         .record_certificate(
             &issued.serial,
             &issued.fingerprint,
             &subject,
-            millis(now),
-            millis(issued.not_after),
+            crate::unix_ms(now),
+            crate::unix_ms(issued.not_after),
         )
         .await
         .map_err(store_failed)?;

@@ -327,33 +327,26 @@ impl Store {
             full.fingerprint = Some(row.try_get(1)?);
             derived = Some((row.try_get::<String, _>(2)?, row.try_get::<String, _>(3)?));
         }
-        let known = sqlx::query(
-            "SELECT 1 FROM revoked_certificates WHERE serial = $1 OR fingerprint = $2 LIMIT 1",
+        // A certificate revoked before (under either name) conflicts and is not new.
+        let added = sqlx::query(
+            "INSERT INTO revoked_certificates \
+             (serial, fingerprint, reason, revoked_by, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(full.serial.as_deref())
         .bind(full.fingerprint.as_deref())
-        .fetch_optional(&mut *tx)
+        .bind(reason)
+        .bind(revoked_by)
+        .bind(now_ms)
+        .execute(&mut *tx)
         .await?
-        .is_some();
+        .rows_affected()
+            == 1;
         let mut revoked = Revoked {
-            added: !known,
+            added,
             kind: derived.as_ref().map(|(kind, _)| kind.clone()),
             ..Revoked::default()
         };
-        if !known {
-            sqlx::query(
-                "INSERT INTO revoked_certificates \
-                 (serial, fingerprint, reason, revoked_by, revoked_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(full.serial.as_deref())
-            .bind(full.fingerprint.as_deref())
-            .bind(reason)
-            .bind(revoked_by)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
         // Ended again even when revoked before: idempotent, and repairs what an earlier
         // version of the API left running.
         if let Some((kind, subject)) = &derived {

@@ -289,9 +289,7 @@ impl Store {
         .iter()
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
-        for id in &ids {
-            end_sessions_where(&mut tx, "id = $1", id, "bridge_lost", now_ms).await?;
-        }
+        end_by_id(&mut tx, &ids, "bridge_lost", now_ms).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -320,9 +318,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let ids = open_sessions_on(&mut tx, bridge, lost_at).await?;
-        for id in &ids {
-            end_sessions_where(&mut tx, "id = $1", id, "bridge_lost", now_ms).await?;
-        }
+        end_by_id(&mut tx, &ids, "bridge_lost", now_ms).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -343,9 +339,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut ids = open_sessions_on(&mut tx, bridge, started_at).await?;
         ids.retain(|id| !live.contains(id));
-        for id in &ids {
-            end_sessions_where(&mut tx, "id = $1", id, "bridge_lost", now_ms).await?;
-        }
+        end_by_id(&mut tx, &ids, "bridge_lost", now_ms).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -428,4 +422,25 @@ async fn open_sessions_on(
     .iter()
     .map(|r| r.try_get(0))
     .collect::<Result<_, _>>()?)
+}
+
+/// Ends the sessions `ids` (already known to be open) with `reason`.
+async fn end_by_id(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ids: &[String],
+    reason: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for id in ids {
+        sqlx::query(
+            "UPDATE sessions SET state = 'ended', ended_at = $2, end_reason = $3 \
+             WHERE id = $1 AND state <> 'ended'",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
