@@ -29,8 +29,6 @@ use crate::enroll::{Tls, millis};
 use crate::sse;
 use crate::tunnel::Tunnels;
 
-/// The route.
-pub const PATH: &str = "/api/v1/agent/commands";
 /// Twice the keep-alive period: no byte for this long means the stream is dead.
 pub const SILENCE: Duration = Duration::from_secs(30);
 /// Longest wait before asking again an API that answered "unavailable".
@@ -74,7 +72,7 @@ pub async fn follow(
         let opened = Instant::now();
         let mut up_since = None;
         let session = async {
-            let response = api.stream(PATH).await.map_err(StreamEnd::Http)?;
+            let response = api.agent_commands().await.map_err(StreamEnd::Http)?;
             let content_type = response
                 .headers()
                 .get(http::header::CONTENT_TYPE)

@@ -30,7 +30,8 @@ use std::time::Duration;
 use bamf_client::https::{Api, HttpsError};
 use bamf_client::identity::{self, IdentityError};
 use bamf_proto::san::{AgentId, Name};
-use http::{Method, StatusCode};
+use bamf_proto::api::{AgentCertificate, AgentJoinRequest, RenewRequest};
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -92,14 +93,6 @@ struct Stored {
     agent_id: AgentId,
     /// A [`Name`] (which has no serde form of its own).
     name: String,
-}
-
-/// What the API answers to a join or a renewal (fields not listed are ignored).
-#[derive(Deserialize)]
-struct Issued {
-    agent_id: AgentId,
-    certificate: String,
-    ca: String,
 }
 
 /// The TLS set-ups made from [`Credentials`]: the API client with the agent certificate, and
@@ -250,13 +243,14 @@ pub async fn load_or_join(
         config,
         bamf_client::tls_config(&config.api_ca.pem, None, &[b"http/1.1"])?,
     )?;
-    let body = serde_json::json!({"token": token.0, "name": config.name.as_str(), "csr": csr});
+    let request = AgentJoinRequest {
+        token: token.0.clone(),
+        name: config.name.as_str().to_owned(),
+        csr,
+    };
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let answer = loop {
-        match api
-            .call(Method::POST, "/api/v1/agents/join", Some(&body), None)
-            .await
-        {
+        match api.join_agent(&request).await {
             Ok(answer) => break answer,
             Err(e) => match e.status() {
                 Some(StatusCode::CONFLICT) => {
@@ -278,14 +272,12 @@ pub async fn load_or_join(
             },
         }
     };
-    let issued: Issued =
-        serde_json::from_value(answer).map_err(|e| EnrollError::Answer(e.to_string()))?;
     let creds = Credentials {
-        agent_id: issued.agent_id,
+        agent_id: agent_id(&answer)?,
         name: config.name.clone(),
         key_pem,
-        cert_pem: issued.certificate,
-        ca_pem: issued.ca,
+        cert_pem: answer.certificate.certificate,
+        ca_pem: answer.certificate.ca,
     };
     // Prove the answer makes a TLS configuration before anything is stored.
     Tls::new(config, &creds)?;
@@ -501,28 +493,22 @@ async fn renew(
 ) -> Result<Credentials, EnrollError> {
     let (key_pem, csr) = identity::key_and_csr()?;
     let answer = api
-        .call(
-            Method::POST,
-            "/api/v1/agents/renew",
-            Some(&serde_json::json!({"csr": csr})),
-            None,
-        )
+        .renew_agent(&RenewRequest { csr })
         .await
         .map_err(EnrollError::Call)?;
-    let issued: Issued =
-        serde_json::from_value(answer).map_err(|e| EnrollError::Answer(e.to_string()))?;
-    if issued.agent_id != creds.agent_id {
+    let issued = agent_id(&answer)?;
+    if issued != creds.agent_id {
         return Err(EnrollError::Answer(format!(
-            "a certificate for agent {} instead of {}",
-            issued.agent_id, creds.agent_id
+            "a certificate for agent {issued} instead of {}",
+            creds.agent_id
         )));
     }
     let new = Credentials {
         agent_id: creds.agent_id,
         name: creds.name.clone(),
         key_pem,
-        cert_pem: issued.certificate,
-        ca_pem: issued.ca,
+        cert_pem: answer.certificate.certificate,
+        ca_pem: answer.certificate.ca,
     };
     let dir = &config.data_dir;
     identity::write_private(&dir.join(NEXT_KEY_FILE), &new.key_pem)?;
@@ -530,6 +516,14 @@ async fn renew(
     finish_renewal(dir)?;
     identity::write_private(&dir.join(CA_FILE), &new.ca_pem)?;
     Ok(new)
+}
+
+/// The agent id an answer names.
+fn agent_id(answer: &AgentCertificate) -> Result<AgentId, EnrollError> {
+    answer
+        .agent_id
+        .parse()
+        .map_err(|_| EnrollError::Answer(format!("malformed agent id {:?}", answer.agent_id)))
 }
 
 /// Milliseconds, for log fields.

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use bamf_proto::api::{AgentHeartbeat, ReportedResource};
+use http::StatusCode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -21,15 +22,21 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The heartbeat body: every resource with its kind and labels.
-pub fn catalog(config: &Config) -> serde_json::Value {
-    let resources: Vec<_> = config
-        .resources
-        .iter()
-        .map(|r| {
-            serde_json::json!({"name": r.name.as_str(), "kind": r.kind.as_str(), "labels": r.labels})
-        })
-        .collect();
-    serde_json::json!({ "resources": resources })
+pub fn catalog(config: &Config) -> AgentHeartbeat {
+    AgentHeartbeat {
+        resources: config
+            .resources
+            .iter()
+            // Every configured kind is one of the API's (the configuration checks it).
+            .filter_map(|r| {
+                Some(ReportedResource {
+                    name: r.name.as_str().to_owned(),
+                    kind: r.kind.as_str().parse().ok()?,
+                    labels: r.labels.clone(),
+                })
+            })
+            .collect(),
+    }
 }
 
 /// Reports the catalog until `stop` is cancelled. Failures are retried sooner (back-off from
@@ -47,30 +54,17 @@ pub async fn report_forever(
     loop {
         let api = tls.borrow().api.clone();
         let Some(result) = stop
-            .run_until_cancelled(api.call(
-                Method::POST,
-                "/api/v1/agents/heartbeat",
-                Some(&body),
-                None,
-            ))
+            .run_until_cancelled(api.agent_heartbeat(&body))
             .await
         else {
             return;
         };
         let delay = match result {
             Ok(answer) => {
-                if let Some(secs) = answer["interval_seconds"].as_u64() {
-                    interval = Duration::from_secs(secs).clamp(MIN_INTERVAL, MAX_INTERVAL);
-                    backoff = Backoff::new(Duration::from_secs(1), interval);
-                }
-                let now_ignored: Vec<String> = answer["ignored"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                interval =
+                    Duration::from_millis(answer.interval_ms).clamp(MIN_INTERVAL, MAX_INTERVAL);
+                backoff = Backoff::new(Duration::from_secs(1), interval);
+                let now_ignored = answer.ignored;
                 if ignored.as_ref() != Some(&now_ignored) && !now_ignored.is_empty() {
                     tracing::warn!(
                         ignored = ?now_ignored,

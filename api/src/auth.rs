@@ -308,7 +308,7 @@ impl Attempt<'_> {
             .queue
             .try_send((password, hash, answer))
             .map_err(|_| busy)?;
-        metrics::counter!("bamf_api_password_checks_total").increment(1);
+        metrics::counter!(crate::metrics::PASSWORD_CHECKS).increment(1);
         Ok(answered.await.unwrap_or(false))
     }
 

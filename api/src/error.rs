@@ -8,6 +8,11 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 
+use bamf_proto::api::{ErrorBody, ErrorDetail};
+
+use crate::presence::PresenceError;
+use crate::store::StoreError;
+
 /// Every response body: whole (JSON, PEM, metrics) or streamed (server-sent events).
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
@@ -79,12 +84,16 @@ impl ApiError {
         }
     }
 
-    /// The JSON response: `{"error": {"code", "message", "request_id"}}`.
+    /// The JSON response: [`ErrorBody`].
     pub fn into_response(self, request_id: &str) -> Response<Body> {
         let (status, code) = self.status_and_code();
-        let body = serde_json::json!({
-            "error": { "code": code, "message": self.to_string(), "request_id": request_id }
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+                request_id: request_id.to_owned(),
+            },
+        };
         let mut response = json_response(status, &body);
         if let Self::TooManyRequests(seconds) = self {
             response
@@ -95,9 +104,30 @@ impl ApiError {
     }
 }
 
+/// A store failure is logged here, once, and answered `internal`: its detail stays in the log.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store operation failed");
+        Self::Internal
+    }
+}
+
+/// A presence failure is logged here, once, and answered `not_ready`.
+impl From<PresenceError> for ApiError {
+    fn from(e: PresenceError) -> Self {
+        tracing::error!(error = %e, "presence operation failed");
+        Self::Unavailable("presence")
+    }
+}
+
 /// A JSON response with the given status.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(full(body.to_string()));
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response<Body> {
+    // Contract types always serialize; an empty object would only hide a bug.
+    let text = serde_json::to_string(body).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "answer could not be serialized");
+        String::from("{}")
+    });
+    let mut r = Response::new(full(text));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -18,17 +18,22 @@
 //!   stable code per refusal. [`rbac`]: roles, rules, deny wins, default deny.
 //! - [`auth`]: argon2id password hashes, opaque API tokens (kept as hashes), login limits.
 
+pub mod access;
 pub mod auth;
 pub mod ca;
 pub mod connections;
+pub mod context;
 pub mod error;
+pub mod metrics;
+pub mod openapi;
 pub mod placement;
 pub mod presence;
-pub mod rbac;
 pub mod routes;
 pub mod seal;
 pub mod server;
 pub mod store;
+
+pub use bamf_proto::rbac;
 
 use crate::ca::{Authority, CaError};
 use crate::store::{Store, StoreError, StoredCa};

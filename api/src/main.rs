@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bamf_api::presence::{MemoryPresence, Presence, RedisPresence};
-use bamf_api::server::{self, AppState};
+use bamf_api::context::AppState;
+use bamf_api::server;
 use bamf_api::store::Store;
 use bamf_proto::HostName;
 use clap::Parser;
@@ -203,33 +204,34 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let metrics = bamf_api::metrics::install().context("installing the metrics recorder")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(bamf_runtime::shutdown_on_signals(shutdown.clone()));
-    let wiring = Wiring {
-        listener,
-        tls,
-        store,
-        ca: Arc::new(ca),
-        metrics,
-        shutdown,
-        grace: cli.shutdown_grace,
-        tunnel_domain: cli.tunnel_domain,
-        tunnel_port: cli.tunnel_port,
-        lifetimes,
-        login_concurrency: usize::from(cli.login_concurrency),
-        policy,
-    };
-    match presence {
+    let presence = match presence {
         // Connected on first use: while Redis is down, /ready says so.
-        Some(presence) => wiring.run(presence).await,
+        Some(redis) => Presence::Redis(redis),
         None => {
             tracing::info!("no REDIS_URL: presence is in process (single node)");
-            wiring.run(MemoryPresence::default()).await;
+            Presence::Memory(MemoryPresence::default())
         }
-    }
+    };
+    let state = Arc::new(AppState {
+        store,
+        presence,
+        ca: Arc::new(ca),
+        metrics: Some(metrics),
+        lifetimes,
+        login_limits: bamf_api::auth::LoginGuard::new(
+            LOGIN_FAILURES,
+            LOGIN_WINDOW,
+            usize::from(cli.login_concurrency),
+        ),
+        tunnel_domain: cli.tunnel_domain,
+        tunnel_port: cli.tunnel_port,
+        shutdown: shutdown.clone(),
+        lost_bridges: Arc::default(),
+    });
+    server::serve(listener, tls, state, policy, shutdown, cli.shutdown_grace).await;
     Ok(())
 }
 
@@ -268,50 +270,4 @@ fn ca_setup(cli: &Cli) -> anyhow::Result<bamf_api::CaSetup> {
         sealing,
         sealing_file,
     })
-}
-
-/// Everything the server needs except presence, whose type depends on the configuration.
-struct Wiring {
-    listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    store: Store,
-    ca: Arc<bamf_api::ca::Authority>,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-    shutdown: CancellationToken,
-    grace: Duration,
-    tunnel_domain: HostName,
-    tunnel_port: u16,
-    lifetimes: bamf_api::ca::Lifetimes,
-    login_concurrency: usize,
-    policy: server::ConnectionPolicy,
-}
-
-impl Wiring {
-    async fn run<P: Presence + 'static>(self, presence: P) {
-        let state = Arc::new(AppState {
-            store: self.store,
-            presence,
-            ca: self.ca,
-            metrics: Some(self.metrics),
-            lifetimes: self.lifetimes,
-            login_limits: bamf_api::auth::LoginGuard::new(
-                LOGIN_FAILURES,
-                LOGIN_WINDOW,
-                self.login_concurrency,
-            ),
-            tunnel_domain: self.tunnel_domain,
-            tunnel_port: self.tunnel_port,
-            shutdown: self.shutdown.clone(),
-            lost_bridges: Arc::default(),
-        });
-        server::serve(
-            self.listener,
-            self.tls,
-            state,
-            self.policy,
-            self.shutdown,
-            self.grace,
-        )
-        .await;
-    }
 }

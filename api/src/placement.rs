@@ -18,8 +18,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::now_ms;
-use crate::presence::{BridgeStatus, Presence};
-use crate::server::AppState;
+use crate::presence::BridgeStatus;
+use crate::context::AppState;
 
 /// How often bridges heartbeat (the answer tells them), and how long one keeps a bridge
 /// live (design: every 10 s, TTL 30 s).
@@ -76,7 +76,7 @@ impl LostBridges {
 /// Ends the sessions of lost bridges, until shutdown: those whose control stream ended
 /// (after [`LOST_GRACE`], unless the bridge heartbeated since), and every heartbeat
 /// interval those of bridges silent for the TTL.
-pub async fn reconcile<P: Presence + 'static>(state: Arc<AppState<P>>) {
+pub async fn reconcile(state: Arc<AppState>) {
     let mut sweep = tokio::time::interval(BRIDGE_HEARTBEAT);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Heartbeats cannot be recorded while the store is down: a bridge counts as silent only
@@ -124,7 +124,7 @@ pub async fn reconcile<P: Presence + 'static>(state: Arc<AppState<P>>) {
     }
 }
 
-async fn end_if_still_gone<P: Presence>(state: &AppState<P>, ordinal: u32, lost_at_ms: i64) {
+async fn end_if_still_gone(state: &AppState, ordinal: u32, lost_at_ms: i64) {
     match state
         .store
         .end_sessions_of_lost_bridge(ordinal, lost_at_ms, now_ms())

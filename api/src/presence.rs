@@ -2,7 +2,7 @@
 //!
 //! Everything here expires on its own (heartbeats carry a TTL), so losing it loses nothing
 //! durable: bridges and agents re-register within one heartbeat. API tokens are not here:
-//! they are credentials, kept in the store so a Redis restart signs nobody out. One trait, two implementations: [`RedisPresence`] shared by every API
+//! they are credentials, kept in the store so a Redis restart signs nobody out. One type, two backends: [`RedisPresence`] shared by every API
 //! replica, and [`MemoryPresence`] for a single node.
 //!
 //! Agent commands travel by publish/subscribe, so whichever replica holds an agent's command
@@ -11,7 +11,6 @@
 //! growing memory.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -66,45 +65,106 @@ impl BridgeStatus {
     }
 }
 
-/// What the API needs to know about liveness.
-pub trait Presence: Send + Sync {
+/// Liveness and agent commands, in this process or in Redis: one type, so that nothing
+/// above it is generic over the backend.
+#[derive(Debug)]
+pub enum Presence {
+    /// A single node.
+    Memory(MemoryPresence),
+    /// Shared by every API replica.
+    Redis(RedisPresence),
+}
+
+/// Calls the same method on whichever backend is in use.
+macro_rules! dispatch {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            Self::Memory(p) => p.$method($($arg),*).await,
+            Self::Redis(p) => p.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Presence {
     /// Records a bridge heartbeat, alive for `ttl`.
-    fn heartbeat_bridge(
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn heartbeat_bridge(
         &self,
         status: BridgeStatus,
         ttl: Duration,
-    ) -> impl Future<Output = Result<(), PresenceError>> + Send;
-    /// Bridges whose heartbeat has not expired.
-    fn live_bridges(&self)
-    -> impl Future<Output = Result<Vec<BridgeStatus>, PresenceError>> + Send;
+    ) -> Result<(), PresenceError> {
+        dispatch!(self.heartbeat_bridge(status, ttl))
+    }
+
+    /// Bridges whose heartbeat has not expired, by ordinal.
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn live_bridges(&self) -> Result<Vec<BridgeStatus>, PresenceError> {
+        dispatch!(self.live_bridges())
+    }
+
     /// Forgets a bridge at once (its control stream ended): no session is placed on it
     /// until its next heartbeat.
-    fn forget_bridge(&self, ordinal: u32)
-    -> impl Future<Output = Result<(), PresenceError>> + Send;
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn forget_bridge(&self, ordinal: u32) -> Result<(), PresenceError> {
+        dispatch!(self.forget_bridge(ordinal))
+    }
+
     /// Records an agent heartbeat, alive for `ttl`.
-    fn heartbeat_agent(
-        &self,
-        agent: AgentId,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(), PresenceError>> + Send;
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn heartbeat_agent(&self, agent: AgentId, ttl: Duration) -> Result<(), PresenceError> {
+        dispatch!(self.heartbeat_agent(agent, ttl))
+    }
+
     /// Whether the agent's heartbeat has not expired.
-    fn agent_online(
-        &self,
-        agent: AgentId,
-    ) -> impl Future<Output = Result<bool, PresenceError>> + Send;
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn agent_online(&self, agent: AgentId) -> Result<bool, PresenceError> {
+        dispatch!(self.agent_online(agent))
+    }
+
     /// Publishes a command to an agent; returns how many subscribers it reached.
-    fn publish_command(
-        &self,
-        agent: AgentId,
-        command: &str,
-    ) -> impl Future<Output = Result<usize, PresenceError>> + Send;
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn publish_command(&self, agent: AgentId, command: &str) -> Result<usize, PresenceError> {
+        dispatch!(self.publish_command(agent, command))
+    }
+
     /// Subscribes to an agent's commands (bounded; see [`COMMAND_QUEUE`]).
-    fn subscribe_commands(
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn subscribe_commands(
         &self,
         agent: AgentId,
-    ) -> impl Future<Output = Result<mpsc::Receiver<String>, PresenceError>> + Send;
+    ) -> Result<mpsc::Receiver<String>, PresenceError> {
+        dispatch!(self.subscribe_commands(agent))
+    }
+
     /// Whether the backend answers (for `/ready`).
-    fn ping(&self) -> impl Future<Output = Result<(), PresenceError>> + Send;
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when it does not.
+    pub async fn ping(&self) -> Result<(), PresenceError> {
+        dispatch!(self.ping())
+    }
 }
 
 /// Presence for a single node: in this process, gone with it.
@@ -132,7 +192,7 @@ impl MemoryPresence {
     }
 }
 
-impl Presence for MemoryPresence {
+impl MemoryPresence {
     async fn heartbeat_bridge(
         &self,
         status: BridgeStatus,
@@ -275,7 +335,7 @@ fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-impl Presence for RedisPresence {
+impl RedisPresence {
     async fn heartbeat_bridge(
         &self,
         status: BridgeStatus,

@@ -12,13 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bamf_proto::HostName;
-use bamf_proto::san::Identity;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
-use metrics_exporter_prometheus::PrometheusHandle;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -27,12 +25,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::LoginGuard;
-use crate::ca::{Authority, CaError, Lifetimes};
+use crate::ca::{Authority, CaError};
 use crate::connections::{Admission, Limits};
-use crate::presence::Presence;
+use crate::context::{AppState, Caller, RequestContext};
 use crate::routes;
-use crate::store::Store;
 
 /// TLS handshake deadline: a client that has not finished by then is not coming.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,107 +49,6 @@ const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the API's own server certificate; it is re-issued at every start.
 const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// What every request handler can reach.
-#[derive(Debug)]
-pub struct AppState<P> {
-    /// The durable store.
-    pub store: Store,
-    /// Liveness and agent commands.
-    pub presence: P,
-    /// The internal CA.
-    pub ca: Arc<Authority>,
-    /// Prometheus handle, when metrics are installed.
-    pub metrics: Option<PrometheusHandle>,
-    /// Certificate lifetimes (user certificates and API tokens share the user lifetime).
-    pub lifetimes: Lifetimes,
-    /// Failed-login limits, per client address and per user name.
-    pub login_limits: LoginGuard,
-    /// Bridges are named `<n>.bridge.<tunnel_domain>`.
-    pub tunnel_domain: HostName,
-    /// The bridges' public (front door) port, for clients and agents.
-    pub tunnel_port: u16,
-    /// Cancelled at shutdown: long-lived responses (command streams) end with it.
-    pub shutdown: CancellationToken,
-    /// Bridges whose control stream ended, for the reconciler.
-    pub lost_bridges: Arc<crate::placement::LostBridges>,
-}
-
-/// What the router knows about a request besides the request itself.
-#[derive(Debug, Clone)]
-pub struct RequestContext {
-    /// Who is calling, from the TLS handshake.
-    pub caller: Arc<Caller>,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// This request's id (in the response header, error bodies and logs).
-    pub request_id: String,
-}
-
-/// Who is calling, as established by the TLS handshake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// No client certificate (user routes authenticate by token instead).
-    Anonymous,
-    /// A client certificate that chains to our CA and carries a valid identity.
-    Certified {
-        /// Its identity.
-        identity: Identity,
-        /// Its serial, lower-case hex (checked against revocations by the routes).
-        serial: String,
-        /// SHA-256 of its DER, lower-case hex (revocations may name it instead).
-        fingerprint: String,
-    },
-}
-
-impl Caller {
-    /// Reads the caller from the verified peer certificate chain, if any. A certificate of
-    /// ours whose identity does not parse is treated as none: such a caller can only reach
-    /// public routes.
-    fn from_peer(certs: Option<&[CertificateDer<'static>]>) -> Self {
-        let Some(leaf) = certs.and_then(<[_]>::first) else {
-            return Self::Anonymous;
-        };
-        use x509_parser::prelude::FromDer;
-        let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(leaf) else {
-            return Self::Anonymous;
-        };
-        let uris: Vec<&str> = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        match Identity::from_uris(uris) {
-            Ok(identity) => Self::Certified {
-                identity,
-                serial: cert
-                    .raw_serial()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-                fingerprint: crate::ca::fingerprint(leaf),
-            },
-            Err(_) => Self::Anonymous,
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::Anonymous => "anonymous",
-            Self::Certified { identity, .. } => identity.kind(),
-        }
-    }
-}
 
 /// Why the server could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -234,10 +129,10 @@ impl Default for ConnectionPolicy {
 }
 
 /// Serves until `shutdown`, then lets open requests finish for up to `grace`.
-pub async fn serve<P: Presence + 'static>(
+pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
-    state: Arc<AppState<P>>,
+    state: Arc<AppState>,
     policy: ConnectionPolicy,
     shutdown: CancellationToken,
     grace: Duration,
@@ -262,7 +157,7 @@ pub async fn serve<P: Presence + 'static>(
         let mut slot = match admission.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
-                metrics::counter!("bamf_api_connections_refused_total", "reason" => refusal.as_str())
+                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => refusal.as_str())
                     .increment(1);
                 continue;
             }
@@ -458,8 +353,8 @@ impl hyper::body::Body for InFlight {
     }
 }
 
-async fn handle<P: Presence>(
-    state: &AppState<P>,
+async fn handle(
+    state: &AppState,
     caller: &Arc<Caller>,
     peer: SocketAddr,
     req: Request<Incoming>,
@@ -471,10 +366,19 @@ async fn handle<P: Presence>(
         request_id: request_id(),
     };
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let mut response = match routes::route(state, &ctx, req).await {
+    let routed = routes::route(state, &ctx, req).await;
+    let mut response = match routed.reply {
         Ok(r) => r,
         Err(e) => e.into_response(&ctx.request_id),
     };
+    // By route template, never the raw path: ids in paths would make unbounded label sets.
+    metrics::histogram!(
+        crate::metrics::REQUEST_DURATION,
+        "route" => routed.template.unwrap_or("unmatched"),
+        "method" => method_label(&method),
+        "status" => response.status().as_str().to_owned(),
+    )
+    .record(started.elapsed().as_secs_f64());
     if let Ok(v) = http::HeaderValue::from_str(&ctx.request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -491,6 +395,17 @@ async fn handle<P: Presence>(
         "request"
     );
     response
+}
+
+/// The method as a label: the ones routes use, else `other` (bounded cardinality).
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        _ => "other",
+    }
 }
 
 /// 64 random bits, hex.

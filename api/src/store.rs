@@ -192,33 +192,7 @@ pub struct AuditFilter {
     pub until: Option<i64>,
 }
 
-/// What a join token admits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JoinKind {
-    /// An agent.
-    Agent,
-    /// A bridge.
-    Bridge,
-}
-
-impl JoinKind {
-    /// As stored and as in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Agent => "agent",
-            Self::Bridge => "bridge",
-        }
-    }
-
-    /// From its stored or API form.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "agent" => Some(Self::Agent),
-            "bridge" => Some(Self::Bridge),
-            _ => None,
-        }
-    }
-}
+pub use bamf_proto::api::JoinKind;
 
 /// A join token as stored (the secret itself is never stored).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bamf_client::https::{Api, HttpsError};
 use bamf_client::identity;
+use bamf_proto::api::{BridgeHeartbeat, BridgeJoinRequest, RenewRequest, Reports};
 use bamf_proto::san::SessionId;
 use bamf_proto::tunnel::SessionEvent as Event;
-use http::Method;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -102,14 +102,14 @@ pub async fn enroll(
     let token = join_token.ok_or_else(|| EnrollError::NoToken(dir.display().to_string()))?;
     let api = api_client(config, &ca_pem, None)?;
     let (key_pem, csr) = identity::key_and_csr()?;
-    let body = serde_json::json!({"token": token, "ordinal": ordinal, "csr": csr});
     let answer = api
-        .call(Method::POST, "/api/v1/bridges/join", Some(&body), None)
+        .join_bridge(&BridgeJoinRequest {
+            token: token.to_owned(),
+            ordinal,
+            csr,
+        })
         .await?;
-    let cert_pem = answer["certificate"]
-        .as_str()
-        .ok_or_else(|| EnrollError::Tls("the join answer has no certificate".into()))?
-        .to_owned();
+    let cert_pem = answer.certificate.certificate;
     store(dir, &key_pem, &cert_pem)?;
     tracing::info!(ordinal, "joined");
     Ok(Credentials {
@@ -205,19 +205,15 @@ impl Heartbeat {
     /// Sends one heartbeat and closes the tunnels the answer names.
     async fn send(&self) -> Result<(), HttpsError> {
         let sessions = self.relay.live_sessions();
-        let body = serde_json::json!({
-            "load": sessions.len(),
-            "draining": self.draining.load(Ordering::Relaxed),
-            "sessions": sessions.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "started_at_ms": self.started_at_ms,
-        });
-        let answer = self
-            .api
-            .load()
-            .call(Method::POST, "/api/v1/bridges/heartbeat", Some(&body), None)
-            .await?;
-        for id in answer["kill"].as_array().into_iter().flatten() {
-            if let Some(session) = id.as_str().and_then(|s| s.parse::<SessionId>().ok())
+        let beat = BridgeHeartbeat {
+            load: u32::try_from(sessions.len()).unwrap_or(u32::MAX),
+            draining: self.draining.load(Ordering::Relaxed),
+            sessions: sessions.iter().map(ToString::to_string).collect(),
+            started_at_ms: Some(self.started_at_ms),
+        };
+        let answer = self.api.load().bridge_heartbeat(&beat).await?;
+        for id in &answer.kill {
+            if let Ok(session) = id.parse::<SessionId>()
                 && self.relay.kill(session)
             {
                 tracing::info!(session = %session, "heartbeat: the API ended this session");
@@ -325,7 +321,7 @@ async fn control_stream(api: Arc<arc_swap::ArcSwap<Api>>, stop: CancellationToke
     let mut failures = 0u32;
     loop {
         let held = async {
-            let response = api.load().stream("/api/v1/bridges/control").await?;
+            let response = api.load().bridge_control().await?;
             tracing::debug!("control stream open");
             let mut body = response.into_body();
             loop {
@@ -382,12 +378,12 @@ async fn reports(
                 }
             }
         }
-        let body = serde_json::json!({"events": batch});
-        match api
-            .load()
-            .call(Method::POST, "/api/v1/bridges/reports", Some(&body), None)
-            .await
-        {
+        let reports = Reports {
+            events: std::mem::take(&mut batch),
+        };
+        let sent = api.load().bridge_reports(&reports).await;
+        batch = reports.events;
+        match sent {
             Ok(_) => {
                 if failures > 0 {
                     tracing::info!(
@@ -466,19 +462,8 @@ async fn renew(
     api: &arc_swap::ArcSwap<Api>,
 ) -> Result<Credentials, EnrollError> {
     let (key_pem, csr) = identity::key_and_csr()?;
-    let answer = api
-        .load()
-        .call(
-            Method::POST,
-            "/api/v1/bridges/renew",
-            Some(&serde_json::json!({"csr": csr})),
-            None,
-        )
-        .await?;
-    let cert_pem = answer["certificate"]
-        .as_str()
-        .ok_or_else(|| EnrollError::Tls("the renewal answer has no certificate".into()))?
-        .to_owned();
+    let answer = api.load().renew_bridge(&RenewRequest { csr }).await?;
+    let cert_pem = answer.certificate.certificate;
     store(&config.data_dir, &key_pem, &cert_pem)?;
     let renewed = Credentials {
         cert_pem,

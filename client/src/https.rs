@@ -5,11 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bamf_proto::api::ErrorBody;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -117,21 +120,28 @@ impl Api {
         format!("{}:{}", self.host, self.port)
     }
 
-    /// Sends a request with an optional JSON body and bearer token; returns the JSON answer
-    /// (`null` for an empty one).
+    /// Sends a request with an optional JSON body and bearer token; returns the answer as
+    /// `A` (an empty answer reads as `null`, so `()` takes a 204). Callers use the typed
+    /// methods of [`crate::api`]; this is their one transport.
     ///
     /// # Errors
     ///
     /// [`HttpsError`]; an API refusal is [`HttpsError::Status`] with its stable code.
-    pub async fn call(
+    pub async fn call<A: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&serde_json::Value>,
+        body: Option<&(impl Serialize + ?Sized)>,
         bearer: Option<&str>,
-    ) -> Result<serde_json::Value, HttpsError> {
+    ) -> Result<A, HttpsError> {
+        let payload = match body {
+            Some(b) => Bytes::from(
+                serde_json::to_vec(b).map_err(|e| HttpsError::Exchange(e.to_string()))?,
+            ),
+            None => Bytes::new(),
+        };
         let exchange = async {
-            let response = self.send(method, path, body, bearer).await?;
+            let response = self.send(method, path, payload, bearer).await?;
             let status = response.status();
             let bytes = Limited::new(response.into_body(), MAX_ANSWER)
                 .collect()
@@ -156,7 +166,7 @@ impl Api {
         path: &str,
     ) -> Result<http::Response<hyper::body::Incoming>, HttpsError> {
         let response =
-            tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, path, None, None))
+            tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, path, Bytes::new(), None))
                 .await
                 .map_err(|_| HttpsError::Exchange("timed out".into()))??;
         if !response.status().is_success() {
@@ -166,7 +176,8 @@ impl Api {
                 .await
                 .map(http_body_util::Collected::to_bytes)
                 .unwrap_or_default();
-            return answer(status, &bytes).and(Err(HttpsError::Answer("unexpected".into())));
+            return answer::<serde_json::Value>(status, &bytes)
+                .and(Err(HttpsError::Answer("unexpected".into())));
         }
         Ok(response)
     }
@@ -175,7 +186,7 @@ impl Api {
         &self,
         method: Method,
         path: &str,
-        body: Option<&serde_json::Value>,
+        payload: Bytes,
         bearer: Option<&str>,
     ) -> Result<http::Response<hyper::body::Incoming>, HttpsError> {
         let connect_err =
@@ -202,7 +213,6 @@ impl Api {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let payload = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -221,21 +231,22 @@ impl Api {
     }
 }
 
-/// The JSON of a success, or the API's error as [`HttpsError::Status`].
-fn answer(status: StatusCode, bytes: &[u8]) -> Result<serde_json::Value, HttpsError> {
+/// The answer of a success as `A`, or the API's error as [`HttpsError::Status`].
+fn answer<A: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<A, HttpsError> {
     if status.is_success() {
-        if bytes.is_empty() {
-            return Ok(serde_json::Value::Null);
-        }
+        let bytes = if bytes.is_empty() { b"null".as_slice() } else { bytes };
         return serde_json::from_slice(bytes).map_err(|e| HttpsError::Answer(e.to_string()));
     }
-    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => (body.error.code, body.error.message),
+        Err(_) => (
+            "unknown".to_owned(),
+            status.canonical_reason().unwrap_or("error").to_owned(),
+        ),
+    };
     Err(HttpsError::Status {
         status,
-        code: v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-        message: v["error"]["message"]
-            .as_str()
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error"))
-            .to_owned(),
+        code,
+        message,
     })
 }

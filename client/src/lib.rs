@@ -1,5 +1,6 @@
 //! What every caller of BAMF shares: the bridge, the agent and the `bamf` CLI.
 //!
+//! - [`api`]: one typed method per API route, with the contract's types.
 //! - [`https`]: a small JSON-over-HTTPS client for the API, with the CA as the only trust
 //!   root and an optional client certificate (agents and bridges authenticate by it).
 //! - [`identity`]: private keys and CSRs made locally (the key never leaves the host),
@@ -8,6 +9,7 @@
 //! - [`relay`]: copying both ways with counts, idle deadline and half-close, borrowing
 //!   buffers only while bytes are in flight.
 
+pub mod api;
 pub mod https;
 pub mod identity;
 pub mod relay;

@@ -75,6 +75,15 @@ impl HostName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name bridge `ordinal` is reached by: `<ordinal>.bridge.<tunnel_domain>`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostNameError::TooLong`] when the domain leaves no room for the prefix.
+    pub fn bridge(ordinal: u32, tunnel_domain: &HostName) -> Result<Self, HostNameError> {
+        format!("{ordinal}.bridge.{tunnel_domain}").parse()
+    }
 }
 
 impl std::str::FromStr for HostName {

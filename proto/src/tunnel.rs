@@ -75,6 +75,7 @@ pub fn parse_agent_preamble(
 /// The dial command: sent by the API on the agent's command stream as one server-sent event
 /// `event: dial` whose `data:` is this, as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DialCommand {
     /// The session to serve.
@@ -92,6 +93,7 @@ pub struct DialCommand {
 /// A bridge's report about one of its sessions (`POST /api/v1/bridges/reports`, a batch of
 /// these under `events`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum SessionEvent {
     /// Both sides paired.

@@ -24,7 +24,7 @@ fn agent() -> AgentId {
     AgentId(bamf_proto::san::Uuid::from_bytes(bytes))
 }
 
-async fn heartbeats_expire(p: &impl Presence, ordinal: u32) {
+async fn heartbeats_expire(p: &Presence, ordinal: u32) {
     let a = agent();
     assert!(!p.agent_online(a).await.unwrap());
     p.heartbeat_agent(a, Duration::from_millis(300))
@@ -72,7 +72,7 @@ async fn heartbeats_expire(p: &impl Presence, ordinal: u32) {
 }
 
 /// `publisher` and `subscriber` may be two replicas (Redis) or the same node (memory).
-async fn commands_reach_the_subscriber(publisher: &impl Presence, subscriber: &impl Presence) {
+async fn commands_reach_the_subscriber(publisher: &Presence, subscriber: &Presence) {
     let a = agent();
     assert_eq!(
         publisher
@@ -116,14 +116,17 @@ async fn commands_reach_the_subscriber(publisher: &impl Presence, subscriber: &i
 
 #[tokio::test]
 async fn memory_presence() {
-    let p = MemoryPresence::default();
+    let p = Presence::Memory(MemoryPresence::default());
     heartbeats_expire(&p, 1).await;
     commands_reach_the_subscriber(&p, &p).await;
 }
 
 #[tokio::test]
 async fn redis_presence_shared_by_two_replicas() {
-    let (one, two) = (redis().await, redis().await);
+    let (one, two) = (
+        Presence::Redis(redis().await),
+        Presence::Redis(redis().await),
+    );
     one.ping().await.unwrap();
     // An ordinal no real bridge uses, so a shared Redis is safe.
     heartbeats_expire(&one, 4_000_000_000 + (std::process::id() % 1000)).await;

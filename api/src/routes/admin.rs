@@ -1,15 +1,18 @@
 //! Administration: users, roles, bindings, revocations and the audit log.
 
+use bamf_proto::api::{
+    AuditEvent, AuditQuery, DEFAULT_PAGE, Page, PasswordRequest, RevocationRecord,
+    RevocationRequest, RoleRecord, RoleRequest, UserRecord, UserRequest,
+};
 use bamf_proto::san::Name;
 use http::StatusCode;
-use serde::Deserialize;
 
-use super::{Call, Reply, no_content, now_ms, store_failed};
 use crate::auth;
-use crate::error::{ApiError, json_response};
-use crate::presence::Presence;
+use crate::context::Call;
+use crate::error::ApiError;
 use crate::rbac::{self, Rules};
-use crate::store::{AuditFilter, CertificateRef, MAX_AUDIT_PAGE, RoleChange};
+use crate::store::{AuditFilter, CertificateRef, RoleChange};
+use crate::now_ms;
 
 /// Shortest password an administrator may set.
 const MIN_PASSWORD: usize = 12;
@@ -37,54 +40,39 @@ async fn hash(password: String) -> Result<String, ApiError> {
 }
 
 /// The caller's own name (admin routes are user routes).
-fn caller<'a, P>(call: &'a Call<'_, P>) -> Result<&'a str, ApiError> {
+fn caller<'a>(call: &'a Call<'_>) -> Result<&'a str, ApiError> {
     call.principal.user().map(|(name, _)| name)
 }
 
-pub(super) async fn list_users<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let users = call.state.store.users().await.map_err(store_failed)?;
-    let items: Vec<_> = users
-        .iter()
-        .map(|u| serde_json::json!({"name": u.name, "roles": u.roles, "created_at": u.created_at / 1000}))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"items": items}),
+pub(super) async fn list_users(call: &Call<'_>) -> Result<Page<UserRecord>, ApiError> {
+    let users = call.state.store.users().await?;
+    Ok(Page::all(
+        users
+            .into_iter()
+            .map(|u| UserRecord {
+                name: u.name,
+                roles: u.roles,
+                created_at_ms: u.created_at,
+            })
+            .collect(),
     ))
 }
 
-/// `POST /api/v1/users`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewUser {
-    name: String,
-    password: String,
-    #[serde(default)]
-    roles: Vec<String>,
-}
-
-pub(super) async fn create_user<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let body: NewUser = call.json()?;
+pub(super) async fn create_user(call: &Call<'_>, body: UserRequest) -> Result<UserRecord, ApiError> {
     let user = name(&body.name, "name")?;
     let store = &call.state.store;
     for role in &body.roles {
-        if !store.role_exists(role).await.map_err(store_failed)? {
+        if !store.role_exists(role).await? {
             return Err(ApiError::BadRequest(format!("no role named {role:?}")));
         }
     }
     let hashed = hash(body.password).await?;
-    if !store
-        .create_user(user.as_str(), &hashed, now_ms())
-        .await
-        .map_err(store_failed)?
-    {
+    let now = now_ms();
+    if !store.create_user(user.as_str(), &hashed, now).await? {
         return Err(ApiError::Conflict("a user with this name exists"));
     }
     for role in &body.roles {
-        store
-            .bind_role(user.as_str(), role)
-            .await
-            .map_err(store_failed)?;
+        store.bind_role(user.as_str(), role).await?;
     }
     call.audit(
         "user.create",
@@ -92,13 +80,14 @@ pub(super) async fn create_user<P: Presence>(call: &Call<'_, P>) -> Reply {
         serde_json::json!({"user": user.as_str(), "roles": body.roles}),
     )
     .await;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &serde_json::json!({"name": user.as_str(), "roles": body.roles}),
-    ))
+    Ok(UserRecord {
+        name: user.as_str().to_owned(),
+        roles: body.roles,
+        created_at_ms: now,
+    })
 }
 
-pub(super) async fn delete_user<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn delete_user(call: &Call<'_>) -> Result<(), ApiError> {
     let user = call.param(0);
     if user == caller(call)? {
         return Err(ApiError::Conflict(
@@ -109,8 +98,7 @@ pub(super) async fn delete_user<P: Presence>(call: &Call<'_, P>) -> Reply {
         .state
         .store
         .delete_user(user, &call.actor(), now_ms())
-        .await
-        .map_err(store_failed)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     call.audit(
         "user.delete",
@@ -118,27 +106,13 @@ pub(super) async fn delete_user<P: Presence>(call: &Call<'_, P>) -> Reply {
         serde_json::json!({"user": user, "ended_sessions": ended}),
     )
     .await;
-    Ok(no_content())
+    Ok(())
 }
 
-/// `PUT /api/v1/users/{name}/password`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewPassword {
-    password: String,
-}
-
-pub(super) async fn set_password<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn set_password(call: &Call<'_>, body: PasswordRequest) -> Result<(), ApiError> {
     let user = call.param(0);
-    let body: NewPassword = call.json()?;
     let hashed = hash(body.password).await?;
-    if !call
-        .state
-        .store
-        .set_password_hash(user, &hashed)
-        .await
-        .map_err(store_failed)?
-    {
+    if !call.state.store.set_password_hash(user, &hashed).await? {
         return Err(ApiError::NotFound);
     }
     call.audit(
@@ -147,28 +121,26 @@ pub(super) async fn set_password<P: Presence>(call: &Call<'_, P>) -> Reply {
         serde_json::json!({"user": user}),
     )
     .await;
-    Ok(no_content())
+    Ok(())
 }
 
-pub(super) async fn bind_role<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn bind_role(call: &Call<'_>) -> Result<(), ApiError> {
     let (user, role) = (call.param(0), call.param(1));
     let store = &call.state.store;
-    if !store.user_enabled(user).await.map_err(store_failed)?
-        || !store.role_exists(role).await.map_err(store_failed)?
-    {
+    if !store.user_enabled(user).await? || !store.role_exists(role).await? {
         return Err(ApiError::NotFound);
     }
-    store.bind_role(user, role).await.map_err(store_failed)?;
+    store.bind_role(user, role).await?;
     call.audit(
         "role.bind",
         "allowed",
         serde_json::json!({"user": user, "role": role}),
     )
     .await;
-    Ok(no_content())
+    Ok(())
 }
 
-pub(super) async fn unbind_role<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn unbind_role(call: &Call<'_>) -> Result<(), ApiError> {
     let (user, role) = (call.param(0), call.param(1));
     if role == rbac::EVERYONE {
         return Err(ApiError::Conflict("every user holds the everyone role"));
@@ -178,13 +150,7 @@ pub(super) async fn unbind_role<P: Presence>(call: &Call<'_, P>) -> Reply {
             "administrators cannot remove their own admin role",
         ));
     }
-    if !call
-        .state
-        .store
-        .unbind_role(user, role)
-        .await
-        .map_err(store_failed)?
-    {
+    if !call.state.store.unbind_role(user, role).await? {
         return Err(ApiError::NotFound);
     }
     call.audit(
@@ -193,56 +159,51 @@ pub(super) async fn unbind_role<P: Presence>(call: &Call<'_, P>) -> Reply {
         serde_json::json!({"user": user, "role": role}),
     )
     .await;
-    Ok(no_content())
+    Ok(())
 }
 
-pub(super) async fn list_roles<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let roles = call.state.store.roles().await.map_err(store_failed)?;
-    let items: Vec<_> = roles
-        .iter()
-        .map(|r| serde_json::json!({"name": r.name, "allow": r.rules.allow, "deny": r.rules.deny, "builtin": r.builtin}))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"items": items}),
-    ))
-}
-
-/// `POST /api/v1/roles` and `PUT /api/v1/roles/{name}` (without `name`).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RoleBody {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    allow: Vec<rbac::Rule>,
-    #[serde(default)]
-    deny: Vec<rbac::Rule>,
-}
-
-impl RoleBody {
-    fn rules(self) -> Result<Rules, ApiError> {
-        let rules = Rules {
-            allow: self.allow,
-            deny: self.deny,
-        };
-        rules
-            .check()
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        Ok(rules)
+fn role_record(name: String, rules: Rules, builtin: bool) -> RoleRecord {
+    RoleRecord {
+        name,
+        allow: rules.allow,
+        deny: rules.deny,
+        builtin,
     }
 }
 
-pub(super) async fn create_role<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let mut body: RoleBody = call.json()?;
+pub(super) async fn list_roles(call: &Call<'_>) -> Result<Page<RoleRecord>, ApiError> {
+    let roles = call.state.store.roles().await?;
+    Ok(Page::all(
+        roles
+            .into_iter()
+            .map(|r| role_record(r.name, r.rules, r.builtin))
+            .collect(),
+    ))
+}
+
+/// The request's rules, checked.
+fn rules(body: RoleRequest) -> Result<Rules, ApiError> {
+    let rules = Rules {
+        allow: body.allow,
+        deny: body.deny,
+    };
+    rules
+        .check()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(rules)
+}
+
+pub(super) async fn create_role(
+    call: &Call<'_>,
+    mut body: RoleRequest,
+) -> Result<RoleRecord, ApiError> {
     let role = name(body.name.take().as_deref().unwrap_or_default(), "name")?;
-    let rules = body.rules()?;
+    let rules = rules(body)?;
     if !call
         .state
         .store
         .create_role(role.as_str(), &rules, now_ms())
-        .await
-        .map_err(store_failed)?
+        .await?
     {
         return Err(ApiError::Conflict("a role with this name exists"));
     }
@@ -252,28 +213,18 @@ pub(super) async fn create_role<P: Presence>(call: &Call<'_, P>) -> Reply {
         serde_json::json!({"role": role.as_str(), "rules": rules}),
     )
     .await;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &serde_json::json!({"name": role.as_str(), "allow": rules.allow, "deny": rules.deny}),
-    ))
+    Ok(role_record(role.as_str().to_owned(), rules, false))
 }
 
-pub(super) async fn update_role<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn update_role(call: &Call<'_>, body: RoleRequest) -> Result<RoleRecord, ApiError> {
     let role = call.param(0);
-    let body: RoleBody = call.json()?;
     if body.name.is_some() {
         return Err(ApiError::BadRequest(
             "the role's name is in the path; it cannot be changed".into(),
         ));
     }
-    let rules = body.rules()?;
-    match call
-        .state
-        .store
-        .update_role(role, &rules)
-        .await
-        .map_err(store_failed)?
-    {
+    let rules = rules(body)?;
+    match call.state.store.update_role(role, &rules).await? {
         RoleChange::Done => {}
         RoleChange::Missing => return Err(ApiError::NotFound),
         RoleChange::Builtin => return Err(ApiError::Conflict("the admin role cannot be changed")),
@@ -284,21 +235,14 @@ pub(super) async fn update_role<P: Presence>(call: &Call<'_, P>) -> Reply {
         serde_json::json!({"role": role, "rules": rules}),
     )
     .await;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"name": role, "allow": rules.allow, "deny": rules.deny}),
-    ))
+    // Only `admin` refuses changes; `everyone` is built in and editable.
+    let builtin = role == rbac::EVERYONE;
+    Ok(role_record(role.to_owned(), rules, builtin))
 }
 
-pub(super) async fn delete_role<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn delete_role(call: &Call<'_>) -> Result<(), ApiError> {
     let role = call.param(0);
-    match call
-        .state
-        .store
-        .delete_role(role)
-        .await
-        .map_err(store_failed)?
-    {
+    match call.state.store.delete_role(role).await? {
         RoleChange::Done => {}
         RoleChange::Missing => return Err(ApiError::NotFound),
         RoleChange::Builtin => {
@@ -307,86 +251,51 @@ pub(super) async fn delete_role<P: Presence>(call: &Call<'_, P>) -> Reply {
     }
     call.audit("role.delete", "allowed", serde_json::json!({"role": role}))
         .await;
-    Ok(no_content())
+    Ok(())
 }
 
-/// `GET /api/v1/audit?actor=&kind=&since=&until=&cursor=&limit=` (times in Unix seconds).
-pub(super) async fn audit_events<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let mut filter = AuditFilter::default();
-    let mut cursor = None;
-    let mut limit = 100;
-    let seconds = |v: &str| {
-        v.parse::<i64>()
-            .ok()
-            .and_then(|s| s.checked_mul(1000))
-            .ok_or_else(|| ApiError::BadRequest("since and until are Unix seconds".into()))
+/// The audit log, newest first; the cursor is the last event's id.
+pub(super) async fn audit_events(call: &Call<'_>) -> Result<Page<AuditEvent>, ApiError> {
+    let query = AuditQuery::parse(call.query.unwrap_or_default())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest("malformed cursor".into()))
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    let filter = AuditFilter {
+        actor: query.actor,
+        kind: query.kind,
+        since: query.since_ms,
+        until: query.until_ms,
     };
-    for (key, value) in form_urlencoded::parse(call.query.unwrap_or_default().as_bytes()) {
-        match key.as_ref() {
-            "actor" => filter.actor = Some(value.into_owned()),
-            "kind" => filter.kind = Some(value.into_owned()),
-            "since" => filter.since = Some(seconds(&value)?),
-            "until" => filter.until = Some(seconds(&value)?),
-            "cursor" => {
-                cursor = Some(
-                    value
-                        .parse::<i64>()
-                        .map_err(|_| ApiError::BadRequest("malformed cursor".into()))?,
-                );
-            }
-            "limit" => {
-                limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|l| (1..=MAX_AUDIT_PAGE).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!("limit must be 1..={MAX_AUDIT_PAGE}"))
-                    })?;
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?} (actor, kind, since, until, cursor, limit)"
-                )));
-            }
-        }
-    }
-    let events = call
-        .state
-        .store
-        .audit(&filter, cursor, limit)
-        .await
-        .map_err(store_failed)?;
-    let next = (events.len() == usize::try_from(limit).unwrap_or(usize::MAX))
+    let events = call.state.store.audit(&filter, cursor, limit).await?;
+    let next_cursor = (events.len() == usize::try_from(limit).unwrap_or(usize::MAX))
         .then(|| events.last().map(|e| e.id.to_string()))
         .flatten();
-    let items: Vec<_> = events
-        .iter()
-        .map(|e| {
-            let detail: serde_json::Value =
-                serde_json::from_str(&e.event.detail).unwrap_or(serde_json::Value::Null);
-            serde_json::json!({"id": e.id, "at_ms": e.event.at, "actor": e.event.actor,
-                "kind": e.event.kind, "outcome": e.event.outcome, "detail": detail})
+    let items = events
+        .into_iter()
+        .map(|e| AuditEvent {
+            id: e.id,
+            at_ms: e.event.at,
+            detail: serde_json::from_str(&e.event.detail).unwrap_or(serde_json::Value::Null),
+            actor: e.event.actor,
+            kind: e.event.kind,
+            outcome: e.event.outcome,
         })
         .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"items": items, "next_cursor": next}),
-    ))
+    Ok(Page { items, next_cursor })
 }
 
-/// `POST /api/v1/revocations`: by serial, by fingerprint, or both (lower-case hex).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewRevocation {
-    #[serde(default)]
-    serial: Option<String>,
-    #[serde(default)]
-    fingerprint: Option<String>,
-    reason: String,
-}
-
-pub(super) async fn revoke<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let body: NewRevocation = call.json()?;
+/// By serial, by fingerprint, or both (lower-case hex); 201 when new, 200 when known.
+pub(super) async fn revoke(
+    call: &Call<'_>,
+    body: RevocationRequest,
+) -> Result<(StatusCode, RevocationRecord), ApiError> {
     let hex = |v: &Option<String>, max: usize| {
         v.as_deref().is_none_or(|s| {
             (1..=max).contains(&s.len())
@@ -411,12 +320,12 @@ pub(super) async fn revoke<P: Presence>(call: &Call<'_, P>) -> Reply {
         serial: body.serial,
         fingerprint: body.fingerprint,
     };
+    let (actor, now) = (call.actor(), now_ms());
     let revoked = call
         .state
         .store
-        .revoke(&certificate, &body.reason, &call.actor(), now_ms())
-        .await
-        .map_err(store_failed)?;
+        .revoke(&certificate, &body.reason, &actor, now)
+        .await?;
     call.audit(
         "certificate.revoke",
         "allowed",
@@ -425,28 +334,34 @@ pub(super) async fn revoke<P: Presence>(call: &Call<'_, P>) -> Reply {
             "ended_sessions": revoked.ended_sessions, "ended_tokens": revoked.ended_tokens}),
     )
     .await;
-    Ok(json_response(
-        if revoked.added {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
+    let status = if revoked.added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        RevocationRecord {
+            serial: certificate.serial,
+            fingerprint: certificate.fingerprint,
+            reason: body.reason,
+            revoked_by: actor,
+            revoked_at_ms: now,
         },
-        &serde_json::json!({"serial": certificate.serial, "fingerprint": certificate.fingerprint,
-            "reason": body.reason}),
     ))
 }
 
-pub(super) async fn revocations<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let list = call.state.store.revocations().await.map_err(store_failed)?;
-    let items: Vec<_> = list
-        .iter()
-        .map(|r| {
-            serde_json::json!({"serial": r.certificate.serial, "fingerprint": r.certificate.fingerprint,
-                "reason": r.reason, "revoked_by": r.revoked_by, "revoked_at": r.revoked_at / 1000})
-        })
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"items": items}),
+pub(super) async fn revocations(call: &Call<'_>) -> Result<Page<RevocationRecord>, ApiError> {
+    let list = call.state.store.revocations().await?;
+    Ok(Page::all(
+        list.into_iter()
+            .map(|r| RevocationRecord {
+                serial: r.certificate.serial,
+                fingerprint: r.certificate.fingerprint,
+                reason: r.reason,
+                revoked_by: r.revoked_by,
+                revoked_at_ms: r.revoked_at,
+            })
+            .collect(),
     ))
 }

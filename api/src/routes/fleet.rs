@@ -1,16 +1,16 @@
 //! Agents, bridges and the resources agents report.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bamf_proto::HostName;
+use bamf_proto::api::{
+    AgentHeartbeat, AgentHeartbeatAnswer, AgentRecord, BridgeRecord, Page, Resource,
+};
 use bamf_proto::san::{AgentId, Name};
-use http::StatusCode;
-use serde::Deserialize;
 
-use super::{Call, Principal, Reply, no_content, now_ms, store_failed};
-use crate::error::{ApiError, json_response};
-use crate::presence::Presence;
-use crate::rbac;
+use crate::context::Call;
+use crate::error::ApiError;
+use crate::{now_ms, rbac};
 
 /// How often agents report (the answer tells them), and how long a report keeps them
 /// online (design: every 15 s, TTL 45 s).
@@ -21,27 +21,13 @@ const MAX_RESOURCES: usize = 1000;
 /// Most labels per resource.
 const MAX_LABELS: usize = 32;
 
-/// `POST /api/v1/agents/heartbeat`: the agent's whole catalog, every time.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Heartbeat {
-    resources: Vec<ReportedResource>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReportedResource {
-    name: String,
-    kind: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-pub(super) async fn agent_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let Principal::Agent(agent) = call.principal else {
+pub(super) async fn agent_heartbeat(
+    call: &Call<'_>,
+    body: AgentHeartbeat,
+) -> Result<AgentHeartbeatAnswer, ApiError> {
+    let crate::access::Principal::Agent(agent) = call.principal else {
         return Err(ApiError::Forbidden);
     };
-    let body: Heartbeat = call.json()?;
     if body.resources.len() > MAX_RESOURCES {
         return Err(ApiError::BadRequest(format!(
             "at most {MAX_RESOURCES} resources"
@@ -53,11 +39,6 @@ pub(super) async fn agent_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
             .name
             .parse()
             .map_err(|_| ApiError::BadRequest("resource names are 1-63 of a-z 0-9 - _ .".into()))?;
-        if !rbac::KINDS.contains(&r.kind.as_str()) {
-            return Err(ApiError::BadRequest(
-                "resource kind must be ssh, postgres or tcp".into(),
-            ));
-        }
         let labels_ok = r.labels.len() <= MAX_LABELS
             && r.labels
                 .iter()
@@ -67,34 +48,37 @@ pub(super) async fn agent_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
                 "at most {MAX_LABELS} labels per resource; keys 1-63, values up to 253 characters"
             )));
         }
-        catalog.push((name.as_str().to_owned(), r.kind, r.labels));
+        catalog.push((name.as_str().to_owned(), r.kind.as_str().to_owned(), r.labels));
     }
     let taken = call
         .state
         .store
         .replace_resources(&agent.to_string(), &catalog, now_ms())
-        .await
-        .map_err(store_failed)?;
+        .await?;
     call.state
         .presence
         .heartbeat_agent(agent, AGENT_TTL)
-        .await
-        .map_err(|_| ApiError::Unavailable("presence"))?;
+        .await?;
     if !taken.is_empty() {
         tracing::warn!(%agent, ?taken, "resource names reported by another agent were ignored");
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"interval_seconds": AGENT_HEARTBEAT.as_secs(), "ignored": taken}),
-    ))
+    Ok(AgentHeartbeatAnswer {
+        interval_ms: millis(AGENT_HEARTBEAT),
+        ignored: taken,
+    })
+}
+
+/// A duration as the API's milliseconds.
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `GET /api/v1/resources`: what the caller may reach, with whether its agent is online.
-pub(super) async fn resources<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn resources(call: &Call<'_>) -> Result<Page<Resource>, ApiError> {
     let (_, roles) = call.principal.user()?;
-    let all = call.state.store.resources().await.map_err(store_failed)?;
+    let all = call.state.store.resources().await?;
     let mut items = Vec::new();
-    for r in &all {
+    for r in all {
         let resource = rbac::Resource {
             name: &r.name,
             kind: &r.kind,
@@ -108,53 +92,52 @@ pub(super) async fn resources<P: Presence>(call: &Call<'_, P>) -> Reply {
         if !allowed {
             continue;
         }
-        items.push(
-            serde_json::json!({"name": r.name, "kind": r.kind, "labels": r.labels,
-            "agent": r.agent_name, "online": online(call, &r.agent_id).await?}),
-        );
+        let online = online(call, &r.agent_id).await?;
+        items.push(Resource {
+            kind: r.kind.parse().map_err(|e| {
+                tracing::error!(error = %e, resource = r.name, "stored resource kind");
+                ApiError::Internal
+            })?,
+            name: r.name,
+            labels: r.labels,
+            agent: r.agent_name,
+            online,
+        });
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"items": items}),
-    ))
+    Ok(Page::all(items))
 }
 
-async fn online<P: Presence>(call: &Call<'_, P>, agent_id: &str) -> Result<bool, ApiError> {
+async fn online(call: &Call<'_>, agent_id: &str) -> Result<bool, ApiError> {
     let Ok(id) = agent_id.parse::<AgentId>() else {
         return Ok(false);
     };
-    call.state
-        .presence
-        .agent_online(id)
-        .await
-        .map_err(|_| ApiError::Unavailable("presence"))
+    Ok(call.state.presence.agent_online(id).await?)
 }
 
-pub(super) async fn list_agents<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let agents = call.state.store.agents().await.map_err(store_failed)?;
+pub(super) async fn list_agents(call: &Call<'_>) -> Result<Page<AgentRecord>, ApiError> {
+    let agents = call.state.store.agents().await?;
     let mut items = Vec::with_capacity(agents.len());
-    for a in &agents {
-        items.push(
-            serde_json::json!({"id": a.id, "name": a.name, "online": online(call, &a.id).await?,
-            "joined_at": a.joined_at / 1000, "last_seen_at": a.last_seen_at.map(|t| t / 1000)}),
-        );
+    for a in agents {
+        items.push(AgentRecord {
+            online: online(call, &a.id).await?,
+            id: a.id,
+            name: a.name,
+            joined_at_ms: a.joined_at,
+            last_seen_at_ms: a.last_seen_at,
+        });
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"items": items}),
-    ))
+    Ok(Page::all(items))
 }
 
 /// Deletes an agent: its resources go, its certificate is revoked, and its name is free for
 /// a new join.
-pub(super) async fn delete_agent<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn delete_agent(call: &Call<'_>) -> Result<(), ApiError> {
     let id = call.param(0);
     let deleted = call
         .state
         .store
         .delete_agent(id, &call.actor(), now_ms())
-        .await
-        .map_err(store_failed)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     call.audit(
         "agent.delete",
@@ -162,30 +145,28 @@ pub(super) async fn delete_agent<P: Presence>(call: &Call<'_, P>) -> Reply {
         serde_json::json!({"id": deleted.id, "name": deleted.name, "serial": deleted.cert_serial}),
     )
     .await;
-    Ok(no_content())
+    Ok(())
 }
 
-pub(super) async fn list_bridges<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let bridges = call.state.store.bridges().await.map_err(store_failed)?;
-    let live = call
-        .state
-        .presence
-        .live_bridges()
-        .await
-        .map_err(|_| ApiError::Unavailable("presence"))?;
-    let items: Vec<_> = bridges
-        .iter()
+pub(super) async fn list_bridges(call: &Call<'_>) -> Result<Page<BridgeRecord>, ApiError> {
+    let bridges = call.state.store.bridges().await?;
+    let live = call.state.presence.live_bridges().await?;
+    let items = bridges
+        .into_iter()
         .map(|b| {
             let status = live.iter().find(|s| s.ordinal == b.ordinal);
-            serde_json::json!({"ordinal": b.ordinal,
-                "host": format!("{}.bridge.{}", b.ordinal, call.state.tunnel_domain),
-                "online": status.is_some(), "load": status.map(|s| s.load),
-                "draining": status.is_some_and(|s| s.draining),
-                "joined_at": b.joined_at / 1000, "last_seen_at": b.last_seen_at.map(|t| t / 1000)})
+            BridgeRecord {
+                ordinal: b.ordinal,
+                host: HostName::bridge(b.ordinal, &call.state.tunnel_domain)
+                    .map(|h| h.to_string())
+                    .unwrap_or_default(),
+                online: status.is_some(),
+                load: status.map(|s| s.load),
+                draining: status.is_some_and(|s| s.draining),
+                joined_at_ms: b.joined_at,
+                last_seen_at_ms: b.last_seen_at,
+            }
         })
         .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"items": items}),
-    ))
+    Ok(Page::all(items))
 }

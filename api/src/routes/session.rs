@@ -1,27 +1,16 @@
 //! Signing in and out, and asking who one is.
 
+use bamf_proto::api::{Login, LoginRequest, Whoami};
 use bamf_proto::san::{Identity, Name};
-use http::StatusCode;
-use serde::Deserialize;
 
-use super::{Call, Principal, Reply, bearer, no_content, now_ms};
+use crate::access::{Principal, bearer};
 use crate::auth;
-use crate::error::{ApiError, json_response};
-use crate::presence::Presence;
+use crate::context::{Call, Caller, audit};
+use crate::error::ApiError;
+use crate::now_ms;
 
-/// `POST /api/v1/auth/login`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginRequest {
-    user: String,
-    password: String,
-    /// PEM CSR for the user certificate; the key stays with the client.
-    csr: String,
-}
-
-pub(super) async fn login<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn login(call: &Call<'_>, body: LoginRequest) -> Result<Login, ApiError> {
     let (state, ctx) = (call.state, call.ctx);
-    let body: LoginRequest = call.json()?;
     let detail =
         serde_json::json!({"address": ctx.peer.ip().to_string(), "request_id": ctx.request_id});
     // A user name outside the grammar is simply an unknown user (same answer, same work).
@@ -35,7 +24,7 @@ pub(super) async fn login<P: Presence>(call: &Call<'_, P>) -> Reply {
     let attempt = match state.login_limits.admit(ctx.peer.ip(), &user_key) {
         Ok(attempt) => attempt,
         Err(refused) => {
-            super::audit(state, actor, "auth.login", "rate_limited", detail).await;
+            audit(state, actor, "auth.login", "rate_limited", detail).await;
             return Err(ApiError::TooManyRequests(refused.retry_after.as_secs() + 1));
         }
     };
@@ -44,30 +33,29 @@ pub(super) async fn login<P: Presence>(call: &Call<'_, P>) -> Reply {
     let stored = state
         .store
         .password_hash(lookup)
-        .await
-        .map_err(super::store_failed)?
+        .await?
         .filter(|_| name.is_some());
     let matched = match attempt.verify(body.password, stored).await {
         Ok(matched) => matched,
         Err(refused) => {
-            super::audit(state, actor, "auth.login", "rate_limited", detail).await;
+            audit(state, actor, "auth.login", "rate_limited", detail).await;
             return Err(ApiError::TooManyRequests(refused.retry_after.as_secs() + 1));
         }
     };
     let Some(user) = name.filter(|_| matched) else {
         drop(attempt);
-        super::audit(state, actor, "auth.login", "denied", detail).await;
+        audit(state, actor, "auth.login", "denied", detail).await;
         return Err(ApiError::Unauthenticated);
     };
     attempt.succeeded();
 
     let identity = Identity::User { user: user.clone() };
     let lifetime = state.lifetimes.user;
-    let certificate = match super::issue(state, &body.csr, &identity, None).await {
+    let issued = match super::issue(state, &body.csr, &identity, None).await {
         Ok(issued) => issued,
         Err(e) => {
             let detail = serde_json::json!({"reason": "csr", "request_id": ctx.request_id});
-            super::audit(state, actor, "auth.login", "failed", detail).await;
+            audit(state, actor, "auth.login", "failed", detail).await;
             return Err(e);
         }
     };
@@ -77,54 +65,48 @@ pub(super) async fn login<P: Presence>(call: &Call<'_, P>) -> Reply {
     state
         .store
         .put_token(&auth::token_hash(&token), user.as_str(), expires_ms, now)
-        .await
-        .map_err(super::store_failed)?;
-    super::audit(state, actor, "auth.login", "allowed", detail).await;
-    let expires = time::OffsetDateTime::now_utc() + lifetime;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({
-            "user": user.as_str(),
-            "token": token,
-            "token_expires_at": expires.unix_timestamp(),
-            "certificate": certificate.pem,
-            "certificate_expires_at": certificate.not_after.unix_timestamp(),
-            "ca": state.ca.cert_pem(),
-        }),
-    ))
+        .await?;
+    audit(state, actor, "auth.login", "allowed", detail).await;
+    Ok(Login {
+        user: user.as_str().to_owned(),
+        token,
+        token_expires_at_ms: expires_ms,
+        certificate: super::certificate(state, issued),
+    })
 }
 
-pub(super) async fn logout<P: Presence>(call: &Call<'_, P>, parts: &http::request::Parts) -> Reply {
-    if let Some(token) = bearer(parts) {
+pub(super) async fn logout(call: &Call<'_>) -> Result<(), ApiError> {
+    if let Some(token) = bearer(call.headers) {
         call.state
             .store
             .delete_token(&auth::token_hash(token))
-            .await
-            .map_err(super::store_failed)?;
+            .await?;
     }
     call.audit("auth.logout", "allowed", serde_json::json!({}))
         .await;
-    Ok(no_content())
+    Ok(())
 }
 
-pub(super) fn whoami<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let body = match &call.principal {
-        Principal::User { name, roles } => {
-            let roles: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
-            serde_json::json!({"kind": "user", "user": name, "roles": roles, "via": "token"})
-        }
-        _ => {
-            let crate::server::Caller::Certified {
-                identity,
-                serial,
-                fingerprint,
-            } = call.ctx.caller.as_ref()
-            else {
-                return Err(ApiError::Unauthenticated);
-            };
-            serde_json::json!({"kind": identity.kind(), "uris": identity.uris(), "serial": serial,
-                "fingerprint": fingerprint, "via": "certificate"})
-        }
+pub(super) async fn whoami(call: &Call<'_>) -> Result<Whoami, ApiError> {
+    if let Principal::User { name, roles } = &call.principal {
+        return Ok(Whoami::Token {
+            kind: "user".into(),
+            user: name.clone(),
+            roles: roles.iter().map(|r| r.name.clone()).collect(),
+        });
+    }
+    let Caller::Certified {
+        identity,
+        serial,
+        fingerprint,
+    } = call.ctx.caller.as_ref()
+    else {
+        return Err(ApiError::Unauthenticated);
     };
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(Whoami::Certificate {
+        kind: identity.kind().to_owned(),
+        uris: identity.uris(),
+        serial: serial.clone(),
+        fingerprint: fingerprint.clone(),
+    })
 }

@@ -5,12 +5,12 @@ use super::*;
 #[test]
 fn paths_resolve_to_their_route_with_parameters() {
     let (route, params) = resolve(&Method::PUT, "/api/v1/users/alice/roles/dba").expect("route");
-    assert_eq!(route.endpoint, E::BindRole);
+    assert_eq!(route.path, "/api/v1/users/{name}/roles/{role}");
     assert_eq!(params, ["alice", "dba"]);
     let (route, _) = resolve(&Method::POST, "/api/v1/agents/join").expect("route");
-    assert_eq!(route.endpoint, E::JoinAgent);
+    assert_eq!(route.path, "/api/v1/agents/join");
     let (route, params) = resolve(&Method::DELETE, "/api/v1/agents/join").expect("route");
-    assert_eq!((route.endpoint, params), (E::DeleteAgent, vec!["join"]));
+    assert_eq!((route.path, params), ("/api/v1/agents/{id}", vec!["join"]));
     for (method, path, want) in [
         (Method::GET, "/nope", ApiError::NotFound),
         (Method::GET, "/api/v1/users/", ApiError::NotFound),
@@ -51,100 +51,93 @@ fn no_two_routes_overlap() {
             .collect::<Vec<_>>()
             .join("/");
         let (found, _) = resolve(&route.method, &path).expect("resolves");
-        assert_eq!(found.endpoint, route.endpoint, "{path} is shadowed");
+        assert_eq!(found.path, route.path, "{path} is shadowed");
     }
 }
 
-/// Follows a local `$ref` (`#/a/b/c`).
-fn resolve_ref<'d>(doc: &'d serde_json::Value, v: &'d serde_json::Value) -> &'d serde_json::Value {
-    match v["$ref"].as_str().and_then(|r| r.strip_prefix('#')) {
-        Some(pointer) => doc.pointer(pointer).expect("$ref resolves"),
-        None => v,
-    }
-}
-
-fn access_name(access: Access) -> &'static str {
-    match access {
-        Access::Public => "public",
-        Access::JoinToken => "join-token",
-        Access::User => "user",
-        Access::Admin => "admin",
-        Access::Agent => "agent",
-        Access::Bridge => "bridge",
-        Access::UserOrCertificate => "user-or-certificate",
-    }
-}
-
-/// `docs/openapi.yaml` and [`ROUTES`] describe the same API: the same operations, each with
-/// the same access (`x-bamf-access`) and security requirements that match it.
+/// `docs/openapi.yaml` is exactly the document generated from [`ROUTES`] and the contract
+/// types: a route added, a field renamed, added or removed in a request or answer type, or
+/// an access changed, and this fails until the document is regenerated with
+/// `BAMF_WRITE_OPENAPI=1 cargo test -p bamf-api openapi`.
 #[test]
-fn the_openapi_document_and_the_router_agree() {
-    let text = include_str!("../../../docs/openapi.yaml");
-    let doc: serde_json::Value = serde_yaml_ng::from_str(text).expect("openapi.yaml parses");
-    assert!(
-        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
-        "an OpenAPI 3 document"
-    );
-    let mut documented = BTreeSet::new();
-    let paths = doc["paths"].as_object().expect("paths");
-    for (path, item) in paths {
-        for (method, op) in item.as_object().expect("path item") {
-            if method == "parameters" {
-                continue;
-            }
-            let access = op["x-bamf-access"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{method} {path}: x-bamf-access missing"));
-            let security: BTreeSet<String> = op["security"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{method} {path}: security missing"))
-                .iter()
-                .flat_map(|req| req.as_object().into_iter().flat_map(|o| o.keys().cloned()))
-                .collect();
-            let want: BTreeSet<String> = match access {
-                "public" | "join-token" => BTreeSet::new(),
-                "user" | "admin" => ["bearer".to_owned()].into(),
-                "agent" | "bridge" => ["mtls".to_owned()].into(),
-                "user-or-certificate" => ["bearer".to_owned(), "mtls".to_owned()].into(),
-                other => panic!("{method} {path}: unknown x-bamf-access {other}"),
-            };
-            assert_eq!(security, want, "{method} {path}: security vs access");
-            // Every parameter in the path is declared.
-            for segment in path.split('/').filter(|s| s.starts_with('{')) {
-                let name = segment.trim_matches(|c| c == '{' || c == '}');
-                let declared = op["parameters"]
-                    .as_array()
-                    .into_iter()
-                    .chain(item["parameters"].as_array())
-                    .flatten()
-                    .map(|p| resolve_ref(&doc, p))
-                    .any(|p| p["name"] == name && p["in"] == "path");
-                assert!(
-                    declared,
-                    "{method} {path}: path parameter {name} undeclared"
-                );
-            }
-            assert!(
-                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
-                "{method} {path}: responses"
-            );
-            documented.insert((method.to_uppercase(), path.clone(), access.to_owned()));
-        }
+fn the_openapi_document_is_generated_from_the_routes_and_types() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml");
+    let generated = crate::openapi::document();
+    if std::env::var_os("BAMF_WRITE_OPENAPI").is_some() {
+        let text = serde_yaml_ng::to_string(&generated).expect("yaml");
+        std::fs::write(path, format!("# Generated from api/src/routes.rs and bamf_proto::api: do not edit.\n# BAMF_WRITE_OPENAPI=1 cargo test -p bamf-api openapi\n{text}")).expect("write");
     }
-    let routed: BTreeSet<_> = ROUTES
-        .iter()
-        .map(|r| {
-            (
-                r.method.as_str().to_owned(),
-                r.path.to_owned(),
-                access_name(r.access).to_owned(),
-            )
-        })
-        .collect();
-    let missing: Vec<_> = routed.difference(&documented).collect();
-    let extra: Vec<_> = documented.difference(&routed).collect();
+    let text = std::fs::read_to_string(path).expect("docs/openapi.yaml");
+    let committed: serde_json::Value = serde_yaml_ng::from_str(&text).expect("openapi.yaml parses");
+    let mut differences = Vec::new();
+    differ("", &committed, &generated, &mut differences);
     assert!(
-        missing.is_empty() && extra.is_empty(),
-        "routes not documented: {missing:?}\ndocumented but not routed (or with another access): {extra:?}"
+        differences.is_empty(),
+        "docs/openapi.yaml disagrees with the routes and contract types \
+         (regenerate: BAMF_WRITE_OPENAPI=1 cargo test -p bamf-api openapi):\n{}",
+        differences.join("\n")
     );
+}
+
+/// Where two JSON values differ, as JSON pointers.
+fn differ(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for key in x.keys().chain(y.keys()).collect::<BTreeSet<_>>() {
+                let here = format!("{at}/{}", key.replace('~', "~0").replace('/', "~1"));
+                match (x.get(key), y.get(key)) {
+                    (Some(p), Some(q)) => differ(&here, p, q, out),
+                    (Some(_), None) => out.push(format!("{here}: only in docs/openapi.yaml")),
+                    (None, _) => out.push(format!("{here}: missing from docs/openapi.yaml")),
+                }
+            }
+        }
+        _ if a == b => {}
+        _ => out.push(format!("{at}: documented {a}, generated {b}")),
+    }
+}
+
+/// The check sees a single field: a renamed answer field is a difference.
+#[test]
+fn a_renamed_field_is_a_difference() {
+    let generated = crate::openapi::document();
+    let mut changed = generated.clone();
+    let schemas = changed
+        .pointer_mut("/components/schemas")
+        .and_then(|v| v.as_object_mut())
+        .expect("schemas");
+    let login = schemas
+        .values_mut()
+        .find(|s| s.pointer("/properties/token_expires_at_ms").is_some())
+        .expect("the login answer's schema");
+    let props = login["properties"].as_object_mut().expect("properties");
+    let field = props.remove("token_expires_at_ms").expect("field");
+    props.insert("token_expires_at".into(), field);
+    let mut differences = Vec::new();
+    differ("", &changed, &generated, &mut differences);
+    assert_eq!(differences.len(), 2, "{differences:?}");
+}
+
+/// Every route's access appears in the document with matching security requirements.
+#[test]
+fn the_document_states_each_routes_access() {
+    let doc = crate::openapi::document();
+    for route in ROUTES {
+        let op = &doc["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
+        assert_eq!(
+            op["x-bamf-access"],
+            crate::openapi::access_name(route.access),
+            "{} {}",
+            route.method,
+            route.path
+        );
+        let security = op["security"].as_array().expect("security").len();
+        let want = match route.access {
+            Access::Public | Access::JoinToken => 0,
+            Access::UserOrCertificate => 2,
+            _ => 1,
+        };
+        assert_eq!(security, want, "{} {}", route.method, route.path);
+    }
 }

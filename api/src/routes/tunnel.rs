@@ -3,17 +3,25 @@
 
 use std::time::Duration;
 
+use bamf_proto::HostName;
+use bamf_proto::api::{
+    BridgeHeartbeat, BridgeHeartbeatAnswer, ConnectRequest, DEFAULT_PAGE, Page, Reports,
+    ReportsAnswer, SessionGrant, SessionQuery, SessionRecord, SessionState,
+};
 use bamf_proto::san::{AgentId, Identity, Name, SessionId};
 use bamf_proto::tunnel::{DialCommand, SessionEvent};
-use http::{Response, StatusCode};
+use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::{Bytes, Frame};
-use serde::Deserialize;
 
-use super::{Call, Principal, Reply, new_uuid, no_content, now_ms, store_failed};
-use crate::error::{ApiError, Body, json_response};
+use super::fleet::millis;
+use super::{Reply, certificate, new_uuid};
+use crate::access::Principal;
+use crate::context::Call;
+use crate::error::{ApiError, Body};
+use crate::now_ms;
 use crate::placement::{self, BRIDGE_HEARTBEAT, BRIDGE_TTL, CONTROL_KEEP_ALIVE};
-use crate::presence::{BridgeStatus, Presence};
+use crate::presence::BridgeStatus;
 use crate::rbac;
 use crate::store::{CertificateRef, Report, Session, SessionFilter};
 
@@ -24,19 +32,12 @@ const MAX_LIVE: usize = 20_000;
 /// Most events in one report.
 const MAX_EVENTS: usize = 1000;
 
-/// `POST /api/v1/connect`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConnectRequest {
-    resource: String,
-    /// PEM CSR for the session certificate; the key stays with the client.
-    csr: String,
-}
-
-pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn connect(
+    call: &Call<'_>,
+    body: ConnectRequest,
+) -> Result<SessionGrant, ApiError> {
     let state = call.state;
     let (user, roles) = call.principal.user()?;
-    let body: ConnectRequest = call.json()?;
     let detail = |extra: serde_json::Value| {
         let mut d = serde_json::json!({"resource": body.resource});
         if let (Some(d), Some(extra)) = (d.as_object_mut(), extra.as_object()) {
@@ -46,7 +47,7 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
     };
     // A resource the caller may not reach and one that does not exist are answered alike,
     // after the same work (including the audit write): the answer must not reveal names.
-    let resources = state.store.resources().await.map_err(store_failed)?;
+    let resources = state.store.resources().await?;
     let Some(resource) = resources.iter().find(|r| r.name == body.resource) else {
         call.audit("connect", "not_found", detail(serde_json::json!({})))
             .await;
@@ -74,13 +75,11 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
         return Err(ApiError::Inaccessible);
     }
     let agent: AgentId = resource.agent_id.parse().map_err(|_| ApiError::Internal)?;
-    let presence_err = |_| ApiError::Unavailable("presence");
     // A revoked agent is offline, whatever its last heartbeat said.
     let revoked = match state
         .store
         .agent(&resource.agent_id)
-        .await
-        .map_err(store_failed)?
+        .await?
         .and_then(|a| a.cert_serial)
     {
         Some(serial) => state
@@ -89,20 +88,18 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
                 serial: Some(serial),
                 fingerprint: None,
             })
-            .await
-            .map_err(store_failed)?,
+            .await?,
         None => false,
     };
     if revoked
         || !state
             .presence
             .agent_online(agent)
-            .await
-            .map_err(presence_err)?
+            .await?
     {
         return Err(ApiError::Offline("the resource's agent is offline"));
     }
-    let live = state.presence.live_bridges().await.map_err(presence_err)?;
+    let live = state.presence.live_bridges().await?;
     let bridge = placement::choose(live).ok_or(ApiError::Offline("no bridge is available"))?;
     let session = SessionId(new_uuid()?);
     let identity = Identity::Client {
@@ -132,11 +129,12 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
             bytes_down: 0,
             end_reason: None,
         })
-        .await
-        .map_err(store_failed)?;
+        .await?;
     // After the row: a certificate revoked at once finds its session to end.
-    let certificate = super::issue(state, &body.csr, &identity, None).await?;
-    let bridge_host = format!("{}.bridge.{}", bridge.ordinal, state.tunnel_domain);
+    let issued = super::issue(state, &body.csr, &identity, None).await?;
+    let bridge_host = HostName::bridge(bridge.ordinal, &state.tunnel_domain)
+        .map_err(|_| ApiError::Internal)?
+        .to_string();
     let command = DialCommand {
         session,
         agent,
@@ -148,8 +146,7 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
     let delivered = state
         .presence
         .publish_command(agent, &text)
-        .await
-        .map_err(presence_err)?;
+        .await?;
     if delivered == 0 {
         let _ = state
             .store
@@ -166,19 +163,19 @@ pub(super) async fn connect<P: Presence>(call: &Call<'_, P>) -> Reply {
             "allowed_by": match &decision { rbac::Decision::Allowed { role } => Some(role.as_str()), _ => None }})),
     )
     .await;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &serde_json::json!({"session_id": session.to_string(), "resource": resource.name,
-            "kind": resource.kind, "bridge_host": bridge_host, "bridge_port": state.tunnel_port,
-            "certificate": certificate.pem,
-            "certificate_expires_at": certificate.not_after.unix_timestamp(),
-            "ca": state.ca.cert_pem()}),
-    ))
+    Ok(SessionGrant {
+        session_id: session.to_string(),
+        kind: resource.kind.parse().map_err(|_| ApiError::Internal)?,
+        resource: resource.name.clone(),
+        bridge_host,
+        bridge_port: state.tunnel_port,
+        certificate: certificate(state, issued),
+    })
 }
 
 /// `GET /api/v1/agent/commands`: server-sent events, one `dial` event per command, comment
 /// lines as keep-alives. Ends at shutdown (the agent reconnects to another replica).
-pub(super) async fn agent_commands<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn agent_commands(call: &Call<'_>) -> Reply {
     let Principal::Agent(agent) = call.principal else {
         return Err(ApiError::Forbidden);
     };
@@ -186,8 +183,7 @@ pub(super) async fn agent_commands<P: Presence>(call: &Call<'_, P>) -> Reply {
         .state
         .presence
         .subscribe_commands(agent)
-        .await
-        .map_err(|_| ApiError::Unavailable("presence"))?;
+        .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let shutdown = call.state.shutdown.clone();
     tokio::spawn(async move {
@@ -224,7 +220,7 @@ pub(super) async fn agent_commands<P: Presence>(call: &Call<'_, P>) -> Reply {
 /// open by each bridge for as long as it lives. When it ends without the API shutting down
 /// (the bridge died, or its connection did), the bridge is forgotten at once, so no new
 /// session is placed on it before its next heartbeat (see [`placement`]).
-pub(super) async fn bridge_control<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn bridge_control(call: &Call<'_>) -> Reply {
     let Principal::Bridge(ordinal) = call.principal else {
         return Err(ApiError::Forbidden);
     };
@@ -232,8 +228,7 @@ pub(super) async fn bridge_control<P: Presence>(call: &Call<'_, P>) -> Reply {
     call.state
         .store
         .bridge_seen(ordinal, now_ms())
-        .await
-        .map_err(store_failed)?;
+        .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let shutdown = call.state.shutdown.clone();
     let lost = call.state.lost_bridges.clone();
@@ -280,28 +275,13 @@ fn event_stream(mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
     response
 }
 
-/// `POST /api/v1/bridges/heartbeat`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BridgeHeartbeat {
-    /// Open tunnels.
-    load: u32,
-    /// Alive but taking no new sessions.
-    draining: bool,
-    /// Ids of the sessions whose tunnels are open on this bridge.
-    #[serde(default)]
-    sessions: Vec<String>,
-    /// When this bridge process started (Unix ms): sessions older than it that it does not
-    /// list were lost with its previous process.
-    #[serde(default)]
-    started_at_ms: Option<i64>,
-}
-
-pub(super) async fn bridge_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn bridge_heartbeat(
+    call: &Call<'_>,
+    body: BridgeHeartbeat,
+) -> Result<BridgeHeartbeatAnswer, ApiError> {
     let Principal::Bridge(ordinal) = call.principal else {
         return Err(ApiError::Forbidden);
     };
-    let body: BridgeHeartbeat = call.json()?;
     if body.sessions.len() > MAX_LIVE {
         return Err(ApiError::BadRequest(format!("at most {MAX_LIVE} sessions")));
     }
@@ -314,20 +294,17 @@ pub(super) async fn bridge_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
     call.state
         .store
         .bridge_seen(ordinal, now_ms())
-        .await
-        .map_err(store_failed)?;
+        .await?;
     call.state
         .presence
         .heartbeat_bridge(status, BRIDGE_TTL)
-        .await
-        .map_err(|_| ApiError::Unavailable("presence"))?;
+        .await?;
     if let Some(started_at) = body.started_at_ms {
         let lost = call
             .state
             .store
             .end_sessions_before_restart(ordinal, started_at, &body.sessions, now_ms())
-            .await
-            .map_err(store_failed)?;
+            .await?;
         if !lost.is_empty() {
             tracing::warn!(bridge = ordinal, sessions = ?lost, "sessions ended: their bridge restarted");
         }
@@ -336,8 +313,7 @@ pub(super) async fn bridge_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
         .state
         .store
         .sessions_to_kill(&body.sessions)
-        .await
-        .map_err(store_failed)?;
+        .await?;
     // And those ended before they paired (killed, revoked, their user or agent deleted)
     // while their certificate may still be used: the bridge refuses to pair them.
     let window = call.state.lifetimes.session + BRIDGE_TTL;
@@ -346,27 +322,21 @@ pub(super) async fn bridge_heartbeat<P: Presence>(call: &Call<'_, P>) -> Reply {
         call.state
             .store
             .ended_unpaired(ordinal, since)
-            .await
-            .map_err(store_failed)?,
+            .await?,
     );
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"interval_seconds": BRIDGE_HEARTBEAT.as_secs(), "kill": kill}),
-    ))
+    Ok(BridgeHeartbeatAnswer {
+        interval_ms: millis(BRIDGE_HEARTBEAT),
+        kill,
+    })
 }
 
-/// `POST /api/v1/bridges/reports`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Reports {
-    events: Vec<SessionEvent>,
-}
-
-pub(super) async fn bridge_reports<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn bridge_reports(
+    call: &Call<'_>,
+    body: Reports,
+) -> Result<ReportsAnswer, ApiError> {
     let Principal::Bridge(ordinal) = call.principal else {
         return Err(ApiError::Forbidden);
     };
-    let body: Reports = call.json()?;
     if body.events.len() > MAX_EVENTS {
         return Err(ApiError::BadRequest(format!("at most {MAX_EVENTS} events")));
     }
@@ -404,8 +374,7 @@ pub(super) async fn bridge_reports<P: Presence>(call: &Call<'_, P>) -> Reply {
             .state
             .store
             .apply_report(&id, ordinal, &report)
-            .await
-            .map_err(store_failed)?
+            .await?
         {
             applied += 1;
             let detail = match &report {
@@ -424,84 +393,72 @@ pub(super) async fn bridge_reports<P: Presence>(call: &Call<'_, P>) -> Reply {
             tracing::warn!(session = %id, bridge = ordinal, "report for an unknown session or another bridge's: ignored");
         }
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"applied": applied}),
-    ))
+    Ok(ReportsAnswer { applied })
 }
 
-/// `GET /api/v1/sessions?state=&user=&before=&limit=` (`before`: Unix ms of `created_at`).
-pub(super) async fn list_sessions<P: Presence>(call: &Call<'_, P>) -> Reply {
-    let mut filter = SessionFilter::default();
-    let mut before = None;
-    let mut limit = 100;
-    for (key, value) in form_urlencoded::parse(call.query.unwrap_or_default().as_bytes()) {
-        match key.as_ref() {
-            "state" => filter.state = Some(value.into_owned()),
-            "user" => filter.user = Some(value.into_owned()),
-            "before" => {
-                before =
-                    Some(value.parse::<i64>().map_err(|_| {
-                        ApiError::BadRequest("before is a created_at_ms value".into())
-                    })?);
-            }
-            "limit" => {
-                limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|l| (1..=500).contains(l))
-                    .ok_or_else(|| ApiError::BadRequest("limit must be 1..=500".into()))?;
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?} (state, user, before, limit)"
-                )));
-            }
-        }
-    }
-    let sessions = call
-        .state
-        .store
-        .sessions(&filter, before, limit)
-        .await
-        .map_err(store_failed)?;
-    let items: Vec<_> = sessions
-        .iter()
-        .map(|s| {
-            serde_json::json!({"id": s.id, "user": s.user, "resource": s.resource, "agent_id": s.agent_id,
-                "bridge": s.bridge, "state": s.state, "created_at_ms": s.created_at,
-                "started_at_ms": s.started_at, "ended_at_ms": s.ended_at, "bytes_up": s.bytes_up,
-                "bytes_down": s.bytes_down, "end_reason": s.end_reason})
+/// Newest first; the cursor is the last session's `created_at_ms`.
+pub(super) async fn list_sessions(call: &Call<'_>) -> Result<Page<SessionRecord>, ApiError> {
+    let query = SessionQuery::parse(call.query.unwrap_or_default())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest("malformed cursor".into()))
         })
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"items": items}),
-    ))
+        .transpose()?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    let filter = SessionFilter {
+        state: query.state.map(|s| s.as_str().to_owned()),
+        user: query.user,
+    };
+    let sessions = call.state.store.sessions(&filter, before, limit).await?;
+    let next_cursor = (sessions.len() == usize::try_from(limit).unwrap_or(usize::MAX))
+        .then(|| sessions.last().map(|s| s.created_at.to_string()))
+        .flatten();
+    let items = sessions
+        .into_iter()
+        .map(|s| {
+            Ok(SessionRecord {
+                state: SessionState::parse(&s.state).ok_or(ApiError::Internal)?,
+                id: s.id,
+                user: s.user,
+                resource: s.resource,
+                agent_id: s.agent_id,
+                bridge: s.bridge,
+                created_at_ms: s.created_at,
+                started_at_ms: s.started_at,
+                ended_at_ms: s.ended_at,
+                bytes_up: s.bytes_up,
+                bytes_down: s.bytes_down,
+                end_reason: s.end_reason,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Page { items, next_cursor })
 }
 
 /// `DELETE /api/v1/sessions/{id}`: ends the session; its bridge closes the tunnel at its
 /// next heartbeat.
-pub(super) async fn delete_session<P: Presence>(call: &Call<'_, P>) -> Reply {
+pub(super) async fn delete_session(call: &Call<'_>) -> Result<(), ApiError> {
     let id = call.param(0);
     let session = call
         .state
         .store
         .session(id)
-        .await
-        .map_err(store_failed)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     let ended = call
         .state
         .store
         .end_session(&session.id, "killed", now_ms())
-        .await
-        .map_err(store_failed)?;
+        .await?;
     call.audit(
         "session.kill",
         "allowed",
         serde_json::json!({"session": session.id, "was": session.state, "ended": ended}),
     )
     .await;
-    Ok(no_content())
+    Ok(())
 }

@@ -1,0 +1,238 @@
+//! Typed calls to the API: one method per route, taking and returning the contract's types
+//! (`bamf_proto::api`), so no caller builds a body or reads an answer by hand.
+//!
+//! Agents and bridges call with their client certificate (the [`Api`]'s TLS configuration);
+//! users with their API token, through [`Api::user`].
+
+use bamf_proto::api::{
+    AgentCertificate, AgentHeartbeat, AgentHeartbeatAnswer, AgentJoinRequest, AgentRecord,
+    AuditEvent, AuditQuery, BridgeCertificate, BridgeHeartbeat, BridgeHeartbeatAnswer,
+    BridgeJoinRequest, BridgeRecord, ConnectRequest, JoinTokenRecord, JoinTokenRequest, Login,
+    LoginRequest, NewJoinToken, Page, PasswordRequest, RenewRequest, Reports, ReportsAnswer,
+    Resource, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest, SessionGrant,
+    SessionQuery, SessionRecord, UserRecord, UserRequest, Whoami,
+};
+use http::Method;
+
+use crate::https::{Api, HttpsError};
+
+type Answer<T> = Result<T, HttpsError>;
+
+/// No body.
+const NONE: Option<&()> = None;
+
+/// A path segment (a name or an id), percent-encoded.
+pub fn segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+impl Api {
+    /// `POST /api/v1/auth/login`.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn login(&self, request: &LoginRequest) -> Answer<Login> {
+        self.call(Method::POST, "/api/v1/auth/login", Some(request), None)
+            .await
+    }
+
+    /// `POST /api/v1/agents/join`.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn join_agent(&self, request: &AgentJoinRequest) -> Answer<AgentCertificate> {
+        self.call(Method::POST, "/api/v1/agents/join", Some(request), None)
+            .await
+    }
+
+    /// `POST /api/v1/bridges/join`.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn join_bridge(&self, request: &BridgeJoinRequest) -> Answer<BridgeCertificate> {
+        self.call(Method::POST, "/api/v1/bridges/join", Some(request), None)
+            .await
+    }
+
+    /// `POST /api/v1/agents/renew`, as the agent of this endpoint's certificate.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn renew_agent(&self, request: &RenewRequest) -> Answer<AgentCertificate> {
+        self.call(Method::POST, "/api/v1/agents/renew", Some(request), None)
+            .await
+    }
+
+    /// `POST /api/v1/bridges/renew`, as the bridge of this endpoint's certificate.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn renew_bridge(&self, request: &RenewRequest) -> Answer<BridgeCertificate> {
+        self.call(Method::POST, "/api/v1/bridges/renew", Some(request), None)
+            .await
+    }
+
+    /// `POST /api/v1/agents/heartbeat`.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn agent_heartbeat(&self, beat: &AgentHeartbeat) -> Answer<AgentHeartbeatAnswer> {
+        self.call(Method::POST, "/api/v1/agents/heartbeat", Some(beat), None)
+            .await
+    }
+
+    /// `POST /api/v1/bridges/heartbeat`.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn bridge_heartbeat(&self, beat: &BridgeHeartbeat) -> Answer<BridgeHeartbeatAnswer> {
+        self.call(Method::POST, "/api/v1/bridges/heartbeat", Some(beat), None)
+            .await
+    }
+
+    /// `POST /api/v1/bridges/reports`.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn bridge_reports(&self, reports: &Reports) -> Answer<ReportsAnswer> {
+        self.call(Method::POST, "/api/v1/bridges/reports", Some(reports), None)
+            .await
+    }
+
+    /// `GET /api/v1/agent/commands`: the event stream, for the caller to read.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn agent_commands(&self) -> Answer<http::Response<hyper::body::Incoming>> {
+        self.stream("/api/v1/agent/commands").await
+    }
+
+    /// `GET /api/v1/bridges/control`: the stream held open while the bridge lives.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn bridge_control(&self) -> Answer<http::Response<hyper::body::Incoming>> {
+        self.stream("/api/v1/bridges/control").await
+    }
+
+    /// The routes a signed-in user calls, with `token`.
+    pub fn user<'a>(&'a self, token: &'a str) -> UserApi<'a> {
+        UserApi { api: self, token }
+    }
+}
+
+/// The API as a signed-in user (see [`Api::user`]).
+#[derive(Debug, Clone, Copy)]
+pub struct UserApi<'a> {
+    api: &'a Api,
+    token: &'a str,
+}
+
+/// One typed method per user route: `name(args) -> Answer: METHOD path [body]`.
+macro_rules! user_routes {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),*) -> $answer:ty: $method:ident ($($path:tt)+) $(, $body:ident)?;
+    )*) => {
+        impl UserApi<'_> {
+            $(
+                $(#[$doc])*
+                ///
+                /// # Errors
+                ///
+                /// [`HttpsError`]; a refusal is [`HttpsError::Status`] with its stable code.
+                pub async fn $name(&self, $($arg: $ty),*) -> Answer<$answer> {
+                    let path = format!($($path)+);
+                    self.api
+                        .call(Method::$method, &path, user_routes!(@body $($body)?), Some(self.token))
+                        .await
+                }
+            )*
+        }
+    };
+    (@body) => { NONE };
+    (@body $body:ident) => { Some($body) };
+}
+
+user_routes! {
+    /// `POST /api/v1/auth/logout`: this token stops working.
+    fn logout() -> (): POST("/api/v1/auth/logout");
+    /// `GET /api/v1/whoami`.
+    fn whoami() -> Whoami: GET("/api/v1/whoami");
+    /// `GET /api/v1/resources`: what the caller may reach.
+    fn resources() -> Page<Resource>: GET("/api/v1/resources");
+    /// `POST /api/v1/connect`: a session to `request.resource`.
+    fn connect(request: &ConnectRequest) -> SessionGrant: POST("/api/v1/connect"), request;
+    /// `GET /api/v1/sessions`.
+    fn sessions(query: &SessionQuery) -> Page<SessionRecord>:
+        GET("/api/v1/sessions{}", query.to_query());
+    /// `DELETE /api/v1/sessions/{id}`.
+    fn kill_session(id: &str) -> (): DELETE("/api/v1/sessions/{}", segment(id));
+    /// `GET /api/v1/users`.
+    fn users() -> Page<UserRecord>: GET("/api/v1/users");
+    /// `POST /api/v1/users`.
+    fn create_user(request: &UserRequest) -> UserRecord: POST("/api/v1/users"), request;
+    /// `DELETE /api/v1/users/{name}`.
+    fn delete_user(name: &str) -> (): DELETE("/api/v1/users/{}", segment(name));
+    /// `PUT /api/v1/users/{name}/password`.
+    fn set_password(name: &str, request: &PasswordRequest) -> ():
+        PUT("/api/v1/users/{}/password", segment(name)), request;
+    /// `PUT /api/v1/users/{name}/roles/{role}`.
+    fn bind_role(user: &str, role: &str) -> ():
+        PUT("/api/v1/users/{}/roles/{}", segment(user), segment(role));
+    /// `DELETE /api/v1/users/{name}/roles/{role}`.
+    fn unbind_role(user: &str, role: &str) -> ():
+        DELETE("/api/v1/users/{}/roles/{}", segment(user), segment(role));
+    /// `GET /api/v1/roles`.
+    fn roles() -> Page<RoleRecord>: GET("/api/v1/roles");
+    /// `POST /api/v1/roles`.
+    fn create_role(request: &RoleRequest) -> RoleRecord: POST("/api/v1/roles"), request;
+    /// `PUT /api/v1/roles/{name}`.
+    fn update_role(name: &str, request: &RoleRequest) -> RoleRecord:
+        PUT("/api/v1/roles/{}", segment(name)), request;
+    /// `DELETE /api/v1/roles/{name}`.
+    fn delete_role(name: &str) -> (): DELETE("/api/v1/roles/{}", segment(name));
+    /// `GET /api/v1/join-tokens`.
+    fn join_tokens() -> Page<JoinTokenRecord>: GET("/api/v1/join-tokens");
+    /// `POST /api/v1/join-tokens`.
+    fn create_join_token(request: &JoinTokenRequest) -> NewJoinToken:
+        POST("/api/v1/join-tokens"), request;
+    /// `DELETE /api/v1/join-tokens/{id}`.
+    fn revoke_join_token(id: &str) -> (): DELETE("/api/v1/join-tokens/{}", segment(id));
+    /// `GET /api/v1/agents`.
+    fn agents() -> Page<AgentRecord>: GET("/api/v1/agents");
+    /// `DELETE /api/v1/agents/{id}`.
+    fn delete_agent(id: &str) -> (): DELETE("/api/v1/agents/{}", segment(id));
+    /// `GET /api/v1/bridges`.
+    fn bridges() -> Page<BridgeRecord>: GET("/api/v1/bridges");
+    /// `GET /api/v1/audit`.
+    fn audit(query: &AuditQuery) -> Page<AuditEvent>: GET("/api/v1/audit{}", query.to_query());
+    /// `GET /api/v1/revocations`.
+    fn revocations() -> Page<RevocationRecord>: GET("/api/v1/revocations");
+    /// `POST /api/v1/revocations`.
+    fn revoke(request: &RevocationRequest) -> RevocationRecord:
+        POST("/api/v1/revocations"), request;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_escaped() {
+        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(segment("db-1"), "db-1");
+    }
+}
