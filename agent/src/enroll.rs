@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use bamf_client::https::{Api, HttpsError};
 use bamf_client::identity::{self, IdentityError};
-use bamf_proto::san::{AgentId, Name};
 use bamf_proto::api::{AgentCertificate, AgentJoinRequest, RenewRequest};
+use bamf_proto::san::{AgentId, Name};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;

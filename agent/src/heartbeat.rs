@@ -53,10 +53,7 @@ pub async fn report_forever(
     let mut healthy = None;
     loop {
         let api = tls.borrow().api.clone();
-        let Some(result) = stop
-            .run_until_cancelled(api.agent_heartbeat(&body))
-            .await
-        else {
+        let Some(result) = stop.run_until_cancelled(api.agent_heartbeat(&body)).await else {
             return;
         };
         let delay = match result {

@@ -222,4 +222,3 @@ pub(crate) fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .ok()?
         .strip_prefix("Bearer ")
 }
-

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bamf_api::presence::{MemoryPresence, Presence, RedisPresence};
 use bamf_api::context::AppState;
+use bamf_api::presence::{MemoryPresence, Presence, RedisPresence};
 use bamf_api::server;
 use bamf_api::store::Store;
 use bamf_proto::HostName;

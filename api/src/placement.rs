@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::context::AppState;
 use crate::now_ms;
 use crate::presence::BridgeStatus;
-use crate::context::AppState;
 
 /// How often bridges heartbeat (the answer tells them), and how long one keeps a bridge
 /// live (design: every 10 s, TTL 30 s).

@@ -123,7 +123,11 @@ impl Presence {
     /// # Errors
     ///
     /// [`PresenceError`] when the backend fails.
-    pub async fn heartbeat_agent(&self, agent: AgentId, ttl: Duration) -> Result<(), PresenceError> {
+    pub async fn heartbeat_agent(
+        &self,
+        agent: AgentId,
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
         dispatch!(self.heartbeat_agent(agent, ttl))
     }
 
@@ -141,7 +145,11 @@ impl Presence {
     /// # Errors
     ///
     /// [`PresenceError`] when the backend fails.
-    pub async fn publish_command(&self, agent: AgentId, command: &str) -> Result<usize, PresenceError> {
+    pub async fn publish_command(
+        &self,
+        agent: AgentId,
+        command: &str,
+    ) -> Result<usize, PresenceError> {
         dispatch!(self.publish_command(agent, command))
     }
 

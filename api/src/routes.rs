@@ -131,7 +131,11 @@ macro_rules! json {
     ($status:ident, $handler:path => $answer:ty) => {
         Endpoint {
             request: None,
-            answer: Answer::Json { status: StatusCode::$status, also: None, schema: schema::<$answer> },
+            answer: Answer::Json {
+                status: StatusCode::$status,
+                also: None,
+                schema: schema::<$answer>,
+            },
             handler: {
                 fn wrapped<'c>(call: &'c Call<'c>) -> Pending<'c> {
                     Box::pin(async move {
@@ -146,7 +150,11 @@ macro_rules! json {
     ($status:ident, $handler:path [$request:ty] => $answer:ty) => {
         Endpoint {
             request: Some(schema::<$request>),
-            answer: Answer::Json { status: StatusCode::$status, also: None, schema: schema::<$answer> },
+            answer: Answer::Json {
+                status: StatusCode::$status,
+                also: None,
+                schema: schema::<$answer>,
+            },
             handler: {
                 fn wrapped<'c>(call: &'c Call<'c>) -> Pending<'c> {
                     Box::pin(async move {

@@ -4,8 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use http::Method;
-use serde_json::{Value, json};
+use bamf_client::api::UserApi;
+use bamf_proto::api::{
+    AuditQuery, JoinTokenRequest, PasswordRequest, RevocationRequest, RoleRequest, SessionQuery,
+    UserRequest,
+};
+use bamf_proto::rbac::{Rule, Rules};
+use serde::Serialize;
 
 use crate::cli::{
     AgentsCommand, AuditArgs, BindArgs, BridgesCommand, JoinKind, JoinTokensCommand, LsArgs,
@@ -15,42 +20,42 @@ use crate::error::{Error, Result};
 use crate::output::{self, Cell, Style, Table};
 use crate::session::Ctx;
 
-/// `items` of a listing.
-fn items(answer: &Value) -> Vec<Value> {
-    answer["items"].as_array().cloned().unwrap_or_default()
+/// An optional value, or `-`.
+fn or_dash(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// Unix milliseconds as the seconds [`output::time`] shows.
+fn secs(ms: Option<i64>) -> Option<i64> {
+    ms.map(|t| t / 1000)
 }
 
-/// Path segments are names and ids; anything else is escaped.
-fn segment(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
-}
-
-fn online(v: &Value) -> Cell {
-    if v == &Value::Bool(true) {
+fn online(online: bool) -> Cell {
+    if online {
         Cell::styled("online", Style::Green)
     } else {
         Cell::styled("offline", Style::Red)
     }
 }
 
-fn labels(v: &Value) -> String {
-    let Some(map) = v.as_object().filter(|m| !m.is_empty()) else {
+fn labels(map: &BTreeMap<String, String>) -> String {
+    if map.is_empty() {
         return "-".into();
-    };
+    }
     map.iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A listing as JSON on stdout (`--json`): the API's items, as the API names their fields.
+fn print_json<T: Serialize>(items: &T) {
+    output::json(&serde_json::to_value(items).unwrap_or_default());
+}
+
+/// The API as the logged-in user.
+fn api(ctx: &Ctx) -> UserApi<'_> {
+    ctx.user()
 }
 
 /// `k=v` pairs from flags.
@@ -71,24 +76,24 @@ fn pairs(flag: &str, given: &[String]) -> Result<BTreeMap<String, String>> {
 /// The API call fails.
 pub async fn resources(ctx: &Ctx, args: &LsArgs, json: bool) -> Result<()> {
     let wanted = pairs("label", &args.label)?;
-    let listed = items(&ctx.call(Method::GET, "/api/v1/resources", None).await?);
-    let shown: Vec<Value> = listed
+    let listed = api(ctx).resources().await.map_err(Error::api)?.items;
+    let shown: Vec<_> = listed
         .into_iter()
-        .filter(|r| args.kind.as_deref().is_none_or(|k| r["kind"] == k))
-        .filter(|r| wanted.iter().all(|(k, v)| r["labels"][k] == v.as_str()))
+        .filter(|r| args.kind.as_deref().is_none_or(|k| r.kind.as_str() == k))
+        .filter(|r| wanted.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
         .collect();
     if json {
-        output::json(&Value::Array(shown));
+        print_json(&shown);
         return Ok(());
     }
     let mut table = Table::new(&["NAME", "KIND", "LABELS", "AGENT", "STATE"]);
     for r in &shown {
         table.row(vec![
-            text(&r["name"]).into(),
-            text(&r["kind"]).into(),
-            labels(&r["labels"]).into(),
-            text(&r["agent"]).into(),
-            online(&r["online"]),
+            r.name.clone().into(),
+            r.kind.as_str().into(),
+            labels(&r.labels).into(),
+            r.agent.clone().into(),
+            online(r.online),
         ]);
     }
     table.print("no resources you may reach (an administrator grants them with roles)");
@@ -130,21 +135,17 @@ fn new_password(user: &str, from_stdin: bool) -> Result<String> {
 pub async fn users(ctx: &Ctx, command: UsersCommand, json: bool) -> Result<()> {
     match command {
         UsersCommand::Ls => {
-            let listed = items(&ctx.call(Method::GET, "/api/v1/users", None).await?);
+            let listed = api(ctx).users().await.map_err(Error::api)?.items;
             if json {
-                output::json(&Value::Array(listed));
+                print_json(&listed);
                 return Ok(());
             }
             let mut table = Table::new(&["NAME", "ROLES", "CREATED"]);
             for u in &listed {
-                let roles = u["roles"]
-                    .as_array()
-                    .map(|r| r.iter().map(text).collect::<Vec<_>>().join(","))
-                    .unwrap_or_default();
                 table.row(vec![
-                    text(&u["name"]).into(),
-                    roles.into(),
-                    output::time(u["created_at"].as_i64()).into(),
+                    u.name.clone().into(),
+                    u.roles.join(",").into(),
+                    output::time(secs(Some(u.created_at_ms))).into(),
                 ]);
             }
             table.print("no users");
@@ -155,13 +156,16 @@ pub async fn users(ctx: &Ctx, command: UsersCommand, json: bool) -> Result<()> {
             password_stdin,
         } => {
             let password = new_password(&name, password_stdin)?;
-            let body = json!({"name": name, "password": password, "roles": roles});
-            ctx.call(Method::POST, "/api/v1/users", Some(&body)).await?;
+            let request = UserRequest {
+                name: name.clone(),
+                password,
+                roles,
+            };
+            api(ctx).create_user(&request).await.map_err(Error::api)?;
             output::note(format!("created user {name}"));
         }
         UsersCommand::Rm { name } => {
-            let path = format!("/api/v1/users/{}", segment(&name));
-            ctx.call(Method::DELETE, &path, None).await?;
+            api(ctx).delete_user(&name).await.map_err(Error::api)?;
             output::note(format!("deleted user {name}"));
         }
         UsersCommand::Passwd {
@@ -169,9 +173,10 @@ pub async fn users(ctx: &Ctx, command: UsersCommand, json: bool) -> Result<()> {
             password_stdin,
         } => {
             let password = new_password(&name, password_stdin)?;
-            let path = format!("/api/v1/users/{}/password", segment(&name));
-            ctx.call(Method::PUT, &path, Some(&json!({"password": password})))
-                .await?;
+            api(ctx)
+                .set_password(&name, &PasswordRequest { password })
+                .await
+                .map_err(Error::api)?;
             output::note(format!("set the password of {name}"));
         }
     }
@@ -179,32 +184,21 @@ pub async fn users(ctx: &Ctx, command: UsersCommand, json: bool) -> Result<()> {
 }
 
 /// One rule from flags, or `None` when no selector was given.
-fn rule(
-    names: &[String],
-    kinds: &[String],
-    labels: &[String],
-    side: &str,
-) -> Result<Option<Value>> {
+fn rule(names: &[String], kinds: &[String], labels: &[String], side: &str) -> Result<Option<Rule>> {
     let labels = pairs(&format!("{side}-label"), labels)?;
     if names.is_empty() && kinds.is_empty() && labels.is_empty() {
         return Ok(None);
     }
-    let mut rule = serde_json::Map::new();
-    if !names.is_empty() {
-        rule.insert("names".into(), json!(names));
-    }
-    if !kinds.is_empty() {
-        rule.insert("kinds".into(), json!(kinds));
-    }
-    if !labels.is_empty() {
-        rule.insert("labels".into(), json!(labels));
-    }
-    Ok(Some(Value::Object(rule)))
+    Ok(Some(Rule {
+        names: names.to_vec(),
+        kinds: kinds.to_vec(),
+        labels,
+    }))
 }
 
-/// `{"allow": […], "deny": […]}` from flags or the rules file.
-fn rules(args: &RuleArgs) -> Result<Value> {
-    if let Some(path) = &args.rules_file {
+/// The rules from flags or the rules file (`-` for stdin), checked as the API checks them.
+fn rules(args: &RuleArgs) -> Result<Rules> {
+    let rules = if let Some(path) = &args.rules_file {
         let text = if path.as_os_str() == "-" {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
@@ -214,56 +208,56 @@ fn rules(args: &RuleArgs) -> Result<Value> {
             std::fs::read_to_string(path)
                 .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?
         };
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::msg(format!("{}: not JSON: {e}", path.display())))?;
-        let Some(object) = v.as_object() else {
-            return Err(Error::msg(format!(
-                "{}: expected {{\"allow\": [...], \"deny\": [...]}}",
+        return Rules::from_json(&text).map_err(|e| {
+            Error::msg(format!(
+                "{}: {e} (expected {{\"allow\": [...], \"deny\": [...]}})",
                 path.display()
-            )));
-        };
-        return Ok(json!({
-            "allow": object.get("allow").cloned().unwrap_or_else(|| json!([])),
-            "deny": object.get("deny").cloned().unwrap_or_else(|| json!([])),
-        }));
-    }
-    let allow = rule(
-        &args.allow_names,
-        &args.allow_kind,
-        &args.allow_label,
-        "allow",
-    )?;
-    let deny = rule(&args.deny_names, &args.deny_kind, &args.deny_label, "deny")?;
-    Ok(json!({
-        "allow": allow.into_iter().collect::<Vec<_>>(),
-        "deny": deny.into_iter().collect::<Vec<_>>(),
-    }))
+            ))
+        });
+    } else {
+        let allow = rule(
+            &args.allow_names,
+            &args.allow_kind,
+            &args.allow_label,
+            "allow",
+        )?;
+        let deny = rule(&args.deny_names, &args.deny_kind, &args.deny_label, "deny")?;
+        Rules {
+            allow: allow.into_iter().collect(),
+            deny: deny.into_iter().collect(),
+        }
+    };
+    rules.check().map_err(|e| Error::msg(e.to_string()))?;
+    Ok(rules)
 }
 
 /// A rule in one line: `names=db-*,web-* kinds=postgres labels=env=dev`.
-fn rule_text(rule: &Value) -> String {
-    let list = |v: &Value| {
-        v.as_array()
-            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
-            .unwrap_or_default()
-    };
+fn rule_text(rule: &Rule) -> String {
     let mut parts = Vec::new();
-    if rule["names"].is_array() {
-        parts.push(format!("names={}", list(&rule["names"])));
+    if !rule.names.is_empty() {
+        parts.push(format!("names={}", rule.names.join(",")));
     }
-    if rule["kinds"].is_array() {
-        parts.push(format!("kinds={}", list(&rule["kinds"])));
+    if !rule.kinds.is_empty() {
+        parts.push(format!("kinds={}", rule.kinds.join(",")));
     }
-    if rule["labels"].is_object() {
-        parts.push(format!("labels={}", labels(&rule["labels"])));
+    if !rule.labels.is_empty() {
+        parts.push(format!("labels={}", labels(&rule.labels)));
     }
     parts.join(" ")
 }
 
-fn rules_text(rules: &Value) -> String {
-    match rules.as_array() {
-        Some(a) if !a.is_empty() => a.iter().map(rule_text).collect::<Vec<_>>().join(" | "),
-        _ => "-".into(),
+fn rules_text(rules: &[Rule]) -> String {
+    if rules.is_empty() {
+        return "-".into();
+    }
+    rules.iter().map(rule_text).collect::<Vec<_>>().join(" | ")
+}
+
+fn role_request(name: Option<String>, rules: Rules) -> RoleRequest {
+    RoleRequest {
+        name,
+        allow: rules.allow,
+        deny: rules.deny,
     }
 }
 
@@ -275,37 +269,37 @@ fn rules_text(rules: &Value) -> String {
 pub async fn roles(ctx: &Ctx, command: RolesCommand, json: bool) -> Result<()> {
     match command {
         RolesCommand::Ls => {
-            let listed = items(&ctx.call(Method::GET, "/api/v1/roles", None).await?);
+            let listed = api(ctx).roles().await.map_err(Error::api)?.items;
             if json {
-                output::json(&Value::Array(listed));
+                print_json(&listed);
                 return Ok(());
             }
             let mut table = Table::new(&["NAME", "ALLOW", "DENY", "BUILT-IN"]);
             for r in &listed {
                 table.row(vec![
-                    text(&r["name"]).into(),
-                    rules_text(&r["allow"]).into(),
-                    rules_text(&r["deny"]).into(),
-                    if r["builtin"] == true { "yes" } else { "no" }.into(),
+                    r.name.clone().into(),
+                    rules_text(&r.allow).into(),
+                    rules_text(&r.deny).into(),
+                    if r.builtin { "yes" } else { "no" }.into(),
                 ]);
             }
             table.print("no roles");
         }
         RolesCommand::Add { name, rules: args } => {
-            let mut body = rules(&args)?;
-            body["name"] = json!(name);
-            ctx.call(Method::POST, "/api/v1/roles", Some(&body)).await?;
+            let request = role_request(Some(name.clone()), rules(&args)?);
+            api(ctx).create_role(&request).await.map_err(Error::api)?;
             output::note(format!("created role {name}"));
         }
         RolesCommand::Set { name, rules: args } => {
-            let body = rules(&args)?;
-            let path = format!("/api/v1/roles/{}", segment(&name));
-            ctx.call(Method::PUT, &path, Some(&body)).await?;
+            let request = role_request(None, rules(&args)?);
+            api(ctx)
+                .update_role(&name, &request)
+                .await
+                .map_err(Error::api)?;
             output::note(format!("replaced the rules of role {name}"));
         }
         RolesCommand::Rm { name } => {
-            let path = format!("/api/v1/roles/{}", segment(&name));
-            ctx.call(Method::DELETE, &path, None).await?;
+            api(ctx).delete_role(&name).await.map_err(Error::api)?;
             output::note(format!("deleted role {name}"));
         }
     }
@@ -318,13 +312,12 @@ pub async fn roles(ctx: &Ctx, command: RolesCommand, json: bool) -> Result<()> {
 ///
 /// The API refuses or fails.
 pub async fn bind(ctx: &Ctx, args: &BindArgs, bind: bool) -> Result<()> {
-    let path = format!(
-        "/api/v1/users/{}/roles/{}",
-        segment(&args.user),
-        segment(&args.role)
-    );
-    let method = if bind { Method::PUT } else { Method::DELETE };
-    ctx.call(method, &path, None).await?;
+    let done = if bind {
+        api(ctx).bind_role(&args.user, &args.role).await
+    } else {
+        api(ctx).unbind_role(&args.user, &args.role).await
+    };
+    done.map_err(Error::api)?;
     if bind {
         output::note(format!("{} now has role {}", args.user, args.role));
     } else {
@@ -346,59 +339,65 @@ pub async fn join_tokens(ctx: &Ctx, command: JoinTokensCommand, json: bool) -> R
             max_uses,
         } => {
             let kind = match kind {
-                JoinKind::Agent => "agent",
-                JoinKind::Bridge => "bridge",
+                JoinKind::Agent => bamf_proto::api::JoinKind::Agent,
+                JoinKind::Bridge => bamf_proto::api::JoinKind::Bridge,
             };
-            let body = json!({"kind": kind, "ttl_seconds": ttl.as_secs(), "max_uses": max_uses});
-            let answer = ctx
-                .call(Method::POST, "/api/v1/join-tokens", Some(&body))
-                .await?;
+            let request = JoinTokenRequest {
+                kind,
+                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                max_uses: max_uses.into(),
+            };
+            let answer = api(ctx)
+                .create_join_token(&request)
+                .await
+                .map_err(Error::api)?;
             if json {
-                output::json(&answer);
+                print_json(&answer);
                 return Ok(());
             }
-            output::line(text(&answer["token"]));
+            output::line(&answer.token);
+            let expires = answer.expires_at_ms / 1000;
             output::note(format!(
-                "join token {} for {kind}s: {} use(s), expires {} ({}); it is shown only once",
-                text(&answer["id"]),
-                text(&answer["max_uses"]),
-                output::time(answer["expires_at"].as_i64()),
-                output::relative(answer["expires_at"].as_i64().unwrap_or(0)),
+                "join token {} for {}s: {} use(s), expires {} ({}); it is shown only once",
+                answer.id,
+                kind.as_str(),
+                answer.max_uses,
+                output::time(Some(expires)),
+                output::relative(expires),
             ));
         }
         JoinTokensCommand::Ls => {
-            let listed = items(&ctx.call(Method::GET, "/api/v1/join-tokens", None).await?);
+            let listed = api(ctx).join_tokens().await.map_err(Error::api)?.items;
             if json {
-                output::json(&Value::Array(listed));
+                print_json(&listed);
                 return Ok(());
             }
             let mut table = Table::new(&["ID", "KIND", "USES", "EXPIRES", "STATE", "CREATED BY"]);
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             for t in &listed {
-                let expires = t["expires_at"].as_i64();
-                let state = if t["revoked"] == true {
+                let expires = t.expires_at_ms / 1000;
+                let state = if t.revoked {
                     Cell::styled("revoked", Style::Red)
-                } else if expires.is_some_and(|e| e <= now) {
+                } else if expires <= now {
                     Cell::styled("expired", Style::Dim)
-                } else if t["uses"].as_i64() >= t["max_uses"].as_i64() {
+                } else if t.uses >= t.max_uses {
                     Cell::styled("used up", Style::Dim)
                 } else {
                     Cell::styled("valid", Style::Green)
                 };
                 table.row(vec![
-                    text(&t["id"]).into(),
-                    text(&t["kind"]).into(),
-                    uses(&t["uses"], &t["max_uses"]).into(),
-                    output::time(expires).into(),
+                    t.id.clone().into(),
+                    t.kind.as_str().into(),
+                    uses(t.uses, t.max_uses).into(),
+                    output::time(Some(expires)).into(),
                     state,
-                    text(&t["created_by"]).into(),
+                    t.created_by.clone().into(),
                 ]);
             }
             table.print("no join tokens");
         }
         JoinTokensCommand::Rm { id } => {
-            let path = format!("/api/v1/join-tokens/{}", segment(&id));
-            ctx.call(Method::DELETE, &path, None).await?;
+            api(ctx).revoke_join_token(&id).await.map_err(Error::api)?;
             output::note(format!("revoked join token {id}"));
         }
     }
@@ -406,10 +405,11 @@ pub async fn join_tokens(ctx: &Ctx, command: JoinTokensCommand, json: bool) -> R
 }
 
 /// `used/max`, with a standing token's huge maximum shown as unlimited.
-fn uses(used: &Value, max: &Value) -> String {
-    match max.as_u64() {
-        Some(m) if m > u64::from(u32::MAX) => format!("{}/unlimited", text(used)),
-        _ => format!("{}/{}", text(used), text(max)),
+fn uses(used: i64, max: i64) -> String {
+    if max > i64::from(u32::MAX) {
+        format!("{used}/unlimited")
+    } else {
+        format!("{used}/{max}")
     }
 }
 
@@ -419,21 +419,21 @@ fn uses(used: &Value, max: &Value) -> String {
 ///
 /// An unknown agent, or the API refuses or fails.
 pub async fn agents(ctx: &Ctx, command: AgentsCommand, json: bool) -> Result<()> {
-    let listed = items(&ctx.call(Method::GET, "/api/v1/agents", None).await?);
+    let listed = api(ctx).agents().await.map_err(Error::api)?.items;
     match command {
         AgentsCommand::Ls => {
             if json {
-                output::json(&Value::Array(listed));
+                print_json(&listed);
                 return Ok(());
             }
             let mut table = Table::new(&["ID", "NAME", "STATE", "JOINED", "LAST SEEN"]);
             for a in &listed {
                 table.row(vec![
-                    text(&a["id"]).into(),
-                    text(&a["name"]).into(),
-                    online(&a["online"]),
-                    output::time(a["joined_at"].as_i64()).into(),
-                    output::time(a["last_seen_at"].as_i64()).into(),
+                    a.id.clone().into(),
+                    a.name.clone().into(),
+                    online(a.online),
+                    output::time(secs(Some(a.joined_at_ms))).into(),
+                    output::time(secs(a.last_seen_at_ms)).into(),
                 ]);
             }
             table.print("no agents");
@@ -441,18 +441,12 @@ pub async fn agents(ctx: &Ctx, command: AgentsCommand, json: bool) -> Result<()>
         AgentsCommand::Rm { agent } => {
             let found = listed
                 .iter()
-                .find(|a| a["id"] == agent.as_str() || a["name"] == agent.as_str())
+                .find(|a| a.id == agent || a.name == agent)
                 .ok_or_else(|| Error::msg(format!("there is no agent '{agent}'")))?;
-            let id = text(&found["id"]);
-            ctx.call(
-                Method::DELETE,
-                &format!("/api/v1/agents/{}", segment(&id)),
-                None,
-            )
-            .await?;
+            api(ctx).delete_agent(&found.id).await.map_err(Error::api)?;
             output::note(format!(
-                "deleted agent {} ({id}); its certificates are revoked",
-                text(&found["name"])
+                "deleted agent {} ({}); its certificates are revoked",
+                found.name, found.id
             ));
         }
     }
@@ -466,42 +460,30 @@ pub async fn agents(ctx: &Ctx, command: AgentsCommand, json: bool) -> Result<()>
 /// The API refuses or fails.
 pub async fn bridges(ctx: &Ctx, command: BridgesCommand, json: bool) -> Result<()> {
     let BridgesCommand::Ls = command;
-    let listed = items(&ctx.call(Method::GET, "/api/v1/bridges", None).await?);
+    let listed = api(ctx).bridges().await.map_err(Error::api)?.items;
     if json {
-        output::json(&Value::Array(listed));
+        print_json(&listed);
         return Ok(());
     }
     let mut table = Table::new(&["ORDINAL", "HOST", "STATE", "LOAD", "LAST SEEN"]);
     for b in &listed {
-        let state = if b["online"] != true {
+        let state = if !b.online {
             Cell::styled("offline", Style::Red)
-        } else if b["draining"] == true {
+        } else if b.draining {
             Cell::styled("draining", Style::Yellow)
         } else {
             Cell::styled("online", Style::Green)
         };
         table.row(vec![
-            text(&b["ordinal"]).into(),
-            text(&b["host"]).into(),
+            b.ordinal.to_string().into(),
+            b.host.clone().into(),
             state,
-            text(&b["load"]).into(),
-            output::time(b["last_seen_at"].as_i64()).into(),
+            or_dash(b.load).into(),
+            output::time(secs(b.last_seen_at_ms)).into(),
         ]);
     }
     table.print("no bridges");
     Ok(())
-}
-
-/// A query string from the pairs whose value is present.
-fn query(pairs: &[(&str, Option<String>)]) -> String {
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        if let Some(v) = v {
-            q.append_pair(k, v);
-        }
-    }
-    let q = q.finish();
-    if q.is_empty() { q } else { format!("?{q}") }
 }
 
 /// `bamf sessions …`.
@@ -512,54 +494,48 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
 pub async fn sessions(ctx: &Ctx, command: SessionsCommand, json: bool) -> Result<()> {
     match command {
         SessionsCommand::Ls { state, user, limit } => {
-            let state = state.map(|s| {
-                match s {
-                    SessionState::Pending => "pending",
-                    SessionState::Active => "active",
-                    SessionState::Ended => "ended",
-                }
-                .to_owned()
-            });
-            let path = format!(
-                "/api/v1/sessions{}",
-                query(&[
-                    ("state", state),
-                    ("user", user),
-                    ("limit", Some(limit.to_string()))
-                ])
-            );
-            let listed = items(&ctx.call(Method::GET, &path, None).await?);
+            use bamf_proto::api::SessionState as S;
+            let query = SessionQuery {
+                state: state.map(|s| match s {
+                    SessionState::Pending => S::Pending,
+                    SessionState::Active => S::Active,
+                    SessionState::Ended => S::Ended,
+                }),
+                user,
+                cursor: None,
+                limit: Some(limit),
+            };
+            let listed = api(ctx).sessions(&query).await.map_err(Error::api)?.items;
             if json {
-                output::json(&Value::Array(listed));
+                print_json(&listed);
                 return Ok(());
             }
             let mut table = Table::new(&[
                 "ID", "USER", "RESOURCE", "STATE", "BRIDGE", "CREATED", "UP", "DOWN", "END",
             ]);
             for s in &listed {
-                let state = match s["state"].as_str() {
-                    Some("active") => Cell::styled("active", Style::Green),
-                    Some("pending") => Cell::styled("pending", Style::Yellow),
-                    other => Cell::new(other.unwrap_or("-")),
+                let state = match s.state {
+                    S::Active => Cell::styled("active", Style::Green),
+                    S::Pending => Cell::styled("pending", Style::Yellow),
+                    S::Ended => Cell::new("ended"),
                 };
-                let size = |v: &Value| output::bytes(v.as_u64().unwrap_or(0));
+                let size = |n: i64| output::bytes(u64::try_from(n).unwrap_or(0));
                 table.row(vec![
-                    text(&s["id"]).into(),
-                    text(&s["user"]).into(),
-                    text(&s["resource"]).into(),
+                    s.id.clone().into(),
+                    s.user.clone().into(),
+                    s.resource.clone().into(),
                     state,
-                    text(&s["bridge"]).into(),
-                    output::time(s["created_at_ms"].as_i64().map(|t| t / 1000)).into(),
-                    size(&s["bytes_up"]).into(),
-                    size(&s["bytes_down"]).into(),
-                    text(&s["end_reason"]).into(),
+                    s.bridge.to_string().into(),
+                    output::time(secs(Some(s.created_at_ms))).into(),
+                    size(s.bytes_up).into(),
+                    size(s.bytes_down).into(),
+                    or_dash(s.end_reason.as_ref()).into(),
                 ]);
             }
             table.print("no sessions");
         }
         SessionsCommand::Kill { id } => {
-            let path = format!("/api/v1/sessions/{}", segment(&id));
-            ctx.call(Method::DELETE, &path, None).await?;
+            api(ctx).kill_session(&id).await.map_err(Error::api)?;
             output::note(format!(
                 "ended session {id}; its bridge closes the tunnel within a heartbeat"
             ));
@@ -568,10 +544,11 @@ pub async fn sessions(ctx: &Ctx, command: SessionsCommand, json: bool) -> Result
     Ok(())
 }
 
-/// `--since`/`--until`: a duration ago, an RFC 3339 date-time, or Unix seconds.
-fn when(flag: &str, text: &str) -> Result<String> {
+/// `--since`/`--until`: a duration ago, an RFC 3339 date-time, or Unix seconds; as the
+/// API's Unix milliseconds.
+fn when(flag: &str, text: &str) -> Result<i64> {
     if let Ok(seconds) = text.parse::<i64>() {
-        return Ok(seconds.to_string());
+        return Ok(seconds.saturating_mul(1000));
     }
     let now = std::time::SystemTime::now();
     let at = if let Ok(ago) = humantime::parse_duration(text) {
@@ -580,7 +557,7 @@ fn when(flag: &str, text: &str) -> Result<String> {
         humantime::parse_rfc3339_weak(text).ok()
     };
     at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs().to_string())
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .ok_or_else(|| {
             Error::msg(format!(
                 "--{flag} '{text}': expected a duration (1h), a date-time \
@@ -605,44 +582,39 @@ pub async fn audit(ctx: &Ctx, args: AuditArgs, json: bool) -> Result<()> {
         .as_deref()
         .map(|t| when("until", t))
         .transpose()?;
-    let mut cursor = args.cursor.clone();
+    let mut query = AuditQuery {
+        actor: args.actor.clone(),
+        kind: args.kind.clone(),
+        since_ms: since,
+        until_ms: until,
+        cursor: args.cursor.clone(),
+        limit: Some(args.limit),
+    };
     let mut all = Vec::new();
     let next = loop {
-        let path = format!(
-            "/api/v1/audit{}",
-            query(&[
-                ("actor", args.actor.clone()),
-                ("kind", args.kind.clone()),
-                ("since", since.clone()),
-                ("until", until.clone()),
-                ("cursor", cursor.clone()),
-                ("limit", Some(args.limit.to_string())),
-            ])
-        );
-        let page = ctx.call(Method::GET, &path, None).await?;
-        all.extend(items(&page));
-        let next = page["next_cursor"].as_str().map(str::to_owned);
-        match next {
-            Some(next) if args.all => cursor = Some(next),
+        let page = api(ctx).audit(&query).await.map_err(Error::api)?;
+        all.extend(page.items);
+        match page.next_cursor {
+            Some(next) if args.all => query.cursor = Some(next),
             other => break other,
         }
     };
     if json {
-        output::json(&Value::Array(all));
+        print_json(&all);
     } else {
         let mut table = Table::new(&["TIME", "ACTOR", "KIND", "OUTCOME", "DETAIL"]);
         for e in &all {
-            let outcome = match e["outcome"].as_str() {
-                Some("allowed") => Cell::styled("allowed", Style::Green),
-                Some(o @ ("denied" | "rate_limited" | "failed")) => Cell::styled(o, Style::Red),
-                other => Cell::new(other.unwrap_or("-")),
+            let outcome = match e.outcome.as_str() {
+                "allowed" => Cell::styled("allowed", Style::Green),
+                o @ ("denied" | "rate_limited" | "failed") => Cell::styled(o, Style::Red),
+                other => Cell::new(other),
             };
             table.row(vec![
-                output::time(e["at_ms"].as_i64().map(|t| t / 1000)).into(),
-                text(&e["actor"]).into(),
-                text(&e["kind"]).into(),
+                output::time(secs(Some(e.at_ms))).into(),
+                e.actor.clone().into(),
+                e.kind.clone().into(),
                 outcome,
-                e["detail"].to_string().into(),
+                e.detail.to_string().into(),
             ]);
         }
         table.print("no audit events");
@@ -661,21 +633,21 @@ pub async fn audit(ctx: &Ctx, args: AuditArgs, json: bool) -> Result<()> {
 pub async fn revocations(ctx: &Ctx, command: RevocationsCommand, json: bool) -> Result<()> {
     match command {
         RevocationsCommand::Ls => {
-            let listed = items(&ctx.call(Method::GET, "/api/v1/revocations", None).await?);
+            let listed = api(ctx).revocations().await.map_err(Error::api)?.items;
             if json {
-                output::json(&Value::Array(listed));
+                print_json(&listed);
                 return Ok(());
             }
             let mut table = Table::new(&["SERIAL", "FINGERPRINT", "REASON", "BY", "AT"]);
             for r in &listed {
-                let fp = text(&r["fingerprint"]);
+                let fp = or_dash(r.fingerprint.as_ref());
                 let short = fp.get(..16).map_or(fp.clone(), |s| format!("{s}…"));
                 table.row(vec![
-                    text(&r["serial"]).into(),
+                    or_dash(r.serial.as_ref()).into(),
                     short.into(),
-                    text(&r["reason"]).into(),
-                    text(&r["revoked_by"]).into(),
-                    output::time(r["revoked_at"].as_i64()).into(),
+                    r.reason.clone().into(),
+                    r.revoked_by.clone().into(),
+                    output::time(secs(Some(r.revoked_at_ms))).into(),
                 ]);
             }
             table.print("no revocations");
@@ -685,18 +657,14 @@ pub async fn revocations(ctx: &Ctx, command: RevocationsCommand, json: bool) -> 
             fingerprint,
             reason,
         } => {
-            let mut body = json!({"reason": reason});
-            if let Some(serial) = serial {
-                body["serial"] = json!(serial);
-            }
-            if let Some(fingerprint) = fingerprint {
-                body["fingerprint"] = json!(fingerprint);
-            }
-            let answer = ctx
-                .call(Method::POST, "/api/v1/revocations", Some(&body))
-                .await?;
+            let request = RevocationRequest {
+                serial,
+                fingerprint,
+                reason,
+            };
+            let answer = api(ctx).revoke(&request).await.map_err(Error::api)?;
             if json {
-                output::json(&answer);
+                print_json(&answer);
             } else {
                 output::note("revoked");
             }
@@ -712,7 +680,7 @@ mod tests {
     use crate::cli::{Cli, Command};
     use clap::Parser;
 
-    fn role_rules(args: &[&str]) -> Result<Value> {
+    fn role_rules(args: &[&str]) -> Result<serde_json::Value> {
         let mut all = vec!["bamf", "roles", "add", "r"];
         all.extend_from_slice(args);
         let Command::Roles(RolesCommand::Add { rules: r, .. }) =
@@ -720,7 +688,7 @@ mod tests {
         else {
             panic!("not roles add");
         };
-        rules(&r)
+        rules(&r).map(|r| serde_json::to_value(r).unwrap())
     }
 
     #[test]
@@ -738,31 +706,35 @@ mod tests {
         .unwrap();
         assert_eq!(
             v,
-            json!({
+            serde_json::json!({
                 "allow": [{"names": ["db-*", "web-*"], "kinds": ["postgres"], "labels": {"env": "dev"}}],
                 "deny": [{"labels": {"tier": "prod"}}],
             })
         );
-        assert_eq!(role_rules(&[]).unwrap(), json!({"allow": [], "deny": []}));
-        assert!(role_rules(&["--allow-label", "novalue"]).is_err());
         assert_eq!(
-            rules_text(&v["allow"]),
+            role_rules(&[]).unwrap(),
+            serde_json::json!({"allow": [], "deny": []})
+        );
+        assert!(role_rules(&["--allow-label", "novalue"]).is_err());
+        let typed: Rules = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            rules_text(&typed.allow),
             "names=db-*,web-* kinds=postgres labels=env=dev"
         );
+        // Checked before anything is sent, as the API checks them.
+        assert!(role_rules(&["--allow-kind", "ftp"]).is_err());
     }
 
     #[test]
     fn times_for_audit_filters() {
-        assert_eq!(when("since", "1700000000").unwrap(), "1700000000");
-        assert_eq!(when("since", "2023-11-14T22:13:20Z").unwrap(), "1700000000");
-        let hour_ago: i64 = when("since", "1h").unwrap().parse().unwrap();
+        assert_eq!(when("since", "1700000000").unwrap(), 1_700_000_000_000);
+        assert_eq!(
+            when("since", "2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000
+        );
+        let hour_ago = when("since", "1h").unwrap() / 1000;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         assert!((now - 3601..=now - 3599).contains(&hour_ago));
         assert!(when("since", "yesterday-ish").is_err());
-        assert_eq!(
-            query(&[("a", None), ("user", Some("a b".into()))]),
-            "?user=a+b"
-        );
-        assert_eq!(segment("a b/c"), "a%20b%2Fc");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bamf_client::https::HttpsError;
-use http::Method;
+use bamf_proto::api::{ConnectRequest, Resource};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -87,27 +87,21 @@ pub async fn open(ctx: &Ctx, resource: &str) -> Result<Tunnel> {
     });
     let opened = async {
         let (key, csr) = bamf_client::identity::key_and_csr()?;
-        let body = serde_json::json!({"resource": resource, "csr": csr});
-        let answer = ctx
-            .call_raw(Method::POST, "/api/v1/connect", Some(&body))
+        let grant = ctx
+            .user()
+            .connect(&ConnectRequest {
+                resource: resource.to_owned(),
+                csr,
+            })
             .await
             .map_err(|e| refusal(resource, e))?;
-        let field = |name: &str| {
-            answer[name]
-                .as_str()
-                .ok_or_else(|| Error::msg(format!("the API's connect answer has no {name}")))
-        };
-        let (host, session) = (field("bridge_host")?, field("session_id")?);
-        let port = answer["bridge_port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| Error::msg("the API's connect answer has no bridge_port"))?;
+        let (host, session, port) = (&grant.bridge_host, &grant.session_id, grant.bridge_port);
         if let Ok(mut b) = bridge.lock() {
-            *b = Some(host.to_owned());
+            *b = Some(host.clone());
         }
         let tls = bamf_client::tls_config(
-            field("ca")?,
-            Some((field("certificate")?, key.as_str())),
+            &grant.certificate.ca,
+            Some((&grant.certificate.certificate, key.as_str())),
             &[],
         )?;
         let stream = bamf_client::tunnel::dial(host, port, ctx.via, tls)
@@ -122,8 +116,8 @@ pub async fn open(ctx: &Ctx, resource: &str) -> Result<Tunnel> {
             })?;
         Ok(Tunnel {
             stream,
-            session: session.to_owned(),
-            bridge: host.to_owned(),
+            session: session.clone(),
+            bridge: host.clone(),
         })
     }
     .await;
@@ -138,25 +132,26 @@ pub async fn open(ctx: &Ctx, resource: &str) -> Result<Tunnel> {
 /// # Errors
 ///
 /// Unknown, denied or offline.
-pub async fn preflight(ctx: &Ctx, resource: &str) -> Result<serde_json::Value> {
+pub async fn preflight(ctx: &Ctx, resource: &str) -> Result<Option<Resource>> {
     check_name(resource)?;
-    let listed = ctx.call(Method::GET, "/api/v1/resources", None).await?;
-    let found = listed["items"]
-        .as_array()
-        .and_then(|items| items.iter().find(|r| r["name"] == resource).cloned());
+    let listed = ctx.user().resources().await.map_err(Error::api)?;
+    let found = listed.items.into_iter().find(|r| r.name == resource);
     match found {
-        Some(item) if item["online"] == true => Ok(item),
+        Some(item) if item.online => Ok(Some(item)),
         Some(_) => Err(Error::msg(format!(
             "'{resource}' cannot be reached now: its agent is offline (offline)"
         ))),
         None => {
             let (_, csr) = bamf_client::identity::key_and_csr()?;
-            let body = serde_json::json!({"resource": resource, "csr": csr});
-            ctx.call_raw(Method::POST, "/api/v1/connect", Some(&body))
+            ctx.user()
+                .connect(&ConnectRequest {
+                    resource: resource.to_owned(),
+                    csr,
+                })
                 .await
                 .map_err(|e| refusal(resource, e))?;
             // It became reachable in between; that session goes unused and times out.
-            Ok(serde_json::Value::Null)
+            Ok(None)
         }
     }
 }

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bamf_client::api::UserApi;
 use bamf_client::https::{Api, HttpsError};
-use http::Method;
+use bamf_proto::api::{self as wire, Whoami};
 
 use crate::config::{self, CA, Config, Home, TOKEN, Token, USER_CERT, USER_KEY};
 use crate::error::{Error, Result};
@@ -68,34 +69,10 @@ impl Ctx {
         })
     }
 
-    /// An authenticated API call; a 401 becomes [`Error::NotLoggedIn`].
-    ///
-    /// # Errors
-    ///
-    /// [`Error::api`] of the failure.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<serde_json::Value> {
-        self.call_raw(method, path, body).await.map_err(Error::api)
-    }
-
-    /// [`Ctx::call`] keeping the client's error (callers that explain refusals themselves).
-    ///
-    /// # Errors
-    ///
-    /// The client's error.
-    pub async fn call_raw(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<serde_json::Value, HttpsError> {
-        self.api
-            .call(method, path, body, Some(&self.token.token))
-            .await
+    /// The API as this login's user; map failures with [`Error::api`] (a 401 becomes
+    /// [`Error::NotLoggedIn`]).
+    pub fn user(&self) -> UserApi<'_> {
+        self.api.user(&self.token.token)
     }
 }
 
@@ -204,11 +181,12 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
 
     let password = read_password(&user, &host, req.password_stdin)?;
     let (key, csr) = bamf_client::identity::key_and_csr()?;
-    let body = serde_json::json!({"user": user, "password": password, "csr": csr});
-    let answer = match api
-        .call(Method::POST, "/api/v1/auth/login", Some(&body), None)
-        .await
-    {
+    let request = wire::LoginRequest {
+        user: user.clone(),
+        password,
+        csr,
+    };
+    let answer = match api.login(&request).await {
         Ok(answer) => answer,
         Err(HttpsError::Status { code, .. }) if code == "unauthenticated" => {
             return Err(Error::msg("login failed: wrong user name or password"));
@@ -227,28 +205,18 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
         }
         Err(e) => return Err(Error::msg(format!("login failed: {}", Error::api(e)))),
     };
-    let field = |name: &str| {
-        answer[name]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::msg(format!("the API's login answer has no {name}")))
-    };
     let token = Token {
-        token: field("token")?,
-        user: field("user")?,
-        expires_at: answer["token_expires_at"].as_i64().unwrap_or(0),
+        token: answer.token,
+        user: answer.user,
+        expires_at: answer.token_expires_at_ms / 1000,
     };
-    let certificate = field("certificate")?;
+    let certificate = answer.certificate.certificate;
 
     // The old login ends: its token is revoked (best effort, bounded) before it is replaced.
     if let Ok(old) = Ctx::load_even_expired(home.clone())
         && old.token.token != token.token
     {
-        let _ = tokio::time::timeout(
-            LOGOUT_TIMEOUT,
-            old.call_raw(Method::POST, "/api/v1/auth/logout", None),
-        )
-        .await;
+        let _ = tokio::time::timeout(LOGOUT_TIMEOUT, old.user().logout()).await;
     }
 
     home.ensure()?;
@@ -330,11 +298,7 @@ pub fn fingerprint(pem: &str) -> String {
 pub async fn logout(home: Home) -> Result<()> {
     let had_token = home.token()?.is_some();
     if let Ok(ctx) = Ctx::load_even_expired(home.clone()) {
-        let revoked = tokio::time::timeout(
-            LOGOUT_TIMEOUT,
-            ctx.call_raw(Method::POST, "/api/v1/auth/logout", None),
-        )
-        .await;
+        let revoked = tokio::time::timeout(LOGOUT_TIMEOUT, ctx.user().logout()).await;
         match revoked {
             // Refused (already expired or revoked) is as good as done.
             Ok(Ok(_)) => {}
@@ -363,18 +327,9 @@ pub async fn logout(home: Home) -> Result<()> {
 /// [`Error::NotLoggedIn`].
 pub async fn status(home: Home, json: bool) -> Result<()> {
     let ctx = Ctx::load(home)?;
-    let (roles, reachable) = match ctx.call(Method::GET, "/api/v1/whoami", None).await {
-        Ok(who) => (
-            who["roles"]
-                .as_array()
-                .map(|r| {
-                    r.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default(),
-            None,
-        ),
+    let (roles, reachable) = match ctx.user().whoami().await.map_err(Error::api) {
+        Ok(Whoami::Token { roles, .. }) => (roles, None),
+        Ok(Whoami::Certificate { .. }) => (Vec::new(), None),
         Err(Error::NotLoggedIn) => return Err(Error::NotLoggedIn),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };

@@ -7,8 +7,8 @@
 use bamf_proto::api::{
     AgentCertificate, AgentHeartbeat, AgentHeartbeatAnswer, AgentJoinRequest, AgentRecord,
     AuditEvent, AuditQuery, BridgeCertificate, BridgeHeartbeat, BridgeHeartbeatAnswer,
-    BridgeJoinRequest, BridgeRecord, ConnectRequest, JoinTokenRecord, JoinTokenRequest, Login,
-    LoginRequest, NewJoinToken, Page, PasswordRequest, RenewRequest, Reports, ReportsAnswer,
+    BridgeJoinRequest, BridgeRecord, ConnectRequest, Health, JoinTokenRecord, JoinTokenRequest,
+    Login, LoginRequest, NewJoinToken, Page, PasswordRequest, RenewRequest, Reports, ReportsAnswer,
     Resource, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest, SessionGrant,
     SessionQuery, SessionRecord, UserRecord, UserRequest, Whoami,
 };
@@ -29,6 +29,15 @@ pub fn segment(text: &str) -> String {
 }
 
 impl Api {
+    /// `GET /health`: the process answers.
+    ///
+    /// # Errors
+    ///
+    /// [`HttpsError`].
+    pub async fn health(&self) -> Answer<Health> {
+        self.call(Method::GET, "/health", NONE, None).await
+    }
+
     /// `POST /api/v1/auth/login`.
     ///
     /// # Errors

@@ -135,9 +135,9 @@ impl Api {
         bearer: Option<&str>,
     ) -> Result<A, HttpsError> {
         let payload = match body {
-            Some(b) => Bytes::from(
-                serde_json::to_vec(b).map_err(|e| HttpsError::Exchange(e.to_string()))?,
-            ),
+            Some(b) => {
+                Bytes::from(serde_json::to_vec(b).map_err(|e| HttpsError::Exchange(e.to_string()))?)
+            }
             None => Bytes::new(),
         };
         let exchange = async {
@@ -165,10 +165,12 @@ impl Api {
         &self,
         path: &str,
     ) -> Result<http::Response<hyper::body::Incoming>, HttpsError> {
-        let response =
-            tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, path, Bytes::new(), None))
-                .await
-                .map_err(|_| HttpsError::Exchange("timed out".into()))??;
+        let response = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.send(Method::GET, path, Bytes::new(), None),
+        )
+        .await
+        .map_err(|_| HttpsError::Exchange("timed out".into()))??;
         if !response.status().is_success() {
             let status = response.status();
             let bytes = Limited::new(response.into_body(), 64 * 1024)
@@ -234,7 +236,11 @@ impl Api {
 /// The answer of a success as `A`, or the API's error as [`HttpsError::Status`].
 fn answer<A: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<A, HttpsError> {
     if status.is_success() {
-        let bytes = if bytes.is_empty() { b"null".as_slice() } else { bytes };
+        let bytes = if bytes.is_empty() {
+            b"null".as_slice()
+        } else {
+            bytes
+        };
         return serde_json::from_slice(bytes).map_err(|e| HttpsError::Answer(e.to_string()));
     }
     let (code, message) = match serde_json::from_slice::<ErrorBody>(bytes) {

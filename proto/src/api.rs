@@ -423,7 +423,6 @@ fn pairs<'q>(
         .collect()
 }
 
-
 fn limit(text: &str) -> Result<u32, QueryError> {
     text.parse::<u32>()
         .ok()
@@ -877,7 +876,10 @@ mod tests {
         assert_eq!(SessionQuery::parse(&text[1..]).unwrap(), q);
         assert_eq!(SessionQuery::default().to_query(), "");
         let err = SessionQuery::parse("before=1").unwrap_err();
-        assert!(err.to_string().contains("state, user, cursor, limit"), "{err}");
+        assert!(
+            err.to_string().contains("state, user, cursor, limit"),
+            "{err}"
+        );
         assert!(SessionQuery::parse("limit=0").is_err());
         assert!(SessionQuery::parse("state=gone").is_err());
         let a = AuditQuery::parse("since_ms=5&limit=500").unwrap();

@@ -137,7 +137,11 @@ impl Rule {
         {
             return Err(RulesError::Pattern);
         }
-        if let Some(k) = self.kinds.iter().find(|k| k.parse::<ResourceKind>().is_err()) {
+        if let Some(k) = self
+            .kinds
+            .iter()
+            .find(|k| k.parse::<ResourceKind>().is_err())
+        {
             return Err(RulesError::Kind(k.clone()));
         }
         Ok(())

@@ -80,7 +80,7 @@ impl<'a> Admin<'a> {
 
     /// A new agent join token with `uses` uses.
     fn join_token(&self, uses: u32) -> String {
-        let body = serde_json::json!({"kind": "agent", "ttl_seconds": 600, "max_uses": uses});
+        let body = serde_json::json!({"kind": "agent", "ttl_ms": 600_000, "max_uses": uses});
         let (status, v) = self.call("POST", "/api/v1/join-tokens", Some(&body));
         assert_eq!(status, 201, "{v}");
         v["token"].as_str().unwrap().to_owned()

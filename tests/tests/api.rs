@@ -489,7 +489,7 @@ async fn agents_and_bridges_join_with_tokens_that_expire_run_out_and_can_be_revo
     let auth = format!("authorization: Bearer {}", token["token"].as_str().unwrap());
     let new_token = |kind: &str, ttl: u64, uses: i64| {
         let body =
-            serde_json::json!({"kind": kind, "ttl_seconds": ttl, "max_uses": uses}).to_string();
+            serde_json::json!({"kind": kind, "ttl_ms": ttl * 1000, "max_uses": uses}).to_string();
         let (status, body, _) = post(&api, &ca, "/api/v1/join-tokens", &body, &["-H", &auth]);
         assert_eq!(status, 201, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -499,14 +499,14 @@ async fn agents_and_bridges_join_with_tokens_that_expire_run_out_and_can_be_revo
         )
     };
     // Only administrators create tokens; bad parameters are refused.
-    let body = serde_json::json!({"kind": "agent", "ttl_seconds": 60, "max_uses": 1}).to_string();
+    let body = serde_json::json!({"kind": "agent", "ttl_ms": 60_000, "max_uses": 1}).to_string();
     assert_eq!(post(&api, &ca, "/api/v1/join-tokens", &body, &[]).0, 401);
-    let bad = serde_json::json!({"kind": "robot", "ttl_seconds": 60, "max_uses": 1}).to_string();
+    let bad = serde_json::json!({"kind": "robot", "ttl_ms": 60_000, "max_uses": 1}).to_string();
     assert_eq!(
         post(&api, &ca, "/api/v1/join-tokens", &bad, &["-H", &auth]).0,
         400
     );
-    let bad = serde_json::json!({"kind": "agent", "ttl_seconds": 60, "max_uses": 0}).to_string();
+    let bad = serde_json::json!({"kind": "agent", "ttl_ms": 60_000, "max_uses": 0}).to_string();
     assert_eq!(
         post(&api, &ca, "/api/v1/join-tokens", &bad, &["-H", &auth]).0,
         400
@@ -709,7 +709,7 @@ async fn admin_rbac_and_revocation(dir: &Path, api: &Api, url: &str) {
     let (_, body) = call(
         "POST",
         "/api/v1/join-tokens",
-        r#"{"kind":"agent","ttl_seconds":600,"max_uses":1}"#,
+        r#"{"kind":"agent","ttl_ms":600000,"max_uses":1}"#,
         &admin,
     );
     let join_token = json(&body)["token"].as_str().unwrap().to_owned();
@@ -815,7 +815,7 @@ async fn admin_rbac_and_revocation(dir: &Path, api: &Api, url: &str) {
     let (_, body) = call(
         "POST",
         "/api/v1/join-tokens",
-        r#"{"kind":"bridge","ttl_seconds":600,"max_uses":1}"#,
+        r#"{"kind":"bridge","ttl_ms":600000,"max_uses":1}"#,
         &admin,
     );
     let bridge_token = json(&body)["token"].as_str().unwrap().to_owned();
@@ -990,7 +990,7 @@ async fn admin_rbac_and_revocation(dir: &Path, api: &Api, url: &str) {
         &admin,
     );
     assert_eq!(json(&body)["items"][0]["detail"]["role"], "devs");
-    let (_, body) = call("GET", "/api/v1/audit?since=4102444800", "", &admin);
+    let (_, body) = call("GET", "/api/v1/audit?since_ms=4102444800000", "", &admin);
     assert!(
         json(&body)["items"].as_array().unwrap().is_empty(),
         "2100 is in the future"

@@ -225,7 +225,7 @@ impl Stack {
             .build()
             .unwrap();
         runtime
-            .block_on(client.call(http::Method::GET, "/api/v1/whoami", None, Some(token)))
+            .block_on(client.user(token).whoami())
             .err()
             .map(|e| e.status().map_or(0, |s| s.as_u16()))
     }
@@ -883,12 +883,7 @@ fn logins_replace_each_other_cleanly_and_failures_say_little() {
         .build()
         .unwrap();
     runtime
-        .block_on(stack.client().call(
-            http::Method::POST,
-            "/api/v1/auth/logout",
-            None,
-            Some(&token_of(&carol)),
-        ))
+        .block_on(stack.client().user(&token_of(&carol)).logout())
         .unwrap();
     cli(&carol, &["ls"]).fails_with(1, NOT_LOGGED_IN);
 }

@@ -343,7 +343,7 @@ impl User {
             .connect_to(Some(api.addr));
         let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
         let body = serde_json::json!({"user": user, "password": password, "csr": csr});
-        let answer = client
+        let answer: serde_json::Value = client
             .call(Method::POST, "/api/v1/auth/login", Some(&body), None)
             .await
             .unwrap();
@@ -731,7 +731,7 @@ async fn start_agent(
         .call(
             Method::POST,
             "/api/v1/join-tokens",
-            Some(serde_json::json!({"kind": "agent", "ttl_seconds": 600, "max_uses": 1})),
+            Some(serde_json::json!({"kind": "agent", "ttl_ms": 600_000, "max_uses": 1})),
         )
         .await
         .unwrap()["token"]

@@ -10,9 +10,9 @@ use http::StatusCode;
 use crate::auth;
 use crate::context::Call;
 use crate::error::ApiError;
+use crate::now_ms;
 use crate::rbac::{self, Rules};
 use crate::store::{AuditFilter, CertificateRef, RoleChange};
-use crate::now_ms;
 
 /// Shortest password an administrator may set.
 const MIN_PASSWORD: usize = 12;
@@ -58,7 +58,10 @@ pub(super) async fn list_users(call: &Call<'_>) -> Result<Page<UserRecord>, ApiE
     ))
 }
 
-pub(super) async fn create_user(call: &Call<'_>, body: UserRequest) -> Result<UserRecord, ApiError> {
+pub(super) async fn create_user(
+    call: &Call<'_>,
+    body: UserRequest,
+) -> Result<UserRecord, ApiError> {
     let user = name(&body.name, "name")?;
     let store = &call.state.store;
     for role in &body.roles {
@@ -216,7 +219,10 @@ pub(super) async fn create_role(
     Ok(role_record(role.as_str().to_owned(), rules, false))
 }
 
-pub(super) async fn update_role(call: &Call<'_>, body: RoleRequest) -> Result<RoleRecord, ApiError> {
+pub(super) async fn update_role(
+    call: &Call<'_>,
+    body: RoleRequest,
+) -> Result<RoleRecord, ApiError> {
     let role = call.param(0);
     if body.name.is_some() {
         return Err(ApiError::BadRequest(

@@ -48,7 +48,11 @@ pub(super) async fn agent_heartbeat(
                 "at most {MAX_LABELS} labels per resource; keys 1-63, values up to 253 characters"
             )));
         }
-        catalog.push((name.as_str().to_owned(), r.kind.as_str().to_owned(), r.labels));
+        catalog.push((
+            name.as_str().to_owned(),
+            r.kind.as_str().to_owned(),
+            r.labels,
+        ));
     }
     let taken = call
         .state

@@ -54,8 +54,7 @@ pub(super) async fn create_token(
         .store
         .create_join_token(&token, &auth::token_hash(&secret))
         .await?;
-    let detail =
-        serde_json::json!({"id": token.id, "kind": token.kind.as_str(), "max_uses": token.max_uses});
+    let detail = serde_json::json!({"id": token.id, "kind": token.kind.as_str(), "max_uses": token.max_uses});
     call.audit("join_token.create", "allowed", detail).await;
     Ok(NewJoinToken {
         id: token.id,

@@ -82,21 +82,18 @@ pub(super) async fn connect(
         .await?
         .and_then(|a| a.cert_serial)
     {
-        Some(serial) => state
-            .store
-            .is_revoked(&CertificateRef {
-                serial: Some(serial),
-                fingerprint: None,
-            })
-            .await?,
+        Some(serial) => {
+            state
+                .store
+                .is_revoked(&CertificateRef {
+                    serial: Some(serial),
+                    fingerprint: None,
+                })
+                .await?
+        }
         None => false,
     };
-    if revoked
-        || !state
-            .presence
-            .agent_online(agent)
-            .await?
-    {
+    if revoked || !state.presence.agent_online(agent).await? {
         return Err(ApiError::Offline("the resource's agent is offline"));
     }
     let live = state.presence.live_bridges().await?;
@@ -143,10 +140,7 @@ pub(super) async fn connect(
         bridge_port: state.tunnel_port,
     };
     let text = serde_json::to_string(&command).map_err(|_| ApiError::Internal)?;
-    let delivered = state
-        .presence
-        .publish_command(agent, &text)
-        .await?;
+    let delivered = state.presence.publish_command(agent, &text).await?;
     if delivered == 0 {
         let _ = state
             .store
@@ -179,11 +173,7 @@ pub(super) async fn agent_commands(call: &Call<'_>) -> Reply {
     let Principal::Agent(agent) = call.principal else {
         return Err(ApiError::Forbidden);
     };
-    let mut commands = call
-        .state
-        .presence
-        .subscribe_commands(agent)
-        .await?;
+    let mut commands = call.state.presence.subscribe_commands(agent).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let shutdown = call.state.shutdown.clone();
     tokio::spawn(async move {
@@ -225,10 +215,7 @@ pub(super) async fn bridge_control(call: &Call<'_>) -> Reply {
         return Err(ApiError::Forbidden);
     };
     // A reconnecting stream counts as a sign of life.
-    call.state
-        .store
-        .bridge_seen(ordinal, now_ms())
-        .await?;
+    call.state.store.bridge_seen(ordinal, now_ms()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let shutdown = call.state.shutdown.clone();
     let lost = call.state.lost_bridges.clone();
@@ -291,10 +278,7 @@ pub(super) async fn bridge_heartbeat(
         draining: body.draining,
     };
     // The store first: it is what says the bridge lives, whatever happens to presence.
-    call.state
-        .store
-        .bridge_seen(ordinal, now_ms())
-        .await?;
+    call.state.store.bridge_seen(ordinal, now_ms()).await?;
     call.state
         .presence
         .heartbeat_bridge(status, BRIDGE_TTL)
@@ -309,21 +293,12 @@ pub(super) async fn bridge_heartbeat(
             tracing::warn!(bridge = ordinal, sessions = ?lost, "sessions ended: their bridge restarted");
         }
     }
-    let mut kill = call
-        .state
-        .store
-        .sessions_to_kill(&body.sessions)
-        .await?;
+    let mut kill = call.state.store.sessions_to_kill(&body.sessions).await?;
     // And those ended before they paired (killed, revoked, their user or agent deleted)
     // while their certificate may still be used: the bridge refuses to pair them.
     let window = call.state.lifetimes.session + BRIDGE_TTL;
     let since = now_ms().saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
-    kill.extend(
-        call.state
-            .store
-            .ended_unpaired(ordinal, since)
-            .await?,
-    );
+    kill.extend(call.state.store.ended_unpaired(ordinal, since).await?);
     Ok(BridgeHeartbeatAnswer {
         interval_ms: millis(BRIDGE_HEARTBEAT),
         kill,
@@ -370,12 +345,7 @@ pub(super) async fn bridge_reports(
             }
         };
         let id = session.to_string();
-        if call
-            .state
-            .store
-            .apply_report(&id, ordinal, &report)
-            .await?
-        {
+        if call.state.store.apply_report(&id, ordinal, &report).await? {
             applied += 1;
             let detail = match &report {
                 Report::Started { .. } => serde_json::json!({"session": id}),

@@ -637,14 +637,14 @@ async fn revocation_ends_everything_derived_from_the_certificate() {
     }
 }
 
-    #[test]
-    fn the_builtin_rules_parse() {
-        for migration in [
-            include_str!("../../migrations/postgres/0002_builtin_roles.sql"),
-            include_str!("../../migrations/sqlite/0002_builtin_roles.sql"),
-        ] {
-            for json in migration.split('\'').filter(|s| s.starts_with('{')) {
-                crate::rbac::Rules::from_json(json).expect("builtin rules parse");
-            }
+#[test]
+fn the_builtin_rules_parse() {
+    for migration in [
+        include_str!("../../migrations/postgres/0002_builtin_roles.sql"),
+        include_str!("../../migrations/sqlite/0002_builtin_roles.sql"),
+    ] {
+        for json in migration.split('\'').filter(|s| s.starts_with('{')) {
+            crate::rbac::Rules::from_json(json).expect("builtin rules parse");
         }
     }
+}

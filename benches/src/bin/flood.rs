@@ -20,7 +20,6 @@ use anyhow::{Context, Result};
 use bamf_client::https::Api as ApiClient;
 use bamf_tests::{Api, TempDir};
 use clap::Parser;
-use http::Method;
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, Parser)]
@@ -182,11 +181,7 @@ async fn idle_flood(api: &Api, ca_pem: &str, count: usize, requests: usize) -> R
                     failed += 1;
                     continue;
                 };
-                match api
-                    .connect_to(Some(api_addr))
-                    .call(Method::GET, "/health", None, None)
-                    .await
-                {
+                match api.connect_to(Some(api_addr)).health().await {
                     Ok(_) => times.push(started.elapsed()),
                     Err(_) => failed += 1,
                 }
@@ -290,9 +285,13 @@ async fn login_flood(api: &Api, ca_pem: &str, count: usize) -> Result<LoginRepor
     let admin = ApiClient::new(&format!("https://localhost:{}", api.addr.port()), tls)?
         .connect_to(Some(api.addr));
     let (_, admin_csr) = bamf_client::identity::key_and_csr()?;
-    let login = serde_json::json!({"user": "admin", "password": PASSWORD, "csr": admin_csr});
+    let login = bamf_proto::api::LoginRequest {
+        user: "admin".into(),
+        password: PASSWORD.into(),
+        csr: admin_csr,
+    };
     admin
-        .call(Method::POST, "/api/v1/auth/login", Some(&login), None)
+        .login(&login)
         .await
         .context("the administrator could not sign in during the flood")?;
     let admin_ms = started.elapsed().as_secs_f64() * 1000.0;

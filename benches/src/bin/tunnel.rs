@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bamf_client::https::Api as ApiClient;
+use bamf_proto::api as wire;
 use bamf_tests::{Api, Bridge, TempDir};
 use clap::Parser;
-use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -93,24 +93,21 @@ async fn main() -> Result<()> {
     let tls = bamf_client::tls_config(&ca_pem, None, &[b"http/1.1"])?;
     let client = ApiClient::new(&url, tls)?.connect_to(Some(api.addr));
     let (_, csr) = bamf_client::identity::key_and_csr()?;
-    let login = serde_json::json!({"user": "admin", "password": "bench-password-1", "csr": csr});
-    let token = client
-        .call(Method::POST, "/api/v1/auth/login", Some(&login), None)
-        .await?["token"]
-        .as_str()
-        .context("token")?
-        .to_owned();
+    let login = wire::LoginRequest {
+        user: "admin".into(),
+        password: "bench-password-1".into(),
+        csr,
+    };
+    let token = client.login(&login).await?.token;
     let join = client
-        .call(
-            Method::POST,
-            "/api/v1/join-tokens",
-            Some(&serde_json::json!({"kind": "agent", "ttl_seconds": 600, "max_uses": 1})),
-            Some(&token),
-        )
-        .await?["token"]
-        .as_str()
-        .context("join token")?
-        .to_owned();
+        .user(&token)
+        .create_join_token(&wire::JoinTokenRequest {
+            kind: wire::JoinKind::Agent,
+            ttl_ms: 600_000,
+            max_uses: 1,
+        })
+        .await?
+        .token;
     let agent_config = dir.path().join("agent.toml");
     std::fs::write(
         &agent_config,
@@ -128,19 +125,12 @@ async fn main() -> Result<()> {
     let agent_pid = agent.pid();
     let connect = |client: ApiClient, token: String| async move {
         let (key, csr) = bamf_client::identity::key_and_csr()?;
-        let body = serde_json::json!({"resource": "echo", "csr": csr});
-        let answer = client
-            .call(Method::POST, "/api/v1/connect", Some(&body), Some(&token))
-            .await?;
-        let cert = answer["certificate"]
-            .as_str()
-            .context("certificate")?
-            .to_owned();
-        let host = answer["bridge_host"]
-            .as_str()
-            .context("bridge host")?
-            .to_owned();
-        anyhow::Ok((cert, key, host))
+        let request = wire::ConnectRequest {
+            resource: "echo".into(),
+            csr,
+        };
+        let grant = client.user(&token).connect(&request).await?;
+        anyhow::Ok((grant.certificate.certificate, key, grant.bridge_host))
     };
     // Wait for the agent's command stream: connect answers 503 until then.
     let started = Instant::now();

@@ -1,6 +1,8 @@
 //! `bamf psql RESOURCE [-U USER] [-d DB] [-- PSQL ARGS…]`: psql against a local listener
 //! that tunnels each connection to the resource; exits with psql's status.
 
+use bamf_proto::api::ResourceKind;
+
 use crate::commands::tcp;
 use crate::connect;
 use crate::error::{Error, Result};
@@ -21,8 +23,8 @@ pub async fn run(
     args: &[String],
 ) -> Result<()> {
     let item = connect::preflight(&ctx, resource).await?;
-    if let Some(kind) = item["kind"].as_str()
-        && kind != "postgres"
+    if let Some(kind) = item.map(|r| r.kind)
+        && kind != ResourceKind::Postgres
     {
         output::warn(format!("'{resource}' is a {kind} resource, not postgres"));
     }
