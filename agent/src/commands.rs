@@ -24,10 +24,10 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::enroll::{Tls, millis};
 use crate::sse;
 use crate::tunnel::Tunnels;
+use bamf_client::backoff::Backoff;
 
 /// Twice the keep-alive period: no byte for this long means the stream is dead.
 pub const SILENCE: Duration = Duration::from_secs(30);

@@ -10,9 +10,9 @@ use http::StatusCode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::enroll::{Tls, millis};
+use bamf_client::backoff::Backoff;
 
 /// Until the API says otherwise.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);

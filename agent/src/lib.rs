@@ -30,7 +30,6 @@
 //! - [`commands`]: the command stream, reconnected with back-off; [`sse`] parses it.
 //! - [`tunnel`]: serving one dial command; the relay with idle timeout and half-close.
 //! - [`health`]: HTTP `/health` and `/ready`.
-//! - `backoff`: jittered exponential back-off.
 //!
 //! [`run`] ties them together and owns the shutdown order: readiness off, stop the command
 //! stream (and so new tunnels), stop reporting, drain open tunnels under the grace period,
@@ -44,7 +43,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-mod backoff;
 pub mod commands;
 pub mod config;
 pub mod enroll;

@@ -254,8 +254,7 @@ async fn dial_commands_from_the_stream_open_tunnels_through_the_bridge() {
     let creds = Credentials {
         agent_id: AGENT.parse::<AgentId>().unwrap(),
         name: "edge-1".parse().unwrap(),
-        key_pem,
-        cert_pem,
+        pair: bamf_client::enroll::KeyPair { key_pem, cert_pem },
         ca_pem: pki.ca_pem.clone(),
     };
     let (_tls_tx, tls_rx) = watch::channel(Arc::new(Tls::new(&config, &creds).unwrap()));

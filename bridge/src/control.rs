@@ -3,15 +3,16 @@
 //! and session reports through a bounded queue retried until the API takes them. Tunnels
 //! never wait for any of this: the API being down delays reports, nothing else.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bamf_client::backoff::Backoff;
+use bamf_client::enroll::{self, IdentityFiles, IssuedError, KeyPair};
 use bamf_client::https::{Api, HttpsError};
 use bamf_client::identity;
 use bamf_proto::api::{BridgeHeartbeat, BridgeJoinRequest, RenewRequest, Reports};
-use bamf_proto::san::SessionId;
+use bamf_proto::san::{Identity, SessionId};
 use bamf_proto::tunnel::SessionEvent as Event;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,9 +24,15 @@ use crate::tunnel::{CertSlot, Relay, certified_key};
 pub const REPORT_QUEUE: usize = 100_000;
 /// Events per report request.
 const REPORT_BATCH: usize = 500;
-/// Retry back-off bounds for reports and heartbeats.
+/// Retry back-off bounds for reports and heartbeats (jittered: a StatefulSet's bridges must
+/// not retry in lock-step).
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A fresh jittered back-off for API retries.
+fn backoff() -> Backoff {
+    Backoff::new(BACKOFF_MIN, BACKOFF_MAX)
+}
 
 /// Why the bridge could not get its certificate.
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +49,16 @@ pub enum EnrollError {
     /// The CA file or a returned certificate is unusable.
     #[error("{0}")]
     Tls(String),
+    /// The certificate issued is not for this bridge or its key.
+    #[error("the API issued an unusable certificate: {0}")]
+    Issued(#[from] IssuedError),
 }
 
 /// The bridge's credentials.
 #[derive(Clone)]
 pub struct Credentials {
-    /// PEM.
-    pub cert_pem: String,
-    /// PEM, kept 0600 in the data directory.
-    pub key_pem: String,
+    /// Key (kept 0600 in the data directory) and certificate, PEM.
+    pub pair: KeyPair,
     /// The CA, PEM.
     pub ca_pem: String,
 }
@@ -61,8 +69,8 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-const KEY_FILE: &str = "bridge.key";
-const CERT_FILE: &str = "bridge.crt";
+/// `bridge.key`, `bridge.crt`.
+const STEM: &str = "bridge";
 
 /// The stored certificate if it is still valid, else a new one from the API with
 /// `join_token`.
@@ -77,29 +85,19 @@ pub async fn enroll(
 ) -> Result<Credentials, EnrollError> {
     let ca_pem = std::fs::read_to_string(&config.ca_file)
         .map_err(|e| EnrollError::Tls(format!("{}: {e}", config.ca_file.display())))?;
-    let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|error| identity::IdentityError::File {
-        path: dir.clone(),
-        error,
-    })?;
-    let stored = (
-        identity::read_optional(&dir.join(KEY_FILE))?,
-        identity::read_optional(&dir.join(CERT_FILE))?,
-    );
-    if let (Some(key_pem), Some(cert_pem)) = stored {
+    let files = IdentityFiles::open(&config.data_dir, STEM)?;
+    let me = Identity::Bridge { ordinal };
+    if let Some(pair) = files.load()? {
         let now = time::OffsetDateTime::now_utc();
-        if identity::validity(&cert_pem).is_ok_and(|(_, to)| to > now + Duration::from_secs(60))
-            && names_ordinal(&cert_pem, ordinal)
-        {
+        let fresh = identity::validity(&pair.cert_pem)
+            .is_ok_and(|(_, to)| to > now + Duration::from_secs(60));
+        if fresh && enroll::check_issued(&pair.cert_pem, &pair.key_pem, &me).is_ok() {
             tracing::info!("using the stored bridge certificate");
-            return Ok(Credentials {
-                cert_pem,
-                key_pem,
-                ca_pem,
-            });
+            return Ok(Credentials { pair, ca_pem });
         }
     }
-    let token = join_token.ok_or_else(|| EnrollError::NoToken(dir.display().to_string()))?;
+    let token =
+        join_token.ok_or_else(|| EnrollError::NoToken(config.data_dir.display().to_string()))?;
     let api = api_client(config, &ca_pem, None)?;
     let (key_pem, csr) = identity::key_and_csr()?;
     let answer = api
@@ -109,42 +107,14 @@ pub async fn enroll(
             csr,
         })
         .await?;
-    let cert_pem = answer.certificate.certificate;
-    store(dir, &key_pem, &cert_pem)?;
-    tracing::info!(ordinal, "joined");
-    Ok(Credentials {
-        cert_pem,
+    let pair = KeyPair {
         key_pem,
-        ca_pem,
-    })
-}
-
-/// Whether a certificate carries `bamf://bridge/<ordinal>`.
-fn names_ordinal(cert_pem: &str, ordinal: u32) -> bool {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    use x509_parser::prelude::FromDer;
-    let Ok(der) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
-        return false;
+        cert_pem: answer.certificate.certificate,
     };
-    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(&der) else {
-        return false;
-    };
-    let want = format!("bamf://bridge/{ordinal}");
-    cert.subject_alternative_name()
-        .ok()
-        .flatten()
-        .is_some_and(|san| {
-            san.value
-                .general_names
-                .iter()
-                .any(|n| matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == want))
-        })
-}
-
-fn store(dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), identity::IdentityError> {
-    identity::write_private(&dir.join(KEY_FILE), key_pem)?;
-    identity::write_private(&dir.join(CERT_FILE), cert_pem)
+    enroll::check_issued(&pair.cert_pem, &pair.key_pem, &me)?;
+    files.store(&pair)?;
+    tracing::info!(ordinal, "joined");
+    Ok(Credentials { pair, ca_pem })
 }
 
 /// An API client that trusts the CA and presents `client` when given.
@@ -155,7 +125,7 @@ fn api_client(
 ) -> Result<Api, EnrollError> {
     let tls = bamf_client::tls_config(
         ca_pem,
-        client.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
+        client.map(|c| (c.pair.cert_pem.as_str(), c.pair.key_pem.as_str())),
         &[b"http/1.1"],
     )
     .map_err(|e| EnrollError::Tls(e.to_string()))?;
@@ -289,6 +259,7 @@ pub fn start(
 
 async fn heartbeats(heartbeat: Heartbeat, interval: Duration, stop: CancellationToken) {
     let mut failures = 0u32;
+    let mut retry = backoff();
     loop {
         let wait = match heartbeat.send().await {
             Ok(()) => {
@@ -296,6 +267,7 @@ async fn heartbeats(heartbeat: Heartbeat, interval: Duration, stop: Cancellation
                     tracing::info!("heartbeat: the API answers again");
                 }
                 failures = 0;
+                retry.reset();
                 interval
             }
             Err(e) => {
@@ -303,7 +275,7 @@ async fn heartbeats(heartbeat: Heartbeat, interval: Duration, stop: Cancellation
                 if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(error = %e, failures, "heartbeat failed; tunnels keep running");
                 }
-                interval.min(backoff(failures))
+                interval.min(retry.next_delay())
             }
         };
         tokio::select! {
@@ -319,6 +291,7 @@ async fn heartbeats(heartbeat: Heartbeat, interval: Duration, stop: Cancellation
 async fn control_stream(api: Arc<arc_swap::ArcSwap<Api>>, stop: CancellationToken) {
     use http_body_util::BodyExt;
     let mut failures = 0u32;
+    let mut retry = Backoff::new(BACKOFF_MIN, CONTROL_RETRY_MAX);
     loop {
         let held = async {
             let response = api.load().bridge_control().await?;
@@ -340,6 +313,7 @@ async fn control_stream(api: Arc<arc_swap::ArcSwap<Api>>, stop: CancellationToke
         let wait = match ended {
             Ok(_) => {
                 failures = 0;
+                retry.reset();
                 BACKOFF_MIN / 4
             }
             Err(e) => {
@@ -347,7 +321,7 @@ async fn control_stream(api: Arc<arc_swap::ArcSwap<Api>>, stop: CancellationToke
                 if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(error = %e, failures, "control stream unavailable; retrying");
                 }
-                backoff(failures).min(CONTROL_RETRY_MAX)
+                retry.next_delay()
             }
         };
         if stop
@@ -367,6 +341,7 @@ async fn reports(
 ) {
     let mut batch: Vec<Event> = Vec::new();
     let mut failures = 0u32;
+    let mut retry = backoff();
     loop {
         if batch.is_empty() {
             tokio::select! {
@@ -394,6 +369,7 @@ async fn reports(
                 crate::metrics::reports_sent(batch.len());
                 batch.clear();
                 failures = 0;
+                retry.reset();
             }
             Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
                 // The API refuses these events for good (malformed): retrying cannot help.
@@ -407,80 +383,44 @@ async fn reports(
                 }
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff(failures)) => {}
+                    () = tokio::time::sleep(retry.next_delay()) => {}
                 }
             }
         }
     }
 }
 
+/// Renews at half-life (`bamf_client::enroll::renew_at_half_life`), swapping the new
+/// certificate into the relay's TLS and the API client.
 async fn renewals(
     config: TunnelConfig,
     ordinal: u32,
-    mut credentials: Credentials,
+    credentials: Credentials,
     slot: Arc<CertSlot>,
     api: Arc<arc_swap::ArcSwap<Api>>,
     stop: CancellationToken,
 ) {
-    let mut failures = 0u32;
-    loop {
-        let wait = if failures > 0 {
-            backoff(failures)
-        } else {
-            identity::until_half_life(&credentials.cert_pem, time::OffsetDateTime::now_utc())
-                .unwrap_or(Duration::ZERO)
+    let ca_pem = credentials.ca_pem;
+    let first = credentials.pair.cert_pem;
+    enroll::renew_at_half_life(first, &stop, || async {
+        let (key_pem, csr) = identity::key_and_csr()?;
+        let answer = api.load().renew_bridge(&RenewRequest { csr }).await?;
+        let pair = KeyPair {
+            key_pem,
+            cert_pem: answer.certificate.certificate,
         };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-        match renew(&config, &credentials, &api).await {
-            Ok(renewed) => {
-                match certified_key(&renewed.cert_pem, &renewed.key_pem) {
-                    Ok(key) => slot.swap(key),
-                    Err(e) => {
-                        tracing::error!(error = %e, "renewed certificate unusable");
-                        failures += 1;
-                        continue;
-                    }
-                }
-                credentials = renewed;
-                failures = 0;
-                tracing::info!(ordinal, "certificate renewed and swapped in");
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, failures, "certificate renewal failed; will retry");
-            }
-        }
-    }
-}
-
-async fn renew(
-    config: &TunnelConfig,
-    current: &Credentials,
-    api: &arc_swap::ArcSwap<Api>,
-) -> Result<Credentials, EnrollError> {
-    let (key_pem, csr) = identity::key_and_csr()?;
-    let answer = api.load().renew_bridge(&RenewRequest { csr }).await?;
-    let cert_pem = answer.certificate.certificate;
-    store(&config.data_dir, &key_pem, &cert_pem)?;
-    let renewed = Credentials {
-        cert_pem,
-        key_pem,
-        ca_pem: current.ca_pem.clone(),
-    };
-    api.store(Arc::new(api_client(
-        config,
-        &renewed.ca_pem,
-        Some(&renewed),
-    )?));
-    Ok(renewed)
-}
-
-/// Exponential back-off from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
-fn backoff(failures: u32) -> Duration {
-    BACKOFF_MIN
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-        .min(BACKOFF_MAX)
+        enroll::check_issued(&pair.cert_pem, &pair.key_pem, &Identity::Bridge { ordinal })?;
+        let key = certified_key(&pair.cert_pem, &pair.key_pem)
+            .map_err(|e| EnrollError::Tls(e.to_string()))?;
+        IdentityFiles::open(&config.data_dir, STEM)?.store(&pair)?;
+        let renewed = Credentials {
+            pair,
+            ca_pem: ca_pem.clone(),
+        };
+        api.store(Arc::new(api_client(&config, &ca_pem, Some(&renewed))?));
+        slot.swap(key);
+        tracing::info!(ordinal, "certificate swapped in");
+        Ok::<_, EnrollError>(renewed.pair.cert_pem)
+    })
+    .await;
 }

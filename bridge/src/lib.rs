@@ -192,8 +192,8 @@ pub async fn run(
     let (relay, control) = match (credentials, &config.tunnel, config.router.ordinal()) {
         (Some(credentials), Some(tunnel), Some(ordinal)) => {
             let slot = Arc::new(tunnel::CertSlot::new(tunnel::certified_key(
-                &credentials.cert_pem,
-                &credentials.key_pem,
+                &credentials.pair.cert_pem,
+                &credentials.pair.key_pem,
             )?));
             let tls = tunnel::server_config(&credentials.ca_pem, slot.clone())?;
             let (events, queue) = tokio::sync::mpsc::channel(control::REPORT_QUEUE);

@@ -1,6 +1,8 @@
 //! What every caller of BAMF shares: the bridge, the agent and the `bamf` CLI.
 //!
 //! - [`api`]: one typed method per API route, with the contract's types.
+//! - [`enroll`]: the identity's files (crash-safe), checking what the API issued, renewal at
+//!   half-life; [`backoff`]: jittered exponential back-off for every retry.
 //! - [`https`]: a small JSON-over-HTTPS client for the API, with the CA as the only trust
 //!   root and an optional client certificate (agents and bridges authenticate by it).
 //! - [`identity`]: private keys and CSRs made locally (the key never leaves the host),
@@ -10,6 +12,8 @@
 //!   buffers only while bytes are in flight.
 
 pub mod api;
+pub mod backoff;
+pub mod enroll;
 pub mod https;
 pub mod identity;
 pub mod relay;

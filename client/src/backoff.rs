@@ -1,6 +1,6 @@
-//! Exponential back-off with jitter, for everything the agent retries against the API.
+//! Exponential back-off with jitter, for everything agents and bridges retry against the API.
 //!
-//! A fleet of agents that lost the API at the same moment must not come back in lock-step,
+//! A fleet of agents (or a StatefulSet of bridges) that lost the API at the same moment must not come back in lock-step,
 //! so each delay is drawn between half the current step and the full step ("equal jitter":
 //! never shorter than half, so a flapping API still gets breathing room).
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Doubling delays from `initial` up to `max`, each jittered.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     initial: Duration,
     max: Duration,
     step: Duration,
@@ -16,7 +16,7 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     /// Starts at `initial`, doubles up to `max`.
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+    pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
             max,
@@ -25,7 +25,7 @@ impl Backoff {
     }
 
     /// The next delay, with fresh randomness.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         self.next_with(random_unit())
     }
 
@@ -37,7 +37,7 @@ impl Backoff {
     }
 
     /// Back to the initial step (after a connection that lasted).
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.step = self.initial;
     }
 }
