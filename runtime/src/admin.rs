@@ -63,11 +63,9 @@ impl Admin {
     }
 
     /// Serves on `listener` until `stop`, then waits for the requests in flight (each is
-    /// bounded by [`EXCHANGE_TIMEOUT`]).
+    /// bounded by [`EXCHANGE_TIMEOUT`]). The caller logs the address, under its own name for
+    /// the listener.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken) {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(listener = "admin", %addr, "listening");
-        }
         let tasks = TaskTracker::new();
         if let Some(handle) = self.metrics.clone() {
             let stop = stop.clone();
