@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bamf_proto::san::Name;
 pub use bamf_runtime::config::{ConfigErrors, HostPort};
-use bamf_runtime::config::{Problems, duration, duration_or_zero, load_toml, socket_addr};
+use bamf_runtime::config::{Problems, load_toml};
 use serde::Deserialize;
 
 /// Defaults, each with the reason for its value.
@@ -274,32 +274,30 @@ impl Config {
                     Some(PathBuf::from(t))
                 }
             });
-        let mut optional_socket_addr =
-            |field: &str, text: Option<&str>| text.and_then(|t| p.check(socket_addr(field, t)));
-        let health_listen = optional_socket_addr("health_listen", raw.health_listen.as_deref());
-        let bridge_address = optional_socket_addr("bridge_address", raw.bridge_address.as_deref());
-        let api_address = optional_socket_addr("api_address", raw.api_address.as_deref());
+        let health_listen = p.socket_addr("health_listen", raw.health_listen.as_deref());
+        let bridge_address = p.socket_addr("bridge_address", raw.bridge_address.as_deref());
+        let api_address = p.socket_addr("api_address", raw.api_address.as_deref());
         let max_tunnels = p.check(
             NonZeroUsize::new(raw.max_tunnels.unwrap_or(defaults::MAX_TUNNELS))
                 .filter(|n| n.get() <= MAX_TUNNELS_CEILING)
                 .ok_or_else(|| format!("max_tunnels: must be between 1 and {MAX_TUNNELS_CEILING}")),
         );
-        let idle_timeout = p.check(duration(
+        let idle_timeout = p.duration(
             "idle_timeout",
             raw.idle_timeout.as_deref(),
             defaults::IDLE_TIMEOUT,
-        ));
-        let connect_timeout = p.check(duration(
+        );
+        let connect_timeout = p.duration(
             "connect_timeout",
             raw.connect_timeout.as_deref(),
             defaults::CONNECT_TIMEOUT,
-        ));
+        );
         // Zero is meaningful here: cut open tunnels at once.
-        let shutdown_grace = p.check(duration_or_zero(
+        let shutdown_grace = p.duration_or_zero(
             "shutdown_grace",
             raw.shutdown_grace.as_deref(),
             defaults::SHUTDOWN_GRACE,
-        ));
+        );
 
         if raw.resources.len() > MAX_RESOURCES {
             p.push(format!("resources: at most {MAX_RESOURCES}"));

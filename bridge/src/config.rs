@@ -17,7 +17,7 @@ use std::time::Duration;
 use bamf_proto::HostName;
 use bamf_proto::sni::DEFAULT_MAX_HELLO_LEN;
 pub use bamf_runtime::config::{ConfigErrors, HostPort};
-use bamf_runtime::config::{Problems, duration, load_toml, socket_addr};
+use bamf_runtime::config::{Problems, load_toml, socket_addr};
 use serde::Deserialize;
 
 /// Defaults, each with the reason for its value.
@@ -331,8 +331,8 @@ impl TryFrom<RawConfig> for Config {
             "listen",
             raw.listen.as_deref().unwrap_or(defaults::LISTEN),
         ));
-        let peer_listen = optional_socket_addr(&mut p, "peer_listen", raw.peer_listen.as_deref());
-        let metrics = optional_socket_addr(&mut p, "metrics", raw.metrics.as_deref());
+        let peer_listen = p.socket_addr("peer_listen", raw.peer_listen.as_deref());
+        let metrics = p.socket_addr("metrics", raw.metrics.as_deref());
         let proxy_protocol = raw.proxy_protocol.unwrap_or(false);
 
         let identity = identity(&mut p, &raw);
@@ -386,10 +386,6 @@ impl TryFrom<RawConfig> for Config {
         };
         p.finish(config)
     }
-}
-
-fn optional_socket_addr(p: &mut Problems, field: &str, text: Option<&str>) -> Option<SocketAddr> {
-    text.and_then(|t| p.check(socket_addr(field, t)))
 }
 
 /// `ordinal`, `tunnel_domain` and `peer_address`: all or none of the first two.
@@ -459,17 +455,17 @@ fn tunnel(
     if ca_file.is_none() {
         p.push("api.ca_file: missing (PEM of the BAMF CA)");
     }
-    let api_address = optional_socket_addr(p, "api.address", api.address.as_deref());
-    let heartbeat_interval = p.check(duration(
+    let api_address = p.socket_addr("api.address", api.address.as_deref());
+    let heartbeat_interval = p.duration(
         "api.heartbeat_interval",
         api.heartbeat_interval.as_deref(),
         defaults::HEARTBEAT_INTERVAL,
-    ));
-    let match_timeout = p.check(duration(
+    );
+    let match_timeout = p.duration(
         "limits.match_timeout",
         raw.limits.match_timeout.as_deref(),
         defaults::MATCH_TIMEOUT,
-    ));
+    );
     let max_pending = raw.limits.max_pending.unwrap_or(defaults::MAX_PENDING);
     if max_pending == 0 {
         p.push("limits.max_pending: must be at least 1");
@@ -545,7 +541,7 @@ fn limits(p: &mut Problems, l: &RawLimits) -> Option<Limits> {
         ));
     }
     let mut timeout = |field: &str, text: &Option<String>, default: Duration| {
-        p.check(duration(field, text.as_deref(), default))
+        p.duration(field, text.as_deref(), default)
     };
     let detect_timeout = timeout(
         "limits.detect_timeout",

@@ -497,7 +497,8 @@ mod tests {
 
     impl metrics::CounterFn for Probe {
         fn increment(&self, value: u64) {
-            self.0.fetch_add(value, std::sync::atomic::Ordering::Relaxed);
+            self.0
+                .fetch_add(value, std::sync::atomic::Ordering::Relaxed);
         }
         fn absolute(&self, value: u64) {
             self.0.store(value, std::sync::atomic::Ordering::Relaxed);
@@ -529,7 +530,11 @@ mod tests {
             client_end.read_exact(&mut [0u8; 2]).await.unwrap();
             // Still open, and already counted.
             let total = |p: &Probe| p.0.load(std::sync::atomic::Ordering::Relaxed);
-            assert_eq!((total(&up), total(&down)), (bulk.len() as u64, 2), "{splice}");
+            assert_eq!(
+                (total(&up), total(&down)),
+                (bulk.len() as u64, 2),
+                "{splice}"
+            );
             assert!(!relay.is_finished());
             drop((client_end, upstream_end));
             let _ = relay.await.unwrap();

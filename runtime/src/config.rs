@@ -97,6 +97,33 @@ impl Problems {
         value
     }
 
+    /// An optional `ip:port` field ([`socket_addr`]): `None` when absent, or invalid (then
+    /// recorded).
+    pub fn socket_addr(&mut self, field: &str, text: Option<&str>) -> Option<SocketAddr> {
+        text.and_then(|t| self.check(socket_addr(field, t)))
+    }
+
+    /// A duration field ([`duration`]): `default` when absent, `None` when invalid (then
+    /// recorded).
+    pub fn duration(
+        &mut self,
+        field: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Option<Duration> {
+        self.check(duration(field, text, default))
+    }
+
+    /// As [`Problems::duration`], zero allowed ([`duration_or_zero`]).
+    pub fn duration_or_zero(
+        &mut self,
+        field: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Option<Duration> {
+        self.check(duration_or_zero(field, text, default))
+    }
+
     /// No problem recorded so far.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
