@@ -212,6 +212,12 @@ async fn the_bridge_pairs_only_matching_certificates() {
     agent.write_all(&buf).await.unwrap();
     agent.flush().await.unwrap();
     assert_eq!(client.await.unwrap(), b"ping through the bridge");
+    // Counted while the tunnel is still open (the agent's side has not closed yet).
+    for direction in ["up", "down"] {
+        let sample = format!("bamf_tunnel_bytes_total{{direction=\"{direction}\"}}");
+        let v = bridge.wait_metric(&sample, Duration::from_secs(5), |v| v >= 23.0);
+        assert!(v >= 23.0, "{sample} = {v}");
+    }
     drop(agent);
 
     // The same session certificate cannot open a second tunnel.
