@@ -4,6 +4,7 @@
 //! errors), [`Config`] is what the agent runs on (names, addresses, durations and the CA
 //! bundle, all parsed). Building a `Config` collects *every* problem before failing, so an
 //! operator fixes a file in one pass, and nothing is bound or contacted before it succeeds.
+//! The shared parsers and the problem list come from [`bamf_runtime::config`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -12,8 +13,9 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bamf_proto::HostName;
 use bamf_proto::san::Name;
+pub use bamf_runtime::config::{ConfigErrors, HostPort};
+use bamf_runtime::config::{Problems, load_toml};
 use serde::Deserialize;
 
 /// Defaults, each with the reason for its value.
@@ -56,7 +58,7 @@ pub struct RawConfig {
     pub api_ca_file: Option<String>,
     /// Directory of the agent's key, certificate and identity.
     pub data_dir: Option<String>,
-    /// `ip:port` for HTTP `/health` and `/ready`.
+    /// `ip:port` for HTTP `/health`, `/ready` and `/metrics`.
     pub health_listen: Option<String>,
     /// `ip:port` to dial bridges at instead of resolving their names.
     pub bridge_address: Option<String>,
@@ -90,26 +92,13 @@ pub struct RawResource {
     pub labels: BTreeMap<String, String>,
 }
 
-impl RawConfig {
-    /// Reads a TOML file.
-    ///
-    /// # Errors
-    ///
-    /// The file cannot be read or is not TOML of this shape; the message names the file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors::one(format!("{}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| ConfigErrors::one(format!("{}: {e}", path.display())))
-    }
-}
-
 /// Reads and parses the configuration file at `path`.
 ///
 /// # Errors
 ///
 /// Every problem found, at once.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let raw = RawConfig::from_file(path)?;
+    let raw: RawConfig = load_toml(path)?;
     // A relative `api_ca_file` is relative to the configuration file, like an include.
     let base = path.parent().unwrap_or(Path::new("."));
     Config::build(raw, base)
@@ -142,54 +131,6 @@ impl Kind {
             "postgres" => Some(Self::Postgres),
             "tcp" => Some(Self::Tcp),
             _ => None,
-        }
-    }
-}
-
-/// A `host:port` to connect to: an IP literal, or a DNS name resolved at each connect (the
-/// target may move; a name is never cached).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    /// An IP address and port.
-    Ip(SocketAddr),
-    /// A host name and port.
-    Name(HostName, u16),
-}
-
-impl Address {
-    /// Parses `ip:port`, `[v6]:port` or `name:port`.
-    ///
-    /// # Errors
-    ///
-    /// A message saying what is wrong with the text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if let Ok(addr) = text.parse::<SocketAddr>() {
-            if addr.port() == 0 {
-                return Err(format!("'{text}' has port 0"));
-            }
-            return Ok(Self::Ip(addr));
-        }
-        let (host, port) = text
-            .rsplit_once(':')
-            .ok_or_else(|| format!("'{text}' is not host:port"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("'{text}' has an invalid port"))?;
-        if port == 0 {
-            return Err(format!("'{text}' has port 0"));
-        }
-        let host = host
-            .parse::<HostName>()
-            .map_err(|e| format!("'{text}': {e}"))?;
-        Ok(Self::Name(host, port))
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Ip(a) => a.fmt(f),
-            Self::Name(h, p) => write!(f, "{h}:{p}"),
         }
     }
 }
@@ -258,7 +199,7 @@ pub struct Resource {
     /// Its kind.
     pub kind: Kind,
     /// Where the agent connects for it.
-    pub address: Address,
+    pub address: HostPort,
     /// Labels for access rules.
     pub labels: BTreeMap<String, String>,
 }
@@ -287,7 +228,7 @@ pub struct Config {
     pub api_ca: CaBundle,
     /// Key, certificate and identity files.
     pub data_dir: PathBuf,
-    /// HTTP `/health` and `/ready`.
+    /// HTTP `/health`, `/ready` and `/metrics`.
     pub health_listen: Option<SocketAddr>,
     /// Dial bridges here instead of resolving their names.
     pub bridge_address: Option<SocketAddr>,
@@ -311,7 +252,7 @@ impl Config {
     ///
     /// Every problem found.
     pub fn build(raw: RawConfig, base: &Path) -> Result<Self, ConfigErrors> {
-        let mut p = Problems::default();
+        let mut p = Problems::new();
         let name = p.required("name", raw.name.as_deref()).and_then(|t| {
             p.check(t.parse::<Name>().map_err(|_| {
                 format!("name: '{t}' must be 1-63 of a-z 0-9 - _ . starting with a letter or digit")
@@ -327,50 +268,39 @@ impl Config {
             .required("data_dir", raw.data_dir.as_deref())
             .and_then(|t| {
                 if t.is_empty() {
-                    p.0.push("data_dir: must not be empty".into());
+                    p.push("data_dir: must not be empty");
                     None
                 } else {
                     Some(PathBuf::from(t))
                 }
             });
-        let health_listen = raw
-            .health_listen
-            .as_deref()
-            .and_then(|t| p.check(parse_socket_addr("health_listen", t)));
-        let bridge_address = raw
-            .bridge_address
-            .as_deref()
-            .and_then(|t| p.check(parse_socket_addr("bridge_address", t)));
-        let api_address = raw
-            .api_address
-            .as_deref()
-            .and_then(|t| p.check(parse_socket_addr("api_address", t)));
+        let health_listen = p.socket_addr("health_listen", raw.health_listen.as_deref());
+        let bridge_address = p.socket_addr("bridge_address", raw.bridge_address.as_deref());
+        let api_address = p.socket_addr("api_address", raw.api_address.as_deref());
         let max_tunnels = p.check(
             NonZeroUsize::new(raw.max_tunnels.unwrap_or(defaults::MAX_TUNNELS))
                 .filter(|n| n.get() <= MAX_TUNNELS_CEILING)
                 .ok_or_else(|| format!("max_tunnels: must be between 1 and {MAX_TUNNELS_CEILING}")),
         );
-        let idle_timeout = p.check(parse_duration(
+        let idle_timeout = p.duration(
             "idle_timeout",
             raw.idle_timeout.as_deref(),
             defaults::IDLE_TIMEOUT,
-            false,
-        ));
-        let connect_timeout = p.check(parse_duration(
+        );
+        let connect_timeout = p.duration(
             "connect_timeout",
             raw.connect_timeout.as_deref(),
             defaults::CONNECT_TIMEOUT,
-            false,
-        ));
-        let shutdown_grace = p.check(parse_duration(
+        );
+        // Zero is meaningful here: cut open tunnels at once.
+        let shutdown_grace = p.duration_or_zero(
             "shutdown_grace",
             raw.shutdown_grace.as_deref(),
             defaults::SHUTDOWN_GRACE,
-            true,
-        ));
+        );
 
         if raw.resources.len() > MAX_RESOURCES {
-            p.0.push(format!("resources: at most {MAX_RESOURCES}"));
+            p.push(format!("resources: at most {MAX_RESOURCES}"));
         }
         let mut resources = Vec::with_capacity(raw.resources.len());
         let mut seen = HashSet::new();
@@ -383,50 +313,35 @@ impl Config {
             if let Some(name) = &r.name
                 && !seen.insert(name.clone())
             {
-                p.0.push(format!("{at}: the name is listed twice"));
+                p.push(format!("{at}: the name is listed twice"));
             }
             if let Some(resource) = parse_resource(&mut p, &at, r) {
                 resources.push(resource);
             }
         }
 
-        match (
-            name,
-            api_url,
-            api_ca,
-            data_dir,
-            max_tunnels,
-            idle_timeout,
-            connect_timeout,
-            shutdown_grace,
-        ) {
-            (
-                Some(name),
-                Some(api_url),
-                Some(api_ca),
-                Some(data_dir),
-                Some(max_tunnels),
-                Some(idle_timeout),
-                Some(connect_timeout),
-                Some(shutdown_grace),
-            ) if p.0.is_empty() => Ok(Self {
-                name,
-                api_url,
-                api_ca,
-                data_dir: base_relative(base, data_dir),
+        let limits = || {
+            Some(Limits {
+                max_tunnels: max_tunnels?,
+                idle_timeout: idle_timeout?,
+                connect_timeout: connect_timeout?,
+                shutdown_grace: shutdown_grace?,
+            })
+        };
+        let config = || {
+            Some(Self {
+                name: name?,
+                api_url: api_url?,
+                api_ca: api_ca?,
+                data_dir: base_relative(base, data_dir?),
                 health_listen,
                 bridge_address,
                 api_address,
-                limits: Limits {
-                    max_tunnels,
-                    idle_timeout,
-                    connect_timeout,
-                    shutdown_grace,
-                },
+                limits: limits()?,
                 resources,
-            }),
-            _ => Err(ConfigErrors(p.0)),
-        }
+            })
+        };
+        p.finish(config())
     }
 }
 
@@ -457,15 +372,15 @@ fn parse_resource(p: &mut Problems, at: &str, r: RawResource) -> Option<Resource
         });
     let address = p
         .required(&format!("{at}: address"), r.address.as_deref())
-        .and_then(|t| p.check(Address::parse(t).map_err(|e| format!("{at}: address {e}"))));
+        .and_then(|t| p.check(HostPort::parse(t).map_err(|e| format!("{at}: address {e}"))));
     let mut labels_ok = true;
     if r.labels.len() > MAX_LABELS {
-        p.0.push(format!("{at}: at most {MAX_LABELS} labels"));
+        p.push(format!("{at}: at most {MAX_LABELS} labels"));
         labels_ok = false;
     }
     for (k, v) in &r.labels {
         if !(1..=MAX_LABEL_KEY).contains(&k.len()) || v.len() > MAX_LABEL_VALUE {
-            p.0.push(format!(
+            p.push(format!(
                 "{at}: label '{k}': keys are 1-{MAX_LABEL_KEY} characters, values up to {MAX_LABEL_VALUE}"
             ));
             labels_ok = false;
@@ -477,63 +392,6 @@ fn parse_resource(p: &mut Problems, at: &str, r: RawResource) -> Option<Resource
         address: address?,
         labels: labels_ok.then_some(r.labels)?,
     })
-}
-
-/// Every problem found in a configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<String>);
-
-impl ConfigErrors {
-    fn one(message: String) -> Self {
-        Self(vec![message])
-    }
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("; "))
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// Collects problems while a [`Config`] is built.
-#[derive(Default)]
-struct Problems(Vec<String>);
-
-impl Problems {
-    fn check<T>(&mut self, result: Result<T, String>) -> Option<T> {
-        result.map_err(|e| self.0.push(e)).ok()
-    }
-
-    fn required<'a>(&mut self, field: &str, value: Option<&'a str>) -> Option<&'a str> {
-        if value.is_none() {
-            self.0.push(format!("{field}: required"));
-        }
-        value
-    }
-}
-
-fn parse_socket_addr(field: &str, text: &str) -> Result<SocketAddr, String> {
-    text.parse()
-        .map_err(|_| format!("{field}: '{text}' is not an ip:port address"))
-}
-
-fn parse_duration(
-    field: &str,
-    text: Option<&str>,
-    default: Duration,
-    zero_ok: bool,
-) -> Result<Duration, String> {
-    let Some(text) = text else {
-        return Ok(default);
-    };
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("{field}: '{text}' is not a duration like \"10s\" ({e})"))?;
-    if d.is_zero() && !zero_ok {
-        return Err(format!("{field}: must be greater than zero"));
-    }
-    Ok(d)
 }
 
 #[cfg(test)]
@@ -616,7 +474,7 @@ address = "bastion.internal:22"
         );
         let db = c.resource("db-1").unwrap();
         assert_eq!(db.kind, Kind::Postgres);
-        assert_eq!(db.address, Address::Ip("10.0.0.5:5432".parse().unwrap()));
+        assert_eq!(db.address, HostPort::Ip("10.0.0.5:5432".parse().unwrap()));
         assert_eq!(db.labels["env"], "dev");
         let ssh = c.resource("ssh-1").unwrap();
         assert_eq!(ssh.address.to_string(), "bastion.internal:22");
@@ -701,12 +559,12 @@ address = "10.0.0.7:5432"
             "resources[2] 'db-1': the name is listed twice",
             "resources[3] 'db-1': the name is listed twice",
         ];
-        let text = errors.0.join("\n");
+        let text = errors.problems().join("\n");
         for e in expected {
             assert!(text.contains(e), "missing {e:?} in:\n{text}");
         }
         // `api_ca_file:` and `missing.crt` are one problem.
-        assert_eq!(errors.0.len(), expected.len() - 1, "{text}");
+        assert_eq!(errors.len(), expected.len() - 1, "{text}");
     }
 
     #[test]
@@ -715,17 +573,18 @@ address = "10.0.0.7:5432"
         let base =
             "name = \"a\"\napi_url = \"https://h\"\napi_ca_file = \"ca.crt\"\ndata_dir = \"d\"\n";
         let e = dir.parse(&format!("{base}listen = \"x\"\n")).unwrap_err();
-        assert!(e.0[0].contains("unknown field `listen`"), "{e}");
+        assert!(e.problems()[0].contains("agent.toml:5:1: "), "{e}");
+        assert!(e.problems()[0].contains("unknown field `listen`"), "{e}");
         let e = dir
             .parse(&format!(
                 "{base}[[resources]]\nname = \"r\"\nkind = \"tcp\"\naddress = \"h:1\"\nport = 1\n"
             ))
             .unwrap_err();
-        assert!(e.0[0].contains("unknown field `port`"), "{e}");
+        assert!(e.problems()[0].contains("unknown field `port`"), "{e}");
         let e = dir
             .parse(&format!("{base}max_tunnels = \"many\"\n"))
             .unwrap_err();
-        assert!(e.0[0].contains("max_tunnels"), "{e}");
+        assert!(e.problems()[0].contains(":5:15: max_tunnels: "), "{e}");
     }
 
     #[test]

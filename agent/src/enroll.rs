@@ -462,7 +462,7 @@ mod tests {
         dir
     }
 
-    fn write(dir: &Path, file: &str, text: &str) {
+    fn write(dir: &std::path::Path, file: &str, text: &str) {
         std::fs::write(dir.join(file), text).unwrap();
     }
 

@@ -29,7 +29,9 @@
 //! - [`heartbeat`]: the catalog report.
 //! - [`commands`]: the command stream, reconnected with back-off; [`sse`] parses it.
 //! - [`tunnel`]: serving one dial command; the relay with idle timeout and half-close.
-//! - [`health`]: HTTP `/health` and `/ready`.
+//! - [`health`]: readiness for the health listener (`/health`, `/ready`, `/metrics`, served
+//!   by [`bamf_runtime::admin`]).
+//! - [`metrics`]: the agent's Prometheus metrics.
 //!
 //! [`run`] ties them together and owns the shutdown order: readiness off, stop the command
 //! stream (and so new tunnels), stop reporting, drain open tunnels under the grace period,
@@ -39,6 +41,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +51,7 @@ pub mod config;
 pub mod enroll;
 pub mod health;
 pub mod heartbeat;
+pub mod metrics;
 pub mod sse;
 pub mod tunnel;
 
@@ -76,7 +80,8 @@ pub struct ShutdownReport {
     pub cut: usize,
 }
 
-/// Runs the agent until `shutdown` is cancelled, then drains.
+/// Runs the agent until `shutdown` is cancelled, then drains. The health listener, when
+/// given, serves `metrics` (the installed Prometheus handle) too.
 ///
 /// # Errors
 ///
@@ -85,6 +90,7 @@ pub struct ShutdownReport {
 pub async fn run(
     config: Config,
     health: Option<TcpListener>,
+    metrics: Option<PrometheusHandle>,
     token: Option<JoinToken>,
     shutdown: CancellationToken,
 ) -> Result<ShutdownReport, EnrollError> {
@@ -95,7 +101,8 @@ pub async fn run(
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(listener = "health", %addr, "listening");
         }
-        tokio::spawn(health::serve(listener, state.clone(), stop_health.clone()))
+        let admin = health::admin(state.clone(), metrics);
+        tokio::spawn(admin.serve(listener, stop_health.clone()))
     });
     let stop_health = async move {
         stop_health.cancel();

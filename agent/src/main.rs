@@ -40,12 +40,12 @@ fn main() -> ExitCode {
     let config = match config::load(&cli.config) {
         Ok(c) => c,
         Err(errors) => {
-            for problem in &errors.0 {
+            for problem in errors.problems() {
                 tracing::error!(%problem, "invalid configuration");
             }
             tracing::error!(
                 config = %cli.config.display(),
-                problems = errors.0.len(),
+                problems = errors.len(),
                 "the configuration is invalid; nothing was started"
             );
             return ExitCode::from(EXIT_BAD_CONFIG);
@@ -90,9 +90,16 @@ fn start(
             ),
             None => None,
         };
+        // Metrics are served on the health listener: without one, nobody could read them.
+        let metrics = match &health {
+            Some(_) => {
+                Some(bamf_agent::metrics::install().context("installing the metrics recorder")?)
+            }
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         tokio::spawn(bamf_runtime::shutdown_on_signals(shutdown.clone()));
-        Ok(bamf_agent::run(config, health, token, shutdown)
+        Ok(bamf_agent::run(config, health, metrics, token, shutdown)
             .await
             .map(|_| ()))
     })

@@ -16,15 +16,14 @@ use std::time::{Duration, Instant};
 use bamf_client::relay::{BufferPool, RelayEnd};
 use bamf_proto::tunnel::{DialCommand, agent_failure_preamble, agent_preamble};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Address, Config, Resource};
+use crate::config::{Config, Resource};
 use crate::enroll::{Tls, millis};
+use crate::metrics::{self, ActiveTunnel, DialOutcome};
 
-/// Bytes read at once, per direction.
 /// After the grace period, how long cut tunnels get to log their end.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
@@ -63,6 +62,7 @@ impl Tunnels {
     /// reached (both logged).
     pub fn dispatch(&self, cmd: DialCommand) {
         let Some(resource) = self.config.resource(&cmd.resource).cloned() else {
+            metrics::dial_skipped(DialOutcome::UnknownResource);
             tracing::warn!(
                 session = %cmd.session,
                 resource = %cmd.resource,
@@ -71,6 +71,7 @@ impl Tunnels {
             return;
         };
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            metrics::dial_skipped(DialOutcome::LimitReached);
             tracing::warn!(
                 session = %cmd.session,
                 resource = %cmd.resource,
@@ -110,7 +111,7 @@ impl Tunnels {
     }
 }
 
-/// Serves one dial command to its end, logging how it went.
+/// Serves one dial command to its end, logging how it went and counting how the dial ended.
 async fn serve(
     config: &Config,
     cmd: &DialCommand,
@@ -119,23 +120,30 @@ async fn serve(
     cut: &CancellationToken,
 ) {
     let started = Instant::now();
-    let fail = |stage: &'static str, error: &dyn std::fmt::Display| {
+    let fail = |outcome: DialOutcome, stage: &'static str, error: &dyn std::fmt::Display| {
+        metrics::dialled(outcome, started.elapsed());
         tracing::warn!(
             session = %cmd.session,
             resource = %cmd.resource,
             bridge = %cmd.bridge_host,
             stage,
+            outcome = outcome.as_str(),
             error = %error,
             "tunnel failed"
         );
     };
-    let target =
-        match tokio::time::timeout(config.limits.connect_timeout, connect(&resource.address)).await
-        {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(format!("{}: {e}", resource.address)),
-            Err(_) => Err(format!("{}: connect timed out", resource.address)),
-        };
+    let connect = resource.address.connect();
+    let target = match tokio::time::timeout(config.limits.connect_timeout, connect).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err((
+            DialOutcome::resource(&e),
+            format!("{}: {e}", resource.address),
+        )),
+        Err(_) => Err((
+            DialOutcome::ResourceTimeout,
+            format!("{}: connect timed out", resource.address),
+        )),
+    };
     let dial = bamf_client::tunnel::dial(
         &cmd.bridge_host,
         cmd.bridge_port,
@@ -144,28 +152,31 @@ async fn serve(
     );
     let mut bridge = match cut.run_until_cancelled(dial).await {
         Some(Ok(stream)) => stream,
-        Some(Err(e)) => return fail("bridge", &e),
-        None => return fail("bridge", &"cut by shutdown"),
+        Some(Err(e)) => return fail(DialOutcome::bridge(&e), "bridge", &e),
+        None => return fail(DialOutcome::Shutdown, "bridge", &"cut by shutdown"),
     };
     let target = match target {
         Ok(stream) => stream,
-        Err(e) => {
+        Err((outcome, e)) => {
             // Tell the bridge, so the client is closed now rather than at the match timeout.
             let _ = write_preamble(&mut bridge, &agent_failure_preamble(cmd.session)).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), bridge.shutdown()).await;
-            return fail("resource", &e);
+            return fail(outcome, "resource", &e);
         }
     };
     let _ = target.set_nodelay(true);
     if let Err(e) = write_preamble(&mut bridge, &agent_preamble(cmd.session)).await {
-        return fail("preamble", &e);
+        return fail(DialOutcome::PreambleError, "preamble", &e);
     }
+    metrics::dialled(DialOutcome::Ok, started.elapsed());
+    let _active = ActiveTunnel::new();
     tracing::info!(
         session = %cmd.session,
         resource = %cmd.resource,
         bridge = %cmd.bridge_host,
         "tunnel open"
     );
+    let (bridge, target) = metrics::metered_tunnel(bridge, target);
     let relayed = relay(bridge, target, config.limits.idle_timeout, cut).await;
     tracing::info!(
         session = %cmd.session,
@@ -187,13 +198,6 @@ async fn write_preamble<S: AsyncWrite + Unpin>(bridge: &mut S, preamble: &[u8]) 
     tokio::time::timeout(bamf_client::tunnel::DIAL_TIMEOUT, write)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "writing the preamble timed out"))?
-}
-
-async fn connect(address: &Address) -> io::Result<TcpStream> {
-    match address {
-        Address::Ip(addr) => TcpStream::connect(addr).await,
-        Address::Name(host, port) => TcpStream::connect((host.to_string(), *port)).await,
-    }
 }
 
 /// How a relay ended.
@@ -261,7 +265,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use tokio::io::AsyncReadExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -3,9 +3,11 @@
 //! Two steps, as everywhere in BAMF: [`RawConfig`] is what the file and flags say (strict:
 //! unknown keys are errors), [`Config`] is what the bridge runs on (addresses, durations,
 //! host names, all parsed). Building a `Config` collects *every* problem before failing, so
-//! an operator fixes a file in one pass, and it never binds a socket.
+//! an operator fixes a file in one pass, and it never binds a socket. The routing table is
+//! built from the checked [`RouteSpecs`] by [`crate::route`]; the shared parsers and the
+//! problem list come from [`bamf_runtime::config`].
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -14,9 +16,9 @@ use std::time::Duration;
 
 use bamf_proto::HostName;
 use bamf_proto::sni::DEFAULT_MAX_HELLO_LEN;
+pub use bamf_runtime::config::{ConfigErrors, HostPort};
+use bamf_runtime::config::{Problems, load_toml, socket_addr};
 use serde::Deserialize;
-
-use crate::route::{Router, Wildcard};
 
 /// Defaults, each with the reason for its value.
 pub mod defaults {
@@ -137,71 +139,21 @@ pub struct RawRoute {
     pub proxy_protocol: Option<bool>,
 }
 
-impl RawConfig {
-    /// Reads a TOML file.
-    ///
-    /// # Errors
-    ///
-    /// The file cannot be read or is not valid TOML of this shape; the message names the
-    /// file and the problem.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors::one(format!("{}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| ConfigErrors::one(format!("{}: {e}", path.display())))
-    }
-}
-
 /// Where a connection is sent, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// Address to connect to.
-    pub addr: UpstreamAddr,
+    /// Address to connect to (peer pods come and go, so names are resolved at each connect).
+    pub addr: HostPort,
     /// Prefix the connection with a PROXY v2 header.
     pub proxy_protocol: bool,
 }
 
-/// A `host:port` to connect to: an IP literal, or a DNS name resolved at connect time (peer
-/// pods come and go, so their names are never resolved once and cached).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpstreamAddr {
-    /// An IP address and port.
-    Ip(SocketAddr),
-    /// A host name and port.
-    Name(HostName, u16),
-}
-
-impl UpstreamAddr {
-    /// Parses `ip:port`, `[v6]:port` or `name:port`.
-    ///
-    /// # Errors
-    ///
-    /// A message saying what is wrong with the text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if let Ok(addr) = text.parse::<SocketAddr>() {
-            return Ok(Self::Ip(addr));
-        }
-        let (host, port) = text
-            .rsplit_once(':')
-            .ok_or_else(|| format!("'{text}' is not host:port"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("'{text}' has an invalid port"))?;
-        if port == 0 {
-            return Err(format!("'{text}' has port 0"));
-        }
-        let host = host
-            .parse::<HostName>()
-            .map_err(|e| format!("'{text}': {e}"))?;
-        Ok(Self::Name(host, port))
-    }
-}
-
-impl fmt::Display for UpstreamAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Ip(a) => a.fmt(f),
-            Self::Name(h, p) => write!(f, "{h}:{p}"),
-        }
+impl Upstream {
+    fn parse(field: &str, text: &str, proxy_protocol: bool) -> Result<Self, String> {
+        Ok(Self {
+            addr: HostPort::field(field, text)?,
+            proxy_protocol,
+        })
     }
 }
 
@@ -219,15 +171,15 @@ impl PeerTemplate {
         if !text.contains("{n}") {
             return Err(format!("peer_address '{text}' has no {{n}} placeholder"));
         }
-        UpstreamAddr::parse(&text.replace("{n}", "0")).map_err(|e| format!("peer_address: {e}"))?;
+        HostPort::field("peer_address", &text.replace("{n}", "0"))?;
         Ok(Self(text.to_owned()))
     }
 
     /// The address of peer `n`.
-    pub fn address(&self, n: u32) -> UpstreamAddr {
+    pub fn address(&self, n: u32) -> HostPort {
         // `parse` proved that any decimal in place of {n} yields a valid address.
-        UpstreamAddr::parse(&self.0.replace("{n}", &n.to_string()))
-            .unwrap_or_else(|_| UpstreamAddr::Ip(SocketAddr::from(([0, 0, 0, 0], 0))))
+        HostPort::parse(&self.0.replace("{n}", &n.to_string()))
+            .unwrap_or_else(|_| HostPort::Ip(SocketAddr::from(([0, 0, 0, 0], 0))))
     }
 }
 
@@ -248,6 +200,22 @@ pub struct BridgeIdentity {
     pub peers: Option<PeerTemplate>,
 }
 
+impl BridgeIdentity {
+    /// For a name under `bridge.<tunnel_domain>`: `Some(Some(n))` for `<n>.bridge.<domain>`
+    /// with a canonical decimal `n`, `Some(None)` for any other name in that namespace, `None`
+    /// outside it.
+    pub fn bridge_ordinal(&self, name: &HostName) -> Option<Option<u32>> {
+        let prefix = name
+            .as_str()
+            .strip_suffix(self.tunnel_domain.as_str())?
+            .strip_suffix(".bridge.")?;
+        let canonical = !prefix.is_empty()
+            && prefix.bytes().all(|b| b.is_ascii_digit())
+            && (prefix == "0" || !prefix.starts_with('0'));
+        Some(if canonical { prefix.parse().ok() } else { None })
+    }
+}
+
 /// What to do with a hello that names no routed host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DefaultRoute {
@@ -255,6 +223,39 @@ pub enum DefaultRoute {
     Reject,
     /// Pass the connection to this backend.
     Backend(Upstream),
+}
+
+/// The host side of a static route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// This name only.
+    Exact(HostName),
+    /// `*.suffix`: any name with one or more labels before `.suffix` (the suffix is held).
+    Wildcard(HostName),
+}
+
+/// `[[route]]`, parsed: no two routes have the same host pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticRoute {
+    /// The names it takes.
+    pub host: HostPattern,
+    /// Where they go.
+    pub upstream: Upstream,
+}
+
+/// Everything the routing table ([`crate::route::Router`]) is built from, checked.
+#[derive(Debug, Clone)]
+pub struct RouteSpecs {
+    /// This bridge's name and peers, when it has a name.
+    pub identity: Option<BridgeIdentity>,
+    /// The backend of this bridge's own name, without a tunnel relay.
+    pub local: Option<Upstream>,
+    /// This bridge's own name is served by the tunnel relay.
+    pub tunnel: bool,
+    /// Static routes, in file order then flag order.
+    pub statics: Vec<StaticRoute>,
+    /// For names no route takes.
+    pub default: DefaultRoute,
 }
 
 /// Resource limits, typed.
@@ -283,8 +284,8 @@ pub struct Config {
     pub peer_listen: Option<SocketAddr>,
     /// Admin (metrics, health, readiness) address.
     pub metrics: Option<SocketAddr>,
-    /// The routing table.
-    pub router: Router,
+    /// What the routing table is built from.
+    pub routes: RouteSpecs,
     /// Limits.
     pub limits: Limits,
     /// Tokio worker threads.
@@ -293,6 +294,13 @@ pub struct Config {
     pub splice: bool,
     /// Tunnel relay settings, when `[api]` is configured.
     pub tunnel: Option<TunnelConfig>,
+}
+
+impl Config {
+    /// This bridge's ordinal, when it has a name.
+    pub fn ordinal(&self) -> Option<u32> {
+        self.routes.identity.as_ref().map(|id| id.ordinal)
+    }
 }
 
 /// The tunnel relay's settings.
@@ -314,271 +322,39 @@ pub struct TunnelConfig {
     pub max_pending: usize,
 }
 
-/// Every problem found in a configuration.
-#[derive(Debug)]
-pub struct ConfigErrors(pub Vec<String>);
-
-impl ConfigErrors {
-    fn one(message: String) -> Self {
-        Self(vec![message])
-    }
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "  - {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// Collects problems while a [`Config`] is built.
-#[derive(Default)]
-struct Problems(Vec<String>);
-
-impl Problems {
-    fn check<T>(&mut self, result: Result<T, String>) -> Option<T> {
-        result.map_err(|e| self.0.push(e)).ok()
-    }
-}
-
-fn parse_socket_addr(field: &str, text: &str) -> Result<SocketAddr, String> {
-    text.parse()
-        .map_err(|_| format!("{field}: '{text}' is not an ip:port address"))
-}
-
-fn parse_duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration, String> {
-    let Some(text) = text else {
-        return Ok(default);
-    };
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("{field}: '{text}' is not a duration like \"10s\" ({e})"))?;
-    if d.is_zero() {
-        return Err(format!("{field}: must be greater than zero"));
-    }
-    Ok(d)
-}
-
-fn parse_upstream(field: &str, text: &str, proxy_protocol: bool) -> Result<Upstream, String> {
-    let addr = UpstreamAddr::parse(text).map_err(|e| format!("{field}: {e}"))?;
-    Ok(Upstream {
-        addr,
-        proxy_protocol,
-    })
-}
-
 impl TryFrom<RawConfig> for Config {
     type Error = ConfigErrors;
 
     fn try_from(raw: RawConfig) -> Result<Self, ConfigErrors> {
-        let mut p = Problems::default();
-        let listen = p.check(parse_socket_addr(
+        let mut p = Problems::new();
+        let listen = p.check(socket_addr(
             "listen",
             raw.listen.as_deref().unwrap_or(defaults::LISTEN),
         ));
-        let peer_listen = raw
-            .peer_listen
-            .as_deref()
-            .and_then(|t| p.check(parse_socket_addr("peer_listen", t)));
-        let metrics = raw
-            .metrics
-            .as_deref()
-            .and_then(|t| p.check(parse_socket_addr("metrics", t)));
+        let peer_listen = p.socket_addr("peer_listen", raw.peer_listen.as_deref());
+        let metrics = p.socket_addr("metrics", raw.metrics.as_deref());
         let proxy_protocol = raw.proxy_protocol.unwrap_or(false);
 
-        let identity = match (raw.ordinal, raw.tunnel_domain.as_deref()) {
-            (Some(ordinal), Some(domain)) => {
-                let domain = p.check(
-                    domain
-                        .parse::<HostName>()
-                        .map_err(|e| format!("tunnel_domain: '{domain}': {e}")),
-                );
-                let peers = raw
-                    .peer_address
-                    .as_deref()
-                    .and_then(|t| p.check(PeerTemplate::parse(t)));
-                domain.map(|tunnel_domain| BridgeIdentity {
-                    ordinal,
-                    tunnel_domain,
-                    peers,
-                })
-            }
-            (None, None) => {
-                if raw.peer_address.is_some() {
-                    p.0.push("peer_address needs ordinal and tunnel_domain".into());
-                }
-                None
-            }
-            (Some(_), None) => {
-                p.0.push("ordinal is set but tunnel_domain is not".into());
-                None
-            }
-            (None, Some(_)) => {
-                p.0.push("tunnel_domain is set but ordinal is not".into());
-                None
-            }
-        };
+        let identity = identity(&mut p, &raw);
         if peer_listen.is_some() && identity.is_none() {
-            p.0.push("peer_listen needs ordinal and tunnel_domain".into());
+            p.push("peer_listen needs ordinal and tunnel_domain");
         }
         let local = raw
             .local_backend
             .as_deref()
-            .and_then(|t| p.check(parse_upstream("local_backend", t, proxy_protocol)));
+            .and_then(|t| p.check(Upstream::parse("local_backend", t, proxy_protocol)));
         if local.is_some() && identity.is_none() {
-            p.0.push("local_backend needs ordinal and tunnel_domain".into());
+            p.push("local_backend needs ordinal and tunnel_domain");
         }
-
-        let tunnel = match &raw.api {
-            None => {
-                if raw.data_dir.is_some() {
-                    p.0.push(
-                        "data_dir is set but [api] is not (it is for the tunnel relay)".into(),
-                    );
-                }
-                None
-            }
-            Some(api) => {
-                if identity.is_none() {
-                    p.0.push("[api] (the tunnel relay) needs ordinal and tunnel_domain".into());
-                }
-                if local.is_some() {
-                    p.0.push("local_backend and [api] exclude each other: with [api] this bridge serves its own name".into());
-                }
-                let url = api.url.clone();
-                if url.is_none() {
-                    p.0.push("api.url: missing (https://host[:port] of the API)".into());
-                }
-                if url.as_deref().is_some_and(|u| !u.starts_with("https://")) {
-                    p.0.push("api.url: must start with https://".into());
-                }
-                let ca_file = api.ca_file.clone();
-                if ca_file.is_none() {
-                    p.0.push("api.ca_file: missing (PEM of the BAMF CA)".into());
-                }
-                let api_address = api
-                    .address
-                    .as_deref()
-                    .and_then(|t| p.check(parse_socket_addr("api.address", t)));
-                let heartbeat_interval = p.check(parse_duration(
-                    "api.heartbeat_interval",
-                    api.heartbeat_interval.as_deref(),
-                    defaults::HEARTBEAT_INTERVAL,
-                ));
-                let match_timeout = p.check(parse_duration(
-                    "limits.match_timeout",
-                    raw.limits.match_timeout.as_deref(),
-                    defaults::MATCH_TIMEOUT,
-                ));
-                let max_pending = raw.limits.max_pending.unwrap_or(defaults::MAX_PENDING);
-                if max_pending == 0 {
-                    p.0.push("limits.max_pending: must be at least 1".into());
-                }
-                match (url, ca_file, heartbeat_interval, match_timeout) {
-                    (
-                        Some(api_url),
-                        Some(ca_file),
-                        Some(heartbeat_interval),
-                        Some(match_timeout),
-                    ) => Some(TunnelConfig {
-                        data_dir: raw.data_dir.as_deref().unwrap_or(defaults::DATA_DIR).into(),
-                        api_url,
-                        ca_file: ca_file.into(),
-                        api_address,
-                        heartbeat_interval,
-                        match_timeout,
-                        max_pending,
-                    }),
-                    _ => None,
-                }
-            }
-        };
-
+        let tunnel = tunnel(&mut p, &raw, identity.is_some(), local.is_some());
         let default = match raw.default.as_deref() {
             None | Some("reject") => Some(DefaultRoute::Reject),
             Some(t) => p
-                .check(parse_upstream("default", t, proxy_protocol))
+                .check(Upstream::parse("default", t, proxy_protocol))
                 .map(DefaultRoute::Backend),
         };
-
-        let mut exact = HashMap::new();
-        let mut wildcards = Vec::new();
-        for route in &raw.routes {
-            let field = format!("route '{}'", route.host);
-            let Some(upstream) = p.check(parse_upstream(
-                &field,
-                &route.backend,
-                route.proxy_protocol.unwrap_or(proxy_protocol),
-            )) else {
-                continue;
-            };
-            if let Some(suffix) = route.host.strip_prefix("*.") {
-                match suffix.parse::<HostName>() {
-                    Ok(suffix) if wildcards.iter().any(|w: &Wildcard| w.suffix == suffix) => {
-                        p.0.push(format!("{field}: listed twice"));
-                    }
-                    Ok(suffix) => wildcards.push(Wildcard { suffix, upstream }),
-                    Err(e) => p.0.push(format!("{field}: {e}")),
-                }
-            } else {
-                match route.host.parse::<HostName>() {
-                    Ok(host) => {
-                        if let Some(id) = &identity
-                            && crate::route::bridge_ordinal(&host, &id.tunnel_domain).is_some()
-                        {
-                            p.0.push(format!("{field}: inside the bridge names of tunnel_domain"));
-                        }
-                        if exact.insert(host, upstream).is_some() {
-                            p.0.push(format!("{field}: listed twice"));
-                        }
-                    }
-                    Err(e) => {
-                        p.0.push(format!("{field}: {e} (use '*.suffix' for a wildcard)"))
-                    }
-                }
-            }
-        }
-
-        let l = &raw.limits;
-        let max_connections = match l.max_connections {
-            None => NonZeroUsize::new(defaults::MAX_CONNECTIONS),
-            Some(n) => p.check(
-                NonZeroUsize::new(n)
-                    .ok_or_else(|| "limits.max_connections: must be at least 1".into()),
-            ),
-        };
-        let max_hello_size = l.max_hello_size.unwrap_or(DEFAULT_MAX_HELLO_LEN);
-        if !(MAX_HELLO_SIZE_FLOOR..=MAX_HELLO_SIZE_CEILING).contains(&max_hello_size) {
-            p.0.push(format!(
-                "limits.max_hello_size: {max_hello_size} is outside {MAX_HELLO_SIZE_FLOOR}..={MAX_HELLO_SIZE_CEILING} bytes"
-            ));
-        }
-        let detect_timeout = p.check(parse_duration(
-            "limits.detect_timeout",
-            l.detect_timeout.as_deref(),
-            defaults::DETECT_TIMEOUT,
-        ));
-        let connect_timeout = p.check(parse_duration(
-            "limits.connect_timeout",
-            l.connect_timeout.as_deref(),
-            defaults::CONNECT_TIMEOUT,
-        ));
-        let idle_timeout = p.check(parse_duration(
-            "limits.idle_timeout",
-            l.idle_timeout.as_deref(),
-            defaults::IDLE_TIMEOUT,
-        ));
-        let shutdown_grace = p.check(parse_duration(
-            "limits.shutdown_grace",
-            l.shutdown_grace.as_deref(),
-            defaults::SHUTDOWN_GRACE,
-        ));
+        let statics = static_routes(&mut p, &raw.routes, identity.as_ref(), proxy_protocol);
+        let limits = limits(&mut p, &raw.limits);
         let threads = match raw.threads {
             None => None,
             Some(n) => p.check(
@@ -589,44 +365,212 @@ impl TryFrom<RawConfig> for Config {
         }
         .flatten();
 
-        // Every field was checked; only now can the typed values be put together.
-        match (
-            listen,
-            default,
-            max_connections,
-            detect_timeout,
-            connect_timeout,
-            idle_timeout,
-            shutdown_grace,
-        ) {
-            (
-                Some(listen),
-                Some(default),
-                Some(max_connections),
-                Some(detect_timeout),
-                Some(connect_timeout),
-                Some(idle_timeout),
-                Some(shutdown_grace),
-            ) if p.0.is_empty() => Ok(Config {
+        let config = match (listen, default, limits) {
+            (Some(listen), Some(default), Some(limits)) => Some(Config {
                 listen,
                 peer_listen,
                 metrics,
-                router: Router::new(identity, local, tunnel.is_some(), exact, wildcards, default),
-                limits: Limits {
-                    max_connections,
-                    max_hello_size,
-                    detect_timeout,
-                    connect_timeout,
-                    idle_timeout,
-                    shutdown_grace,
+                routes: RouteSpecs {
+                    identity,
+                    local,
+                    tunnel: tunnel.is_some(),
+                    statics,
+                    default,
                 },
+                limits,
                 threads,
                 splice: raw.splice.unwrap_or(true),
                 tunnel,
             }),
-            _ => Err(ConfigErrors(p.0)),
+            _ => None,
+        };
+        p.finish(config)
+    }
+}
+
+/// `ordinal`, `tunnel_domain` and `peer_address`: all or none of the first two.
+fn identity(p: &mut Problems, raw: &RawConfig) -> Option<BridgeIdentity> {
+    match (raw.ordinal, raw.tunnel_domain.as_deref()) {
+        (Some(ordinal), Some(domain)) => {
+            let domain = p.check(
+                domain
+                    .parse::<HostName>()
+                    .map_err(|e| format!("tunnel_domain: '{domain}': {e}")),
+            );
+            let peers = raw
+                .peer_address
+                .as_deref()
+                .and_then(|t| p.check(PeerTemplate::parse(t)));
+            domain.map(|tunnel_domain| BridgeIdentity {
+                ordinal,
+                tunnel_domain,
+                peers,
+            })
+        }
+        (None, None) => {
+            if raw.peer_address.is_some() {
+                p.push("peer_address needs ordinal and tunnel_domain");
+            }
+            None
+        }
+        (Some(_), None) => {
+            p.push("ordinal is set but tunnel_domain is not");
+            None
+        }
+        (None, Some(_)) => {
+            p.push("tunnel_domain is set but ordinal is not");
+            None
         }
     }
+}
+
+/// `[api]` and the tunnel relay's limits; `None` without `[api]`.
+fn tunnel(
+    p: &mut Problems,
+    raw: &RawConfig,
+    has_identity: bool,
+    has_local: bool,
+) -> Option<TunnelConfig> {
+    let Some(api) = &raw.api else {
+        if raw.data_dir.is_some() {
+            p.push("data_dir is set but [api] is not (it is for the tunnel relay)");
+        }
+        return None;
+    };
+    if !has_identity {
+        p.push("[api] (the tunnel relay) needs ordinal and tunnel_domain");
+    }
+    if has_local {
+        p.push(
+            "local_backend and [api] exclude each other: with [api] this bridge serves its own name",
+        );
+    }
+    let api_url = api.url.clone();
+    match api_url.as_deref() {
+        None => p.push("api.url: missing (https://host[:port] of the API)"),
+        Some(u) if !u.starts_with("https://") => p.push("api.url: must start with https://"),
+        Some(_) => {}
+    }
+    let ca_file = api.ca_file.clone();
+    if ca_file.is_none() {
+        p.push("api.ca_file: missing (PEM of the BAMF CA)");
+    }
+    let api_address = p.socket_addr("api.address", api.address.as_deref());
+    let heartbeat_interval = p.duration(
+        "api.heartbeat_interval",
+        api.heartbeat_interval.as_deref(),
+        defaults::HEARTBEAT_INTERVAL,
+    );
+    let match_timeout = p.duration(
+        "limits.match_timeout",
+        raw.limits.match_timeout.as_deref(),
+        defaults::MATCH_TIMEOUT,
+    );
+    let max_pending = raw.limits.max_pending.unwrap_or(defaults::MAX_PENDING);
+    if max_pending == 0 {
+        p.push("limits.max_pending: must be at least 1");
+    }
+    Some(TunnelConfig {
+        data_dir: raw.data_dir.as_deref().unwrap_or(defaults::DATA_DIR).into(),
+        api_url: api_url?,
+        ca_file: ca_file?.into(),
+        api_address,
+        heartbeat_interval: heartbeat_interval?,
+        match_timeout: match_timeout?,
+        max_pending,
+    })
+}
+
+/// `[[route]]`: each backend parsed, each host pattern once, none inside the bridge names.
+fn static_routes(
+    p: &mut Problems,
+    raw: &[RawRoute],
+    identity: Option<&BridgeIdentity>,
+    proxy_protocol: bool,
+) -> Vec<StaticRoute> {
+    let mut routes: Vec<StaticRoute> = Vec::with_capacity(raw.len());
+    let mut seen = HashSet::new();
+    for route in raw {
+        let field = format!("route '{}'", route.host);
+        let proxy_protocol = route.proxy_protocol.unwrap_or(proxy_protocol);
+        let Some(upstream) = p.check(Upstream::parse(&field, &route.backend, proxy_protocol))
+        else {
+            continue;
+        };
+        let host = match route.host.strip_prefix("*.") {
+            Some(suffix) => suffix.parse().map(HostPattern::Wildcard),
+            None => route.host.parse().map(HostPattern::Exact),
+        };
+        let host = match host {
+            Ok(host) => host,
+            Err(e) if route.host.starts_with("*.") => {
+                p.push(format!("{field}: {e}"));
+                continue;
+            }
+            Err(e) => {
+                p.push(format!("{field}: {e} (use '*.suffix' for a wildcard)"));
+                continue;
+            }
+        };
+        if let (HostPattern::Exact(name), Some(id)) = (&host, identity)
+            && id.bridge_ordinal(name).is_some()
+        {
+            p.push(format!("{field}: inside the bridge names of tunnel_domain"));
+        }
+        if !seen.insert(host.clone()) {
+            p.push(format!("{field}: listed twice"));
+            continue;
+        }
+        routes.push(StaticRoute { host, upstream });
+    }
+    routes
+}
+
+/// `[limits]` of the front door (the tunnel relay's are read by [`tunnel`]).
+fn limits(p: &mut Problems, l: &RawLimits) -> Option<Limits> {
+    let max_connections = match l.max_connections {
+        None => NonZeroUsize::new(defaults::MAX_CONNECTIONS),
+        Some(n) => p.check(
+            NonZeroUsize::new(n).ok_or_else(|| "limits.max_connections: must be at least 1".into()),
+        ),
+    };
+    let max_hello_size = l.max_hello_size.unwrap_or(DEFAULT_MAX_HELLO_LEN);
+    if !(MAX_HELLO_SIZE_FLOOR..=MAX_HELLO_SIZE_CEILING).contains(&max_hello_size) {
+        p.push(format!(
+            "limits.max_hello_size: {max_hello_size} is outside {MAX_HELLO_SIZE_FLOOR}..={MAX_HELLO_SIZE_CEILING} bytes"
+        ));
+    }
+    let mut timeout = |field: &str, text: &Option<String>, default: Duration| {
+        p.duration(field, text.as_deref(), default)
+    };
+    let detect_timeout = timeout(
+        "limits.detect_timeout",
+        &l.detect_timeout,
+        defaults::DETECT_TIMEOUT,
+    );
+    let connect_timeout = timeout(
+        "limits.connect_timeout",
+        &l.connect_timeout,
+        defaults::CONNECT_TIMEOUT,
+    );
+    let idle_timeout = timeout(
+        "limits.idle_timeout",
+        &l.idle_timeout,
+        defaults::IDLE_TIMEOUT,
+    );
+    let shutdown_grace = timeout(
+        "limits.shutdown_grace",
+        &l.shutdown_grace,
+        defaults::SHUTDOWN_GRACE,
+    );
+    Some(Limits {
+        max_connections: max_connections?,
+        max_hello_size,
+        detect_timeout: detect_timeout?,
+        connect_timeout: connect_timeout?,
+        idle_timeout: idle_timeout?,
+        shutdown_grace: shutdown_grace?,
+    })
 }
 
 /// Command-line flags; each overrides the file's value, routes add to the file's routes.
@@ -713,7 +657,7 @@ impl Flags {
     ///
     /// Every flag whose text is not a valid value.
     pub fn apply(self, raw: &mut RawConfig) -> Result<(), ConfigErrors> {
-        let mut p = Problems::default();
+        let mut p = Problems::new();
         fn number<T: std::str::FromStr>(
             p: &mut Problems,
             flag: &str,
@@ -779,14 +723,10 @@ impl Flags {
                     backend: backend.to_owned(),
                     proxy_protocol: None,
                 }),
-                None => p.0.push(format!("--route: '{route}' is not HOST=ADDR")),
+                None => p.push(format!("--route: '{route}' is not HOST=ADDR")),
             }
         }
-        if p.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(p.0))
-        }
+        p.finish(Some(()))
     }
 }
 
@@ -797,7 +737,7 @@ impl Flags {
 /// [`ConfigErrors`] lists each problem, flags and file together.
 pub fn load(file: Option<&Path>, flags: Flags) -> Result<Config, ConfigErrors> {
     let mut raw = match file {
-        Some(path) => RawConfig::from_file(path)?,
+        Some(path) => load_toml(path)?,
         None => RawConfig::default(),
     };
     let flag_errors = flags.apply(&mut raw).err();
@@ -806,7 +746,7 @@ pub fn load(file: Option<&Path>, flags: Flags) -> Result<Config, ConfigErrors> {
         (Ok(_), Some(e)) => Err(e),
         (Err(mut e), flag_errors) => {
             if let Some(f) = flag_errors {
-                e.0.splice(0..0, f.0);
+                e.prepend(f);
             }
             Err(e)
         }
@@ -818,8 +758,10 @@ mod tests {
     use super::*;
 
     fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors::one(e.to_string()))?;
-        Config::try_from(raw)
+        Config::try_from(bamf_runtime::config::parse_toml::<RawConfig>(
+            "bridge.toml",
+            text,
+        )?)
     }
 
     #[test]
@@ -865,20 +807,23 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
-        assert_eq!(e.0.len(), 9, "{text}");
+        assert_eq!(e.len(), 9, "{text}");
     }
 
     #[test]
     fn unknown_keys_are_refused() {
         let e = from_toml("listn = \"0.0.0.0:443\"").unwrap_err();
+        assert!(e.to_string().contains("bridge.toml:1:1: "), "{e}");
         assert!(e.to_string().contains("listn"), "{e}");
         let e = from_toml("[limits]\nidle = \"1s\"").unwrap_err();
+        assert!(e.to_string().contains("bridge.toml:2:1: "), "{e}");
         assert!(e.to_string().contains("idle"), "{e}");
     }
 
     #[test]
     fn flags_override_and_add() {
-        let mut raw: RawConfig = toml::from_str(
+        let mut raw: RawConfig = bamf_runtime::config::parse_toml(
+            "bridge.toml",
             "listen = \"127.0.0.1:1\"\n[[route]]\nhost = \"a.test\"\nbackend = \"127.0.0.1:2\"",
         )
         .unwrap();
@@ -889,7 +834,7 @@ mod tests {
             ..Flags::default()
         };
         let e = flags.apply(&mut raw).unwrap_err();
-        assert_eq!(e.0.len(), 2, "{e}");
+        assert_eq!(e.len(), 2, "{e}");
         assert_eq!(raw.listen.as_deref(), Some("127.0.0.1:3"));
         assert_eq!(raw.routes.len(), 2);
     }
@@ -915,10 +860,7 @@ mod tests {
         assert!(PeerTemplate::parse("bamf-bridge.headless:8443").is_err());
         assert!(PeerTemplate::parse("bamf-bridge-{n}:http").is_err());
         let t = PeerTemplate::parse("10.0.0.{n}:8443").unwrap();
-        assert_eq!(
-            t.address(7),
-            UpstreamAddr::Ip("10.0.0.7:8443".parse().unwrap())
-        );
+        assert_eq!(t.address(7), HostPort::Ip("10.0.0.7:8443".parse().unwrap()));
     }
 
     #[test]

@@ -14,10 +14,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Limits, UpstreamAddr};
+use crate::config::{HostPort, Limits};
 use crate::detect::{self, DetectError};
 use crate::metrics;
-use crate::relay::{self, Carriers, RelayEnd, Side, Transferred};
+use crate::relay::{self, Carriers, Meters, RelayEnd, Side, Transferred};
 use crate::route::{Entry, Route, Router};
 
 /// What every connection task shares.
@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) router: Router,
     pub(crate) limits: Limits,
     pub(crate) pool: Carriers,
+    /// Front-door byte counters, added to while bytes flow.
+    pub(crate) bytes: Meters,
     /// Cancelled when the shutdown grace runs out: connections still open are cut.
     pub(crate) cut: CancellationToken,
     /// The tunnel relay for this bridge's own name, when configured.
@@ -130,7 +132,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, sha
         }
         (Handled::Tunnel(_), None) => Report::early(Outcome::Rejected),
     };
-    metrics::connection_ended(entry, report.route, report.outcome, report.moved);
+    metrics::connection_ended(entry, report.route, report.outcome);
     tracing::info!(
         target: "bamf_bridge::access",
         listener = entry.as_str(),
@@ -285,7 +287,7 @@ async fn handle(
         drop(detected.buffered);
     }
     match timeout(limits.idle_timeout, upstream_stream.write_all(&head)).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => shared.bytes.up.increment(replayed),
         Ok(Err(e)) => {
             report.outcome = Outcome::UpstreamError;
             report.detail = Some(e.to_string());
@@ -298,8 +300,14 @@ async fn handle(
     }
     drop(head);
 
-    let (end, mut moved) =
-        relay::relay(stream, &upstream_stream, limits.idle_timeout, &shared.pool).await;
+    let (end, mut moved) = relay::relay(
+        stream,
+        &upstream_stream,
+        limits.idle_timeout,
+        &shared.pool,
+        &shared.bytes,
+    )
+    .await;
     moved.up += replayed;
     report.moved = moved;
     report.outcome = match end {
@@ -318,11 +326,8 @@ async fn handle(
 
 /// Connects to an upstream: an IP directly, a name through the resolver (each address in
 /// turn, as peers behind a headless Service may have several).
-async fn connect(addr: &UpstreamAddr) -> std::io::Result<TcpStream> {
-    let stream = match addr {
-        UpstreamAddr::Ip(a) => TcpStream::connect(a).await?,
-        UpstreamAddr::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await?,
-    };
+async fn connect(addr: &HostPort) -> std::io::Result<TcpStream> {
+    let stream = addr.connect().await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

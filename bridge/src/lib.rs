@@ -13,8 +13,10 @@
 //! - [`relay`]: splice (or copy) both ways with borrowed pipes or buffers, idle deadline and
 //!   half-close.
 //! - `frontdoor`: one connection from accept to close; its [`Outcome`].
-//! - `listener`: accept loops with a connection limit and error back-off.
-//! - `metrics`: Prometheus metrics and the admin listener (`/metrics`, `/health`, `/ready`).
+//! - [`metrics`]: the bridge's Prometheus metrics.
+//!
+//! The accept loops (connection limit, error back-off) and the admin listener (`/metrics`,
+//! `/health`, `/ready`) are [`bamf_runtime`]'s, shared with the other binaries.
 //!
 //! [`run`] ties them together and owns the shutdown order: readiness off, stop accepting,
 //! drain under a grace timeout, cut what is left, report.
@@ -24,6 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bamf_runtime::accept::{self, Accept};
+use bamf_runtime::admin::Admin;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
@@ -34,7 +38,6 @@ pub mod config;
 pub mod control;
 pub mod detect;
 mod frontdoor;
-mod listener;
 pub mod metrics;
 pub mod relay;
 pub mod route;
@@ -61,7 +64,7 @@ pub(crate) mod testing {
 
 use crate::config::Config;
 use crate::frontdoor::Shared;
-use crate::route::Entry;
+use crate::route::{Entry, Router};
 
 /// Kernel accept queue length. Connection bursts (a fleet of agents reconnecting) should
 /// queue in the kernel rather than be refused; the connection limit still applies on accept.
@@ -152,7 +155,7 @@ pub async fn enroll(
     join_token: Option<&str>,
     patience: Duration,
 ) -> Result<Option<control::Credentials>, control::EnrollError> {
-    let (Some(tunnel), Some(ordinal)) = (&config.tunnel, config.router.ordinal()) else {
+    let (Some(tunnel), Some(ordinal)) = (&config.tunnel, config.ordinal()) else {
         return Ok(None);
     };
     let deadline = tokio::time::Instant::now() + patience;
@@ -189,7 +192,7 @@ pub async fn run(
 ) -> Result<ShutdownReport, String> {
     let cut = CancellationToken::new();
     let stop_control = CancellationToken::new();
-    let (relay, control) = match (credentials, &config.tunnel, config.router.ordinal()) {
+    let (relay, control) = match (credentials, &config.tunnel, config.ordinal()) {
         (Some(credentials), Some(tunnel), Some(ordinal)) => {
             let slot = Arc::new(tunnel::CertSlot::new(tunnel::certified_key(
                 &credentials.pair.cert_pem,
@@ -222,19 +225,31 @@ pub async fn run(
         }
         _ => (None, None),
     };
+    let router = Router::new(config.routes);
+    for (host, backend) in router.describe() {
+        tracing::info!(%host, %backend, "route");
+    }
     let shared = Arc::new(Shared {
-        router: config.router,
+        router,
         limits: config.limits.clone(),
         pool: relay::Carriers::new(config.splice),
+        bytes: metrics::frontdoor_bytes(),
         cut: cut.clone(),
         relay,
     });
-    let slots = Arc::new(Semaphore::new(config.limits.max_connections.get()));
     let connections = TaskTracker::new();
     let ready = Arc::new(AtomicBool::new(true));
     let stop_accepting = CancellationToken::new();
     let stop_admin = CancellationToken::new();
 
+    // One limit across both listeners: a slot is a connection, whichever door it came in by.
+    let accept = Accept {
+        stop: stop_accepting.clone(),
+        tasks: connections.clone(),
+        slots: Some(Arc::new(Semaphore::new(
+            config.limits.max_connections.get(),
+        ))),
+    };
     let mut accept_loops = Vec::new();
     for (listener, entry) in std::iter::once((listeners.front, Entry::Front))
         .chain(listeners.peer.map(|l| (l, Entry::Peer)))
@@ -242,25 +257,30 @@ pub async fn run(
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(listener = entry.as_str(), %addr, "listening");
         }
-        accept_loops.push(tokio::spawn(listener::accept_loop(
+        let shared = shared.clone();
+        accept_loops.push(tokio::spawn(accept::serve(
             listener,
-            entry,
-            shared.clone(),
-            slots.clone(),
-            connections.clone(),
-            stop_accepting.clone(),
+            accept.clone(),
+            move |_| metrics::accept_error(entry),
+            move |stream, peer| Some(frontdoor::serve(stream, peer, entry, shared.clone())),
         )));
     }
     let admin = listeners.admin.map(|l| {
         if let Ok(addr) = l.local_addr() {
             tracing::info!(listener = "metrics", %addr, "listening");
         }
-        tokio::spawn(metrics::serve_admin(
-            l,
+        let ready = ready.clone();
+        let admin = Admin::new(
+            move || {
+                if ready.load(Ordering::Acquire) {
+                    Ok(())
+                } else {
+                    Err("draining")
+                }
+            },
             metrics,
-            ready.clone(),
-            stop_admin.clone(),
-        ))
+        );
+        tokio::spawn(admin.serve(l, stop_admin.clone()))
     });
 
     shutdown.cancelled().await;

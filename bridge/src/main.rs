@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bamf_bridge::route::Router;
 use bamf_bridge::{Listeners, config, metrics, run};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
     };
     if cli.check {
         eprintln!("bamf-bridge: configuration is valid; routes:");
-        for (host, backend) in config.router.describe() {
+        for (host, backend) in Router::new(config.routes).describe() {
             eprintln!("  {host} -> {backend}");
         }
         return ExitCode::SUCCESS;
@@ -76,9 +77,6 @@ fn start(config: config::Config) -> anyhow::Result<()> {
             Some(_) => Some(metrics::install().context("installing the metrics recorder")?),
             None => None,
         };
-        for (host, backend) in config.router.describe() {
-            tracing::info!(%host, %backend, "route");
-        }
         // The join token is a secret: from the environment only, never a flag or the file.
         let token = std::env::var("BAMF_JOIN_TOKEN")
             .ok()

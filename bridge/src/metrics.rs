@@ -1,24 +1,18 @@
-//! Prometheus metrics and the admin listener that serves them with health and readiness.
+//! The bridge's Prometheus metrics (the admin listener serving them is
+//! [`bamf_runtime::admin`]); `docs/observability.md` lists them.
 //!
-//! Metrics are recorded once per connection (at its end) and once per detected hello, never
-//! per chunk. Labels are low-cardinality by construction: listener, route kind and outcome,
-//! never a host name or address.
+//! Outcomes are recorded once per connection (at its end) and once per detected hello; bytes
+//! are added while they flow, once per relay batch, through counter handles taken once per
+//! connection (an atomic add, no lookup). Labels are low-cardinality by construction:
+//! listener, route kind, outcome, direction and snake_case reason codes, never a host name or
+//! address.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use bamf_runtime::meter::Metered;
+use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::relay::Transferred;
+use crate::relay::Meters;
 use crate::route::Entry;
 
 const CONNECTIONS: &str = "bamf_frontdoor_connections_total";
@@ -32,11 +26,13 @@ const TUNNELS_WAITING: &str = "bamf_tunnels_waiting";
 const TUNNEL_REFUSED: &str = "bamf_tunnel_refusals_total";
 const TUNNEL_BYTES: &str = "bamf_tunnel_bytes_total";
 const REPORTS: &str = "bamf_session_reports_total";
+const BUILD_INFO: &str = "bamf_bridge_build_info";
 
-/// Admin requests served at once; the admin port is for probes and scrapers, not the public.
-const ADMIN_MAX_CONNECTIONS: usize = 32;
-/// Bound on how long a scraper may take to send its request headers.
-const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Hello detection takes well under a millisecond on a LAN and up to the detect timeout for
+/// a slow client; these buckets resolve both ends.
+const DETECT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// Installs the process-wide Prometheus recorder and registers metric descriptions.
 ///
@@ -44,14 +40,8 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// A recorder is already installed.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(DETECT.to_owned()),
-            &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-            ],
-        )?
-        .install_recorder()?;
+    let handle = bamf_runtime::recorder::install(&[(DETECT, DETECT_BUCKETS)])?;
+    bamf_runtime::recorder::record_build_info(BUILD_INFO, env!("CARGO_PKG_VERSION"));
     metrics::describe_counter!(
         CONNECTIONS,
         "Connections ended, by listener, route kind and outcome"
@@ -59,7 +49,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     metrics::describe_gauge!(ACTIVE, "Connections open now, by listener");
     metrics::describe_counter!(
         BYTES,
-        "Bytes relayed, by direction (counted when a connection ends)"
+        "Bytes relayed by the front door, by direction, counted as they flow"
     );
     metrics::describe_histogram!(DETECT, "Seconds from accept to a complete ClientHello");
     metrics::describe_counter!(
@@ -70,7 +60,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     metrics::describe_gauge!(TUNNELS_ACTIVE, "Paired tunnels open now");
     metrics::describe_gauge!(TUNNELS_WAITING, "Tunnel sides waiting for the other side");
     metrics::describe_counter!(TUNNEL_REFUSED, "Tunnel connections refused, by reason");
-    metrics::describe_counter!(TUNNEL_BYTES, "Bytes through paired tunnels, by direction");
+    metrics::describe_counter!(
+        TUNNEL_BYTES,
+        "Bytes through paired tunnels, by direction, counted as they flow"
+    );
     metrics::describe_counter!(REPORTS, "Session events delivered to the API, or dropped");
     Ok(handle)
 }
@@ -87,11 +80,29 @@ pub(crate) fn tunnel_started() {
     metrics::gauge!(TUNNELS_ACTIVE).increment(1.0);
 }
 
-pub(crate) fn tunnel_ended(end: &'static str, up: u64, down: u64) {
+pub(crate) fn tunnel_ended(end: &'static str) {
     metrics::gauge!(TUNNELS_ACTIVE).decrement(1.0);
     metrics::counter!(TUNNELS, "end" => end).increment(1);
-    metrics::counter!(TUNNEL_BYTES, "direction" => "up").increment(up);
-    metrics::counter!(TUNNEL_BYTES, "direction" => "down").increment(down);
+}
+
+/// Wraps a paired tunnel's two sides so that its bytes are counted as they are written:
+/// `up` into the agent's side, `down` into the client's.
+pub(crate) fn metered_tunnel<C, A>(client: C, agent: A) -> (Metered<C>, Metered<A>) {
+    (
+        Metered::new(
+            client,
+            metrics::counter!(TUNNEL_BYTES, "direction" => "down"),
+        ),
+        Metered::new(agent, metrics::counter!(TUNNEL_BYTES, "direction" => "up")),
+    )
+}
+
+/// The front door's byte counters, taken once and shared by every connection.
+pub(crate) fn frontdoor_bytes() -> Meters {
+    Meters {
+        up: metrics::counter!(BYTES, "direction" => "up"),
+        down: metrics::counter!(BYTES, "direction" => "down"),
+    }
 }
 
 pub(crate) fn reports_sent(n: usize) {
@@ -122,16 +133,9 @@ pub(crate) fn connection_ended(
     entry: Entry,
     route: &'static str,
     outcome: crate::frontdoor::Outcome,
-    moved: Transferred,
 ) {
     metrics::counter!(CONNECTIONS, "listener" => entry.as_str(), "route" => route, "outcome" => outcome.as_str())
         .increment(1);
-    if moved.up > 0 {
-        metrics::counter!(BYTES, "direction" => "up").increment(moved.up);
-    }
-    if moved.down > 0 {
-        metrics::counter!(BYTES, "direction" => "down").increment(moved.down);
-    }
 }
 
 pub(crate) fn detected(entry: Entry, elapsed: Duration) {
@@ -140,106 +144,4 @@ pub(crate) fn detected(entry: Entry, elapsed: Duration) {
 
 pub(crate) fn accept_error(entry: Entry) {
     metrics::counter!(ACCEPT_ERRORS, "listener" => entry.as_str()).increment(1);
-}
-
-/// Serves `/metrics`, `/health` (alive) and `/ready` (accepting new connections) until `stop`.
-pub(crate) async fn serve_admin(
-    listener: TcpListener,
-    handle: Option<PrometheusHandle>,
-    ready: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
-    let handle = Arc::new(handle);
-    let tracker = TaskTracker::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
-    let upkeep = handle.clone();
-    tracker.spawn({
-        let stop = stop.clone();
-        async move {
-            // Histograms are summarised lazily; upkeep keeps their memory bounded.
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            while stop.run_until_cancelled(tick.tick()).await.is_some() {
-                if let Some(h) = upkeep.as_ref() {
-                    h.run_upkeep();
-                }
-            }
-        }
-    });
-    loop {
-        let Some(Ok(permit)) = stop
-            .run_until_cancelled(slots.clone().acquire_owned())
-            .await
-        else {
-            break;
-        };
-        let Some(accepted) = stop.run_until_cancelled(listener.accept()).await else {
-            break;
-        };
-        let Ok((stream, _)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let handle = handle.clone();
-        let ready = ready.clone();
-        let stop = stop.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, handle.as_ref().as_ref(), &ready);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = stop
-                .run_until_cancelled(tokio::time::timeout(ADMIN_HEADER_TIMEOUT * 2, conn))
-                .await;
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
-}
-
-fn respond(
-    req: &Request<Incoming>,
-    handle: Option<&PrometheusHandle>,
-    ready: &AtomicBool,
-) -> Response<Full<Bytes>> {
-    let text = |status: StatusCode, body: String, content_type: &'static str| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(content_type),
-        );
-        r
-    };
-    let plain = "text/plain; charset=utf-8";
-    if req.method() != Method::GET {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n".into(),
-            plain,
-        );
-    }
-    match req.uri().path() {
-        "/health" => text(StatusCode::OK, "ok\n".into(), plain),
-        "/ready" if ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n".into(), plain),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into(), plain),
-        "/metrics" => match handle {
-            Some(h) => text(
-                StatusCode::OK,
-                h.render(),
-                "text/plain; version=0.0.4; charset=utf-8",
-            ),
-            None => text(
-                StatusCode::NOT_FOUND,
-                "metrics are not enabled\n".into(),
-                plain,
-            ),
-        },
-        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), plain),
-    }
 }

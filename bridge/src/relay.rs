@@ -15,6 +15,8 @@
 //!   resetting a timer on every chunk.
 //! - **Half-close is passed on:** EOF from one side shuts down only the other side's write
 //!   half; the other direction keeps flowing until its own EOF (or the idle deadline).
+//! - **Bytes are counted as they flow**, into the caller's [`Meters`], once per wake-up of the
+//!   relay (a batch of splices or copies), so a long connection shows its traffic live.
 
 use std::future::Future;
 use std::io;
@@ -24,6 +26,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use metrics::Counter;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use std::os::fd::OwnedFd;
 use tokio::io::Interest;
@@ -149,6 +152,25 @@ pub struct Transferred {
     pub down: u64,
 }
 
+/// Counters a relay adds its bytes to while they flow.
+#[derive(Debug, Clone)]
+pub struct Meters {
+    /// Client to upstream.
+    pub up: Counter,
+    /// Upstream to client.
+    pub down: Counter,
+}
+
+impl Default for Meters {
+    /// Counters that count nowhere (tests, benchmarks).
+    fn default() -> Self {
+        Self {
+            up: Counter::noop(),
+            down: Counter::noop(),
+        }
+    }
+}
+
 /// How a relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -161,7 +183,8 @@ pub enum RelayEnd {
 }
 
 /// Relays between `client` and `upstream` until both directions finish, one fails, or the
-/// connection is idle for `idle`. Returns how it ended and what it moved.
+/// connection is idle for `idle`. Returns how it ended and what it moved; `meters` see the
+/// same bytes while they move.
 ///
 /// Cancel safe in the sense that matters here: dropping the future drops no buffered data
 /// that either side was promised, because nothing was acknowledged to anyone.
@@ -170,6 +193,7 @@ pub async fn relay(
     upstream: &TcpStream,
     idle: Duration,
     pool: &Carriers,
+    meters: &Meters,
 ) -> (RelayEnd, Transferred) {
     let mut relay = Relay {
         client,
@@ -177,6 +201,7 @@ pub async fn relay(
         up: Direction::default(),
         down: Direction::default(),
         pool,
+        meters,
         idle,
         last_activity: Instant::now(),
         timer: Box::pin(tokio::time::sleep(idle)),
@@ -197,6 +222,7 @@ struct Relay<'a> {
     up: Direction,
     down: Direction,
     pool: &'a Carriers,
+    meters: &'a Meters,
     idle: Duration,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
@@ -204,13 +230,21 @@ struct Relay<'a> {
 
 impl Relay<'_> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
-        let before = self.up.moved + self.down.moved;
+        let (up_before, down_before) = (self.up.moved, self.down.moved);
         let client = (self.client, Side::Client);
         let upstream = (self.upstream, Side::Upstream);
         let up = self.up.poll(cx, client, upstream, self.pool);
         let down = self.down.poll(cx, upstream, client, self.pool);
-        if self.up.moved + self.down.moved != before {
+        let (up_moved, down_moved) = (self.up.moved - up_before, self.down.moved - down_before);
+        if up_moved + down_moved != 0 {
             self.last_activity = Instant::now();
+            // One add per direction per batch: the counters cost nothing per chunk.
+            if up_moved != 0 {
+                self.meters.up.increment(up_moved);
+            }
+            if down_moved != 0 {
+                self.meters.down.increment(down_moved);
+            }
         }
         match (up, down) {
             (Poll::Ready(Err(e)), _) => return Poll::Ready(RelayEnd::Failed(e.0, e.1)),
@@ -367,7 +401,9 @@ mod tests {
         let (upstream, upstream_end) = tcp_pair().await;
         let pool = Arc::new(Carriers::new(splice));
         let shared = pool.clone();
-        let relay = tokio::spawn(async move { relay(&client, &upstream, idle, &shared).await });
+        let relay = tokio::spawn(async move {
+            relay(&client, &upstream, idle, &shared, &Meters::default()).await
+        });
         Running {
             client_end,
             upstream_end,
@@ -454,6 +490,55 @@ mod tests {
             elapsed >= Duration::from_secs(50) && elapsed < Duration::from_secs(52),
             "{elapsed:?}"
         );
+    }
+
+    /// A counter whose total the test can read.
+    struct Probe(std::sync::atomic::AtomicU64);
+
+    impl metrics::CounterFn for Probe {
+        fn increment(&self, value: u64) {
+            self.0
+                .fetch_add(value, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_are_counted_while_the_connection_is_open() {
+        for splice in [true, false] {
+            let (mut client_end, client) = tcp_pair().await;
+            let (upstream, mut upstream_end) = tcp_pair().await;
+            let (up, down) = (
+                Arc::new(Probe(Default::default())),
+                Arc::new(Probe(Default::default())),
+            );
+            let meters = Meters {
+                up: Counter::from_arc(up.clone()),
+                down: Counter::from_arc(down.clone()),
+            };
+            let pool = Carriers::new(splice);
+            let relay = tokio::spawn(async move {
+                relay(&client, &upstream, Duration::from_secs(10), &pool, &meters).await
+            });
+            let bulk = vec![7u8; 1024 * 1024];
+            client_end.write_all(&bulk).await.unwrap();
+            let mut got = vec![0u8; bulk.len()];
+            upstream_end.read_exact(&mut got).await.unwrap();
+            upstream_end.write_all(b"ok").await.unwrap();
+            client_end.read_exact(&mut [0u8; 2]).await.unwrap();
+            // Still open, and already counted.
+            let total = |p: &Probe| p.0.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(
+                (total(&up), total(&down)),
+                (bulk.len() as u64, 2),
+                "{splice}"
+            );
+            assert!(!relay.is_finished());
+            drop((client_end, upstream_end));
+            let _ = relay.await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -7,20 +7,23 @@
 //! 3. a `*.suffix` wildcard, matching any name with one or more labels before `.suffix`; the
 //!    longest suffix wins;
 //! 4. the default: reject, or a default backend.
+//!
+//! The table is built here, from the route specs the configuration checked
+//! ([`RouteSpecs`]); the configuration knows nothing of how it is looked up.
 
 use std::collections::HashMap;
 
 use bamf_proto::HostName;
 
-use crate::config::{BridgeIdentity, DefaultRoute, Upstream};
+use crate::config::{BridgeIdentity, DefaultRoute, HostPattern, RouteSpecs, Upstream};
 
-/// A `*.suffix` route.
+/// A `*.suffix` route, as looked up.
 #[derive(Debug, Clone)]
-pub struct Wildcard {
+struct Wildcard {
     /// The part after `*.`.
-    pub suffix: HostName,
+    suffix: HostName,
     /// Where matching names go.
-    pub upstream: Upstream,
+    upstream: Upstream,
 }
 
 /// The routing table, immutable once built.
@@ -93,30 +96,37 @@ impl Entry {
 }
 
 impl Router {
-    /// Builds a table from parsed parts.
-    pub fn new(
-        identity: Option<BridgeIdentity>,
-        local: Option<Upstream>,
-        tunnel: bool,
-        exact: HashMap<HostName, Upstream>,
-        mut wildcards: Vec<Wildcard>,
-        default: DefaultRoute,
-    ) -> Self {
+    /// Builds the table from checked specs (each host pattern appears once; were one listed
+    /// twice, the later would win).
+    pub fn new(specs: RouteSpecs) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcards = Vec::new();
+        for route in specs.statics {
+            match route.host {
+                HostPattern::Exact(host) => {
+                    exact.insert(host, route.upstream);
+                }
+                HostPattern::Wildcard(suffix) => wildcards.push(Wildcard {
+                    suffix,
+                    upstream: route.upstream,
+                }),
+            }
+        }
         wildcards.sort_by_key(|w| std::cmp::Reverse(w.suffix.as_str().len()));
         Self {
-            identity,
-            local,
-            tunnel,
+            identity: specs.identity,
+            local: specs.local,
+            tunnel: specs.tunnel,
             exact,
             wildcards,
-            default,
+            default: specs.default,
         }
     }
 
     /// Decides where a connection with this server name goes.
     pub fn route(&self, entry: Entry, name: Option<&HostName>) -> Route {
         if let (Some(name), Some(id)) = (name, &self.identity)
-            && let Some(ordinal) = bridge_ordinal(name, &id.tunnel_domain)
+            && let Some(ordinal) = id.bridge_ordinal(name)
         {
             return match ordinal {
                 Some(n) if n == id.ordinal && self.tunnel => Route::Tunnel,
@@ -160,11 +170,6 @@ impl Router {
         }
     }
 
-    /// This bridge's ordinal, when it has a name.
-    pub fn ordinal(&self) -> Option<u32> {
-        self.identity.as_ref().map(|id| id.ordinal)
-    }
-
     /// Every upstream address this table can send to, for start-up logging.
     pub fn describe(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self
@@ -198,27 +203,14 @@ impl Router {
     }
 }
 
-/// For a name under `bridge.<tunnel_domain>`: `Some(Some(n))` for `<n>.bridge.<domain>` with a
-/// canonical decimal `n`, `Some(None)` for any other name in that namespace, `None` outside.
-pub fn bridge_ordinal(name: &HostName, tunnel_domain: &HostName) -> Option<Option<u32>> {
-    let prefix = name
-        .as_str()
-        .strip_suffix(tunnel_domain.as_str())?
-        .strip_suffix(".bridge.")?;
-    let canonical = !prefix.is_empty()
-        && prefix.bytes().all(|b| b.is_ascii_digit())
-        && (prefix == "0" || !prefix.starts_with('0'));
-    Some(if canonical { prefix.parse().ok() } else { None })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{PeerTemplate, UpstreamAddr};
+    use crate::config::{HostPort, PeerTemplate, StaticRoute};
 
     fn up(addr: &str) -> Upstream {
         Upstream {
-            addr: UpstreamAddr::parse(addr).unwrap(),
+            addr: HostPort::parse(addr).unwrap(),
             proxy_protocol: false,
         }
     }
@@ -233,25 +225,21 @@ mod tests {
             tunnel_domain: name("tunnel.test"),
             peers: Some(PeerTemplate::parse("bamf-bridge-{n}.headless:8443").unwrap()),
         };
-        let exact = HashMap::from([(name("api.test"), up("127.0.0.1:1"))]);
-        let wildcards = vec![
-            Wildcard {
-                suffix: name("test"),
-                upstream: up("127.0.0.1:2"),
-            },
-            Wildcard {
-                suffix: name("apps.test"),
-                upstream: up("127.0.0.1:3"),
-            },
-        ];
-        Router::new(
-            Some(identity),
-            Some(up("127.0.0.1:9")),
-            false,
-            exact,
-            wildcards,
+        let route = |host: HostPattern, to: &str| StaticRoute {
+            host,
+            upstream: up(to),
+        };
+        Router::new(RouteSpecs {
+            identity: Some(identity),
+            local: Some(up("127.0.0.1:9")),
+            tunnel: false,
+            statics: vec![
+                route(HostPattern::Exact(name("api.test")), "127.0.0.1:1"),
+                route(HostPattern::Wildcard(name("test")), "127.0.0.1:2"),
+                route(HostPattern::Wildcard(name("apps.test")), "127.0.0.1:3"),
+            ],
             default,
-        )
+        })
     }
 
     #[test]

@@ -319,7 +319,7 @@ impl Relay {
                         unreachable: target == Target::Unreachable,
                     }
                 }
-                _ => return Some(Err("not a session or agent certificate")),
+                _ => return Some(Err("wrong_certificate_kind")),
             };
             Some(Ok((tls, claim)))
         };
@@ -327,18 +327,14 @@ impl Relay {
             Ok(Some(Ok(accepted))) => accepted,
             Ok(Some(Err(reason))) => return self.refused(peer, None, reason),
             Ok(None) => {
-                return self.refused(peer, None, "handshake, certificate or preamble refused");
+                return self.refused(peer, None, "handshake_failed");
             }
-            Err(_) => return self.refused(peer, None, "handshake timed out"),
+            Err(_) => return self.refused(peer, None, "handshake_timeout"),
         };
         if let Some(bridge) = claim.bridge
             && bridge != self.ordinal
         {
-            return self.refused(
-                peer,
-                Some(claim.session),
-                "session certificate pinned to another bridge",
-            );
+            return self.refused(peer, Some(claim.session), "pinned_to_other_bridge");
         }
         self.pair(tls, claim, peer).await
     }
@@ -362,7 +358,7 @@ impl Relay {
         #[allow(clippy::map_entry)]
         let decision = {
             let (Ok(mut pending), Ok(mut used)) = (self.pending.lock(), self.used.lock()) else {
-                return self.refused(peer, Some(session), "internal state");
+                return self.refused(peer, Some(session), "internal_error");
             };
             let now = Instant::now();
             used.retain(|_, (at, _)| now.duration_since(*at) < USED_MEMORY);
@@ -388,18 +384,18 @@ impl Relay {
                     }
                     Some(w) if w.client_side == claim.client_side => {
                         pending.insert(session, w);
-                        Decision::Refuse("this side of the session is already waiting")
+                        Decision::Refuse("side_already_waiting")
                     }
                     Some(w) if w.agent != claim.agent => {
                         pending.insert(session, w);
-                        Decision::Refuse("agent does not match the session")
+                        Decision::Refuse("agent_mismatch")
                     }
                     Some(w) => {
-                        used.insert(session, (now, "session already used"));
+                        used.insert(session, (now, "session_already_used"));
                         Decision::Deliver(w.deliver)
                     }
                     None if pending.len() >= self.max_pending => {
-                        Decision::Refuse("too many tunnels waiting")
+                        Decision::Refuse("too_many_waiting")
                     }
                     None => wait(&mut pending),
                 }
@@ -416,7 +412,7 @@ impl Relay {
                     done,
                 };
                 if deliver.send(partner).is_err() {
-                    return self.refused(peer, Some(session), "the waiting side left");
+                    return self.refused(peer, Some(session), "partner_left");
                 }
                 let _ = finished.await;
                 Outcome::Joined
@@ -448,7 +444,7 @@ impl Relay {
                 pending.remove(&session);
             }
             tracing::warn!(%peer, session = %session, client_side = claim.client_side, "tunnel: the other side never came");
-            crate::metrics::tunnel_refused("match timeout");
+            crate::metrics::tunnel_refused("match_timeout");
             return Outcome::MatchTimeout;
         };
         let Partner {
@@ -474,7 +470,7 @@ impl Relay {
     async fn unreachable(&self, session: SessionId, agent: AgentId, mut client: Stream) -> Outcome {
         use tokio::io::AsyncWriteExt;
         let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, client.shutdown()).await;
-        crate::metrics::tunnel_refused("target unreachable");
+        crate::metrics::tunnel_refused("target_unreachable");
         self.report(Event::End {
             session,
             started_at_ms: None,
@@ -515,6 +511,7 @@ impl Relay {
                 () = self.cut.cancelled() => {}
             }
         };
+        let (client, agent_side) = crate::metrics::metered_tunnel(client, agent_side);
         let relayed = relay(client, agent_side, self.idle_timeout, &self.buffers, stop).await;
         let end = match relayed.end {
             RelayEnd::Closed => End::Closed,
@@ -527,7 +524,7 @@ impl Relay {
             live.remove(&session);
         }
         let (up, down) = (relayed.a_to_b, relayed.b_to_a);
-        crate::metrics::tunnel_ended(end.as_str(), up, down);
+        crate::metrics::tunnel_ended(end.as_str());
         self.report(Event::End {
             session,
             started_at_ms: Some(started),

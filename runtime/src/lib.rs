@@ -1,13 +1,26 @@
 //! Process plumbing every BAMF binary shares, so that each behaves the same way:
-//! structured logs on stderr, and one shutdown convention.
+//! configuration problems, listeners, probes and metrics, logs and shutdown.
 //!
 //! # Layout
 //!
+//! - [`config`]: the configuration kit: TOML loading with positions, the problem list, and
+//!   the parsers for durations, `ip:port` and [`config::HostPort`].
+//! - [`accept`]: the accept loop: connection slots, back-off on accept errors, a task per
+//!   connection.
+//! - [`admin`]: the admin listener: `/health`, `/ready`, `/metrics`.
+//! - [`recorder`]: the Prometheus recorder and the `*_build_info` gauge.
+//! - [`meter`]: a stream wrapper counting bytes as they are written.
 //! - [`LogFormat`] and [`init_logging`]: text or JSON on stderr, level from `BAMF_LOG`.
 //! - [`shutdown_on_signals`]: the first SIGTERM or SIGINT cancels a token (graceful drain);
 //!   a second exits at once.
 
 use tokio_util::sync::CancellationToken;
+
+pub mod accept;
+pub mod admin;
+pub mod config;
+pub mod meter;
+pub mod recorder;
 
 /// Log format on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -41,6 +41,23 @@ ensure_cargo_fuzz() {
   cargo fuzz --version >/dev/null 2>&1 || die "cargo-fuzz installed but does not run"
 }
 
+# cargo-deny, pinned: 0.20.2 is the newest that builds on the project's rustc (1.95).
+CARGO_DENY_VERSION=0.20.2
+
+# ensure_cargo_deny: cargo-deny $CARGO_DENY_VERSION on PATH, built from crates.io into .tools/
+# when the machine has no such version (a few minutes, once per machine).
+ensure_cargo_deny() {
+  local want="cargo-deny $CARGO_DENY_VERSION" tools="$PWD/.tools"
+  if [ "$(cargo deny --version 2>/dev/null)" = "$want" ]; then return 0; fi
+  if [ "$("$tools/bin/cargo-deny" --version 2>/dev/null)" != "$want" ]; then
+    log "installing cargo-deny $CARGO_DENY_VERSION into .tools/"
+    cargo install --locked --root "$tools" "cargo-deny@$CARGO_DENY_VERSION" \
+      || die "cannot install cargo-deny $CARGO_DENY_VERSION"
+  fi
+  export PATH="$tools/bin:$PATH"
+  [ "$(cargo deny --version 2>/dev/null)" = "$want" ] || die "cargo-deny installed but does not run"
+}
+
 # ensure_postgres: exports DATABASE_URL for a reachable PostgreSQL. Uses the machine's
 # server on 127.0.0.1:5432 when it answers; otherwise starts the machine's cluster, and failing
 # that an ephemeral one of our own. Fails loudly when none can be had: never a silent skip.

@@ -222,6 +222,14 @@ fn an_agent_joins_reports_restarts_on_its_identity_and_names_are_unique() {
     let health = agent.health.unwrap();
     assert_eq!(http_get(health, "/health").0, 200);
     assert_eq!(http_get(health, "/ready"), (200, "ready\n".into()));
+    let (status, metrics) = http_get(health, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bamf_agent_build_info{version=\"")),
+        "{metrics}"
+    );
     // Neither the token nor key material is ever logged.
     let log = agent.logs().join("\n");
     assert!(!log.contains(&token), "the join token was logged");

@@ -51,6 +51,20 @@ fn openssl_s_client_handshakes_end_to_end_through_the_front_door() {
         v >= 1.0
     });
     assert_eq!(n, 1.0);
+    // Which build runs, and the bytes it moved (counted as they flowed).
+    let scraped = bridge.scrape();
+    let build = format!(
+        "bamf_bridge_build_info{{version=\"{}\"",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l.starts_with(&build) && l.ends_with(" 1")),
+        "{scraped}"
+    );
+    assert!(bridge.metric("bamf_frontdoor_bytes_total{direction=\"up\"}") > 0.0);
+    assert!(bridge.metric("bamf_frontdoor_bytes_total{direction=\"down\"}") > 0.0);
 }
 
 #[test]
@@ -552,7 +566,7 @@ async fn the_peer_port_serves_only_its_own_name_so_forwarding_cannot_loop() {
         "--peer-listen",
         "127.0.0.1:0",
         "--peer-address",
-        "127.0.0.1:{n}",
+        "127.0.0.{n}:8443",
         "--local-backend",
         &local_addr,
         "--route",

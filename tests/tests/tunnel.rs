@@ -212,6 +212,12 @@ async fn the_bridge_pairs_only_matching_certificates() {
     agent.write_all(&buf).await.unwrap();
     agent.flush().await.unwrap();
     assert_eq!(client.await.unwrap(), b"ping through the bridge");
+    // Counted while the tunnel is still open (the agent's side has not closed yet).
+    for direction in ["up", "down"] {
+        let sample = format!("bamf_tunnel_bytes_total{{direction=\"{direction}\"}}");
+        let v = bridge.wait_metric(&sample, Duration::from_secs(5), |v| v >= 23.0);
+        assert!(v >= 23.0, "{sample} = {v}");
+    }
     drop(agent);
 
     // The same session certificate cannot open a second tunnel.
@@ -314,12 +320,12 @@ async fn the_bridge_pairs_only_matching_certificates() {
 
     // Each refusal is counted by reason.
     for (reason, at_least) in [
-        ("session already used", 1.0),
-        ("session certificate pinned to another bridge", 1.0),
-        ("agent does not match the session", 1.0),
-        ("match timeout", 3.0),
-        ("target unreachable", 1.0),
-        ("handshake, certificate or preamble refused", 2.0),
+        ("session_already_used", 1.0),
+        ("pinned_to_other_bridge", 1.0),
+        ("agent_mismatch", 1.0),
+        ("match_timeout", 3.0),
+        ("target_unreachable", 1.0),
+        ("handshake_failed", 2.0),
     ] {
         let sample = format!("bamf_tunnel_refusals_total{{reason=\"{reason}\"}}");
         let v = bridge.wait_metric(&sample, Duration::from_secs(5), |v| v >= at_least);
