@@ -104,36 +104,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     Config::build(raw, base)
 }
 
-/// The kind of a resource, which tells clients how to speak to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// An SSH server.
-    Ssh,
-    /// A PostgreSQL server.
-    Postgres,
-    /// Any TCP service.
-    Tcp,
-}
-
-impl Kind {
-    /// The name the API uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ssh => "ssh",
-            Self::Postgres => "postgres",
-            Self::Tcp => "tcp",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "ssh" => Some(Self::Ssh),
-            "postgres" => Some(Self::Postgres),
-            "tcp" => Some(Self::Tcp),
-            _ => None,
-        }
-    }
-}
+/// The kind of a resource: the API's, one definition.
+pub use bamf_proto::api::ResourceKind as Kind;
 
 /// The API's URL, `https://host[:port]` without a path: what `bamf_client::https::Api`
 /// accepts.
@@ -366,8 +338,8 @@ fn parse_resource(p: &mut Problems, at: &str, r: RawResource) -> Option<Resource
         .required(&format!("{at}: kind"), r.kind.as_deref())
         .and_then(|t| {
             p.check(
-                Kind::parse(t)
-                    .ok_or_else(|| format!("{at}: kind '{t}' is not ssh, postgres or tcp")),
+                t.parse::<Kind>()
+                    .map_err(|_| format!("{at}: kind '{t}' is not ssh, postgres or tcp")),
             )
         });
     let address = p

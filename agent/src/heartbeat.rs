@@ -27,13 +27,10 @@ pub fn catalog(config: &Config) -> AgentHeartbeat {
         resources: config
             .resources
             .iter()
-            // Every configured kind is one of the API's (the configuration checks it).
-            .filter_map(|r| {
-                Some(ReportedResource {
-                    name: r.name.as_str().to_owned(),
-                    kind: r.kind.as_str().parse().ok()?,
-                    labels: r.labels.clone(),
-                })
+            .map(|r| ReportedResource {
+                name: r.name.as_str().to_owned(),
+                kind: r.kind,
+                labels: r.labels.clone(),
             })
             .collect(),
     }

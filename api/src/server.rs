@@ -144,22 +144,22 @@ pub async fn serve(
         tracing::info!(listener = "api", %addr, "listening");
     }
     tokio::spawn(crate::placement::reconcile(state.clone()));
-    loop {
-        let Some(accepted) = shutdown.run_until_cancelled(listener.accept()).await else {
-            break;
-        };
-        let Ok((mut tcp, peer)) = accepted else {
-            // Out of descriptors and the like: pause instead of spinning.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+    let accept = bamf_runtime::accept::Accept {
+        stop: shutdown.clone(),
+        tasks: connections.clone(),
+        slots: None,
+    };
+    let on_error = |_: &std::io::Error| {
+        metrics::counter!(crate::metrics::ACCEPT_ERRORS).increment(1);
+    };
+    bamf_runtime::accept::serve(listener, accept, on_error, |mut tcp, peer| {
         // Over a cap: closed at once, and the loop goes on accepting.
         let mut slot = match admission.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
                 metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => refusal.as_str())
                     .increment(1);
-                continue;
+                return None;
             }
         };
         // Answers go out in several TLS records; with Nagle the later ones wait for the
@@ -170,7 +170,7 @@ pub async fn serve(
         let admission = admission.clone();
         let shutdown = shutdown.clone();
         let idle = policy.idle_timeout;
-        connections.spawn(async move {
+        Some(async move {
             let handshake = admission.limits().handshake_timeout;
             let mut peer = peer;
             if admission.is_trusted_proxy(peer.ip()) {
@@ -222,9 +222,9 @@ pub async fn serve(
                 drive(conn, &activity, idle, &shutdown).await;
             }
             drop(slot);
-        });
-    }
-    drop(listener);
+        })
+    })
+    .await;
     connections.close();
     tracing::info!("shutdown: stopped accepting, draining requests");
     if tokio::time::timeout(grace, connections.wait())

@@ -205,14 +205,7 @@ impl BridgeIdentity {
     /// with a canonical decimal `n`, `Some(None)` for any other name in that namespace, `None`
     /// outside it.
     pub fn bridge_ordinal(&self, name: &HostName) -> Option<Option<u32>> {
-        let prefix = name
-            .as_str()
-            .strip_suffix(self.tunnel_domain.as_str())?
-            .strip_suffix(".bridge.")?;
-        let canonical = !prefix.is_empty()
-            && prefix.bytes().all(|b| b.is_ascii_digit())
-            && (prefix == "0" || !prefix.starts_with('0'));
-        Some(if canonical { prefix.parse().ok() } else { None })
+        name.bridge_ordinal(&self.tunnel_domain)
     }
 }
 

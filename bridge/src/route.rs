@@ -189,7 +189,9 @@ impl Router {
                 (Some(u), false) => u.addr.to_string(),
                 (None, false) => "reject".to_owned(),
             };
-            out.push((format!("{}.bridge.{}", id.ordinal, id.tunnel_domain), local));
+            let own = HostName::bridge(id.ordinal, &id.tunnel_domain)
+                .map_or_else(|e| e.to_string(), |h| h.to_string());
+            out.push((own, local));
             if let Some(t) = &id.peers {
                 out.push((format!("<n>.bridge.{}", id.tunnel_domain), t.to_string()));
             }

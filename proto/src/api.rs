@@ -404,11 +404,14 @@ pub enum QueryError {
     Value(String),
 }
 
+/// One `name=value` of a query string, decoded.
+type Pair<'q> = (std::borrow::Cow<'q, str>, std::borrow::Cow<'q, str>);
+
 /// The query string's pairs, refusing names outside `expected`.
 fn pairs<'q>(
     query: &'q str,
     expected: &'static [&'static str],
-) -> Result<Vec<(std::borrow::Cow<'q, str>, std::borrow::Cow<'q, str>)>, QueryError> {
+) -> Result<Vec<Pair<'q>>, QueryError> {
     form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| {
             if expected.contains(&k.as_ref()) {

@@ -84,6 +84,20 @@ impl HostName {
     pub fn bridge(ordinal: u32, tunnel_domain: &HostName) -> Result<Self, HostNameError> {
         format!("{ordinal}.bridge.{tunnel_domain}").parse()
     }
+
+    /// The inverse of [`HostName::bridge`]: for a name under `bridge.<tunnel_domain>`,
+    /// `Some(Some(n))` for `<n>.bridge.<tunnel_domain>` with a canonical decimal `n`,
+    /// `Some(None)` for any other name in that namespace, `None` outside it.
+    pub fn bridge_ordinal(&self, tunnel_domain: &HostName) -> Option<Option<u32>> {
+        let prefix = self
+            .0
+            .strip_suffix(tunnel_domain.as_str())?
+            .strip_suffix(".bridge.")?;
+        let canonical = !prefix.is_empty()
+            && prefix.bytes().all(|b| b.is_ascii_digit())
+            && (prefix == "0" || !prefix.starts_with('0'));
+        Some(if canonical { prefix.parse().ok() } else { None })
+    }
 }
 
 impl std::str::FromStr for HostName {
@@ -122,6 +136,24 @@ mod tests {
         assert_eq!(name.as_str(), "api.example-1.test");
         assert!(HostName::parse(b"_svc.example.test").is_ok());
         assert!(HostName::parse(b"localhost").is_ok());
+    }
+
+    #[test]
+    fn bridge_names_round_trip() {
+        let domain = HostName::parse(b"tunnel.test").unwrap();
+        let name = HostName::bridge(12, &domain).unwrap();
+        assert_eq!(name.as_str(), "12.bridge.tunnel.test");
+        assert_eq!(name.bridge_ordinal(&domain), Some(Some(12)));
+        for other in [
+            "01.bridge.tunnel.test",
+            "x.bridge.tunnel.test",
+            "1.2.bridge.tunnel.test",
+        ] {
+            let n = HostName::parse(other.as_bytes()).unwrap();
+            assert_eq!(n.bridge_ordinal(&domain), Some(None), "{other}");
+        }
+        let outside = HostName::parse(b"api.tunnel.test").unwrap();
+        assert_eq!(outside.bridge_ordinal(&domain), None);
     }
 
     #[test]
