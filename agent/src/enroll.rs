@@ -269,22 +269,7 @@ pub async fn load_or_join(
             },
         }
     };
-    let agent_id = agent_id(&answer)?;
-    let pair = KeyPair {
-        key_pem,
-        cert_pem: answer.certificate.certificate,
-    };
-    enroll::check_issued(
-        &pair.cert_pem,
-        &pair.key_pem,
-        &Identity::Agent { agent: agent_id },
-    )?;
-    let creds = Credentials {
-        agent_id,
-        name: config.name.clone(),
-        pair,
-        ca_pem: answer.certificate.ca,
-    };
+    let creds = issued(answer, key_pem, config.name.clone(), None)?;
     // Prove the answer makes a TLS configuration before anything is stored.
     Tls::new(config, &creds)?;
     files.store(&creds.pair)?;
@@ -409,13 +394,27 @@ async fn renew(
         .renew_agent(&RenewRequest { csr })
         .await
         .map_err(EnrollError::Call)?;
-    let issued = agent_id(&answer)?;
-    if issued != creds.agent_id {
-        return Err(EnrollError::Answer(format!(
-            "a certificate for agent {issued} instead of {}",
-            creds.agent_id
-        )));
-    }
+    let new = issued(answer, key_pem, creds.name.clone(), Some(creds.agent_id))?;
+    let dir = &config.data_dir;
+    IdentityFiles::open(dir, STEM)?.store(&new.pair)?;
+    identity::write_private(&dir.join(CA_FILE), &new.ca_pem)?;
+    Ok(new)
+}
+
+/// The credentials an answer gives for `key_pem`, checked: the certificate names the agent
+/// (the one asked for on renewal, `expected`) and certifies our key.
+fn issued(
+    answer: AgentCertificate,
+    key_pem: String,
+    name: Name,
+    expected: Option<AgentId>,
+) -> Result<Credentials, EnrollError> {
+    let agent_id = match expected {
+        Some(id) => id,
+        None => answer.agent_id.parse().map_err(|_| {
+            EnrollError::Answer(format!("malformed agent id {:?}", answer.agent_id))
+        })?,
+    };
     let pair = KeyPair {
         key_pem,
         cert_pem: answer.certificate.certificate,
@@ -423,26 +422,14 @@ async fn renew(
     enroll::check_issued(
         &pair.cert_pem,
         &pair.key_pem,
-        &Identity::Agent { agent: issued },
+        &Identity::Agent { agent: agent_id },
     )?;
-    let new = Credentials {
-        agent_id: creds.agent_id,
-        name: creds.name.clone(),
+    Ok(Credentials {
+        agent_id,
+        name,
         pair,
         ca_pem: answer.certificate.ca,
-    };
-    let dir = &config.data_dir;
-    IdentityFiles::open(dir, STEM)?.store(&new.pair)?;
-    identity::write_private(&dir.join(CA_FILE), &new.ca_pem)?;
-    Ok(new)
-}
-
-/// The agent id an answer names.
-fn agent_id(answer: &AgentCertificate) -> Result<AgentId, EnrollError> {
-    answer
-        .agent_id
-        .parse()
-        .map_err(|_| EnrollError::Answer(format!("malformed agent id {:?}", answer.agent_id)))
+    })
 }
 
 /// Milliseconds, for log fields.

@@ -86,22 +86,7 @@ impl Caller {
         let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(leaf) else {
             return Self::Anonymous;
         };
-        let uris: Vec<&str> = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        match Identity::from_uris(uris) {
+        match Identity::of_certificate(&cert) {
             Ok(identity) => Self::Certified {
                 identity,
                 serial: cert

@@ -120,6 +120,22 @@ impl Route {
     }
 }
 
+/// An [`Endpoint`] whose handler runs `$body` with the request as `$call`.
+macro_rules! endpoint {
+    ($request:expr, $answer:expr, |$call:ident| $body:expr) => {
+        Endpoint {
+            request: $request,
+            answer: $answer,
+            handler: {
+                fn wrapped<'c>($call: &'c Call<'c>) -> Pending<'c> {
+                    Box::pin(async move { $body })
+                }
+                wrapped
+            },
+        }
+    };
+}
+
 /// Wraps a typed handler into an [`Endpoint`]:
 ///
 /// - `json!(OK, handler => Answer)`: `handler(&Call) -> Result<Answer, ApiError>`;
@@ -129,113 +145,62 @@ impl Route {
 /// - `raw!("media/type", handler)`: the handler builds the response.
 macro_rules! json {
     ($status:ident, $handler:path => $answer:ty) => {
-        Endpoint {
-            request: None,
-            answer: Answer::Json {
-                status: StatusCode::$status,
-                also: None,
-                schema: schema::<$answer>,
-            },
-            handler: {
-                fn wrapped<'c>(call: &'c Call<'c>) -> Pending<'c> {
-                    Box::pin(async move {
-                        let answer: $answer = $handler(call).await?;
-                        Ok(json_response(StatusCode::$status, &answer))
-                    })
-                }
-                wrapped
-            },
-        }
+        endpoint!(None, answer::<$answer>(StatusCode::$status, None), |call| {
+            let answer: $answer = $handler(call).await?;
+            Ok(json_response(StatusCode::$status, &answer))
+        })
     };
     ($status:ident, $handler:path [$request:ty] => $answer:ty) => {
-        Endpoint {
-            request: Some(schema::<$request>),
-            answer: Answer::Json {
-                status: StatusCode::$status,
-                also: None,
-                schema: schema::<$answer>,
-            },
-            handler: {
-                fn wrapped<'c>(call: &'c Call<'c>) -> Pending<'c> {
-                    Box::pin(async move {
-                        let body: $request = call.json()?;
-                        let answer: $answer = $handler(call, body).await?;
-                        Ok(json_response(StatusCode::$status, &answer))
-                    })
-                }
-                wrapped
-            },
-        }
+        endpoint!(
+            Some(schema::<$request>),
+            answer::<$answer>(StatusCode::$status, None),
+            |call| {
+                let answer: $answer = $handler(call, call.json::<$request>()?).await?;
+                Ok(json_response(StatusCode::$status, &answer))
+            }
+        )
     };
     ($status:ident | $also:ident, $handler:path [$request:ty] => $answer:ty) => {
-        Endpoint {
-            request: Some(schema::<$request>),
-            answer: Answer::Json {
-                status: StatusCode::$status,
-                also: Some(StatusCode::$also),
-                schema: schema::<$answer>,
-            },
-            handler: {
-                fn wrapped<'c>(call: &'c Call<'c>) -> Pending<'c> {
-                    Box::pin(async move {
-                        let body: $request = call.json()?;
-                        let (status, answer): (StatusCode, $answer) = $handler(call, body).await?;
-                        Ok(json_response(status, &answer))
-                    })
-                }
-                wrapped
-            },
-        }
+        endpoint!(
+            Some(schema::<$request>),
+            answer::<$answer>(StatusCode::$status, Some(StatusCode::$also)),
+            |call| {
+                let (status, answer): (StatusCode, $answer) =
+                    $handler(call, call.json::<$request>()?).await?;
+                Ok(json_response(status, &answer))
+            }
+        )
     };
 }
 
 macro_rules! none {
     ($handler:path) => {
-        Endpoint {
-            request: None,
-            answer: Answer::NoContent,
-            handler: {
-                fn wrapped<'c>(call: &'c Call<'c>) -> Pending<'c> {
-                    Box::pin(async move {
-                        $handler(call).await?;
-                        Ok(no_content())
-                    })
-                }
-                wrapped
-            },
-        }
+        endpoint!(None, Answer::NoContent, |call| {
+            $handler(call).await?;
+            Ok(no_content())
+        })
     };
     ($handler:path [$request:ty]) => {
-        Endpoint {
-            request: Some(schema::<$request>),
-            answer: Answer::NoContent,
-            handler: {
-                fn wrapped<'c>(call: &'c Call<'c>) -> Pending<'c> {
-                    Box::pin(async move {
-                        let body: $request = call.json()?;
-                        $handler(call, body).await?;
-                        Ok(no_content())
-                    })
-                }
-                wrapped
-            },
-        }
+        endpoint!(Some(schema::<$request>), Answer::NoContent, |call| {
+            $handler(call, call.json::<$request>()?).await?;
+            Ok(no_content())
+        })
     };
 }
 
 macro_rules! raw {
     ($media:literal, $handler:path) => {
-        Endpoint {
-            request: None,
-            answer: Answer::Raw($media),
-            handler: {
-                fn wrapped<'c>(call: &'c Call<'c>) -> Pending<'c> {
-                    Box::pin($handler(call))
-                }
-                wrapped
-            },
-        }
+        endpoint!(None, Answer::Raw($media), |call| $handler(call).await)
     };
+}
+
+/// A JSON answer of type `T`.
+const fn answer<T: JsonSchema>(status: StatusCode, also: Option<StatusCode>) -> Answer {
+    Answer::Json {
+        status,
+        also,
+        schema: schema::<T>,
+    }
 }
 
 use Access::{Admin, Agent, Bridge, JoinToken, Public, User, UserOrCertificate};
@@ -503,6 +468,32 @@ async fn issue(
         )
         .await?;
     Ok(issued)
+}
+
+/// A page's cursor (opaque to clients) as the number it stands for.
+fn cursor(text: Option<&str>) -> Result<Option<i64>, ApiError> {
+    text.map(|c| {
+        c.parse::<i64>()
+            .map_err(|_| ApiError::BadRequest("malformed cursor".into()))
+    })
+    .transpose()
+}
+
+/// One page of `rows` (newest first), each made an item: when the page is full, its
+/// `next_cursor` is the last row's `key`.
+fn page<S, T>(
+    rows: Vec<S>,
+    limit: u32,
+    key: impl Fn(&S) -> i64,
+    item: impl FnMut(S) -> Result<T, ApiError>,
+) -> Result<Page<T>, ApiError> {
+    let full = rows.len() == usize::try_from(limit).unwrap_or(usize::MAX);
+    let next_cursor = rows
+        .last()
+        .filter(|_| full)
+        .map(|last| key(last).to_string());
+    let items = rows.into_iter().map(item).collect::<Result<_, _>>()?;
+    Ok(Page { items, next_cursor })
 }
 
 /// The answer's form of an issued certificate, with the CA that signed it.

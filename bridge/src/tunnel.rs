@@ -571,12 +571,7 @@ fn peer_identity(tls: &Stream) -> Option<Identity> {
     use x509_parser::prelude::FromDer;
     let leaf = tls.get_ref().1.peer_certificates()?.first()?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    let uris = san.value.general_names.iter().filter_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
-        _ => None,
-    });
-    Identity::from_uris(uris).ok()
+    Identity::of_certificate(&cert).ok()
 }
 
 /// Unix milliseconds now.

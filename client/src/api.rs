@@ -29,93 +29,9 @@ pub fn segment(text: &str) -> String {
 }
 
 impl Api {
-    /// `GET /health`: the process answers.
-    ///
-    /// # Errors
-    ///
-    /// [`HttpsError`].
-    pub async fn health(&self) -> Answer<Health> {
-        self.call(Method::GET, "/health", NONE, None).await
-    }
-
-    /// `POST /api/v1/auth/login`.
-    ///
-    /// # Errors
-    ///
-    /// [`HttpsError`].
-    pub async fn login(&self, request: &LoginRequest) -> Answer<Login> {
-        self.call(Method::POST, "/api/v1/auth/login", Some(request), None)
-            .await
-    }
-
-    /// `POST /api/v1/agents/join`.
-    ///
-    /// # Errors
-    ///
-    /// [`HttpsError`].
-    pub async fn join_agent(&self, request: &AgentJoinRequest) -> Answer<AgentCertificate> {
-        self.call(Method::POST, "/api/v1/agents/join", Some(request), None)
-            .await
-    }
-
-    /// `POST /api/v1/bridges/join`.
-    ///
-    /// # Errors
-    ///
-    /// [`HttpsError`].
-    pub async fn join_bridge(&self, request: &BridgeJoinRequest) -> Answer<BridgeCertificate> {
-        self.call(Method::POST, "/api/v1/bridges/join", Some(request), None)
-            .await
-    }
-
-    /// `POST /api/v1/agents/renew`, as the agent of this endpoint's certificate.
-    ///
-    /// # Errors
-    ///
-    /// [`HttpsError`].
-    pub async fn renew_agent(&self, request: &RenewRequest) -> Answer<AgentCertificate> {
-        self.call(Method::POST, "/api/v1/agents/renew", Some(request), None)
-            .await
-    }
-
-    /// `POST /api/v1/bridges/renew`, as the bridge of this endpoint's certificate.
-    ///
-    /// # Errors
-    ///
-    /// [`HttpsError`].
-    pub async fn renew_bridge(&self, request: &RenewRequest) -> Answer<BridgeCertificate> {
-        self.call(Method::POST, "/api/v1/bridges/renew", Some(request), None)
-            .await
-    }
-
-    /// `POST /api/v1/agents/heartbeat`.
-    ///
-    /// # Errors
-    ///
-    /// [`HttpsError`].
-    pub async fn agent_heartbeat(&self, beat: &AgentHeartbeat) -> Answer<AgentHeartbeatAnswer> {
-        self.call(Method::POST, "/api/v1/agents/heartbeat", Some(beat), None)
-            .await
-    }
-
-    /// `POST /api/v1/bridges/heartbeat`.
-    ///
-    /// # Errors
-    ///
-    /// [`HttpsError`].
-    pub async fn bridge_heartbeat(&self, beat: &BridgeHeartbeat) -> Answer<BridgeHeartbeatAnswer> {
-        self.call(Method::POST, "/api/v1/bridges/heartbeat", Some(beat), None)
-            .await
-    }
-
-    /// `POST /api/v1/bridges/reports`.
-    ///
-    /// # Errors
-    ///
-    /// [`HttpsError`].
-    pub async fn bridge_reports(&self, reports: &Reports) -> Answer<ReportsAnswer> {
-        self.call(Method::POST, "/api/v1/bridges/reports", Some(reports), None)
-            .await
+    /// The routes a signed-in user calls, with `token`.
+    pub fn user<'a>(&'a self, token: &'a str) -> UserApi<'a> {
+        UserApi { api: self, token }
     }
 
     /// `GET /api/v1/agent/commands`: the event stream, for the caller to read.
@@ -135,11 +51,6 @@ impl Api {
     pub async fn bridge_control(&self) -> Answer<http::Response<hyper::body::Incoming>> {
         self.stream("/api/v1/bridges/control").await
     }
-
-    /// The routes a signed-in user calls, with `token`.
-    pub fn user<'a>(&'a self, token: &'a str) -> UserApi<'a> {
-        UserApi { api: self, token }
-    }
 }
 
 /// The API as a signed-in user (see [`Api::user`]).
@@ -149,24 +60,24 @@ pub struct UserApi<'a> {
     token: &'a str,
 }
 
-/// One typed method per user route: `name(args) -> Answer: METHOD path [body]`.
-macro_rules! user_routes {
-    ($(
+/// One typed method per route: `name(args) -> Answer: METHOD(path format) [, body]`, on a
+/// type whose `$api` is the endpoint and `$bearer` the token it sends, if any.
+macro_rules! routes {
+    (impl $ty:ty { |$this:ident| $api:expr, $bearer:expr } $(
         $(#[$doc:meta])*
-        fn $name:ident($($arg:ident: $ty:ty),*) -> $answer:ty: $method:ident ($($path:tt)+) $(, $body:ident)?;
+        fn $name:ident($($arg:ident: $argty:ty),*) -> $answer:ty: $method:ident ($($path:tt)+) $(, $body:ident)?;
     )*) => {
-        impl UserApi<'_> {
+        impl $ty {
             $(
                 $(#[$doc])*
                 ///
                 /// # Errors
                 ///
                 /// [`HttpsError`]; a refusal is [`HttpsError::Status`] with its stable code.
-                pub async fn $name(&self, $($arg: $ty),*) -> Answer<$answer> {
+                pub async fn $name(&self, $($arg: $argty),*) -> Answer<$answer> {
+                    let $this = self;
                     let path = format!($($path)+);
-                    self.api
-                        .call(Method::$method, &path, user_routes!(@body $($body)?), Some(self.token))
-                        .await
+                    $api.call(Method::$method, &path, routes!(@body $($body)?), $bearer).await
                 }
             )*
         }
@@ -175,7 +86,36 @@ macro_rules! user_routes {
     (@body $body:ident) => { Some($body) };
 }
 
-user_routes! {
+routes! {
+    impl Api { |this| this, None }
+    /// `GET /health`: the process answers.
+    fn health() -> Health: GET("/health");
+    /// `POST /api/v1/auth/login`.
+    fn login(request: &LoginRequest) -> Login: POST("/api/v1/auth/login"), request;
+    /// `POST /api/v1/agents/join`.
+    fn join_agent(request: &AgentJoinRequest) -> AgentCertificate:
+        POST("/api/v1/agents/join"), request;
+    /// `POST /api/v1/bridges/join`.
+    fn join_bridge(request: &BridgeJoinRequest) -> BridgeCertificate:
+        POST("/api/v1/bridges/join"), request;
+    /// `POST /api/v1/agents/renew`, as the agent of this endpoint's certificate.
+    fn renew_agent(request: &RenewRequest) -> AgentCertificate:
+        POST("/api/v1/agents/renew"), request;
+    /// `POST /api/v1/bridges/renew`, as the bridge of this endpoint's certificate.
+    fn renew_bridge(request: &RenewRequest) -> BridgeCertificate:
+        POST("/api/v1/bridges/renew"), request;
+    /// `POST /api/v1/agents/heartbeat`.
+    fn agent_heartbeat(beat: &AgentHeartbeat) -> AgentHeartbeatAnswer:
+        POST("/api/v1/agents/heartbeat"), beat;
+    /// `POST /api/v1/bridges/heartbeat`.
+    fn bridge_heartbeat(beat: &BridgeHeartbeat) -> BridgeHeartbeatAnswer:
+        POST("/api/v1/bridges/heartbeat"), beat;
+    /// `POST /api/v1/bridges/reports`.
+    fn bridge_reports(reports: &Reports) -> ReportsAnswer: POST("/api/v1/bridges/reports"), reports;
+}
+
+routes! {
+    impl UserApi<'_> { |this| this.api, Some(this.token) }
     /// `POST /api/v1/auth/logout`: this token stops working.
     fn logout() -> (): POST("/api/v1/auth/logout");
     /// `GET /api/v1/whoami`.

@@ -192,22 +192,7 @@ pub fn check_issued(cert_pem: &str, key_pem: &str, want: &Identity) -> Result<()
         CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| IssuedError::Malformed)?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
         .map_err(|_| IssuedError::Malformed)?;
-    let uris: Vec<&str> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::URI(u) => Some(*u),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let got = Identity::from_uris(uris).map_err(|_| IssuedError::Malformed)?;
+    let got = Identity::of_certificate(&cert).map_err(|_| IssuedError::Malformed)?;
     if &got != want {
         return Err(IssuedError::OtherIdentity {
             got: got.uris().join(" "),

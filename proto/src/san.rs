@@ -393,6 +393,25 @@ impl Identity {
         }
         Ok(identity)
     }
+
+    /// The identity a certificate's SAN URIs name (with the `x509` feature).
+    ///
+    /// # Errors
+    ///
+    /// [`SanError`] as for [`Identity::from_uris`]; no SAN extension reads as no URIs.
+    #[cfg(feature = "x509")]
+    pub fn of_certificate(
+        cert: &x509_parser::certificate::X509Certificate<'_>,
+    ) -> Result<Self, SanError> {
+        let san = cert.subject_alternative_name().ok().flatten();
+        let uris = san.into_iter().flat_map(|san| {
+            san.value.general_names.iter().filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+        });
+        Self::from_uris(uris)
+    }
 }
 
 fn take<T>(slot: &mut Option<T>, kind: &'static str, part: &'static str) -> Result<T, SanError> {

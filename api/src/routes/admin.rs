@@ -264,14 +264,7 @@ pub(super) async fn delete_role(call: &Call<'_>) -> Result<(), ApiError> {
 pub(super) async fn audit_events(call: &Call<'_>) -> Result<Page<AuditEvent>, ApiError> {
     let query = AuditQuery::parse(call.query.unwrap_or_default())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let cursor = query
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| ApiError::BadRequest("malformed cursor".into()))
-        })
-        .transpose()?;
+    let cursor = super::cursor(query.cursor.as_deref())?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     let filter = AuditFilter {
         actor: query.actor,
@@ -280,21 +273,21 @@ pub(super) async fn audit_events(call: &Call<'_>) -> Result<Page<AuditEvent>, Ap
         until: query.until_ms,
     };
     let events = call.state.store.audit(&filter, cursor, limit).await?;
-    let next_cursor = (events.len() == usize::try_from(limit).unwrap_or(usize::MAX))
-        .then(|| events.last().map(|e| e.id.to_string()))
-        .flatten();
-    let items = events
-        .into_iter()
-        .map(|e| AuditEvent {
-            id: e.id,
-            at_ms: e.event.at,
-            detail: serde_json::from_str(&e.event.detail).unwrap_or(serde_json::Value::Null),
-            actor: e.event.actor,
-            kind: e.event.kind,
-            outcome: e.event.outcome,
-        })
-        .collect();
-    Ok(Page { items, next_cursor })
+    super::page(
+        events,
+        limit,
+        |e| e.id,
+        |e| {
+            Ok(AuditEvent {
+                id: e.id,
+                at_ms: e.event.at,
+                detail: serde_json::from_str(&e.event.detail).unwrap_or(serde_json::Value::Null),
+                actor: e.event.actor,
+                kind: e.event.kind,
+                outcome: e.event.outcome,
+            })
+        },
+    )
 }
 
 /// By serial, by fingerprint, or both (lower-case hex); 201 when new, 200 when known.

@@ -370,26 +370,18 @@ pub(super) async fn bridge_reports(
 pub(super) async fn list_sessions(call: &Call<'_>) -> Result<Page<SessionRecord>, ApiError> {
     let query = SessionQuery::parse(call.query.unwrap_or_default())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let before = query
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| ApiError::BadRequest("malformed cursor".into()))
-        })
-        .transpose()?;
+    let before = super::cursor(query.cursor.as_deref())?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     let filter = SessionFilter {
         state: query.state.map(|s| s.as_str().to_owned()),
         user: query.user,
     };
     let sessions = call.state.store.sessions(&filter, before, limit).await?;
-    let next_cursor = (sessions.len() == usize::try_from(limit).unwrap_or(usize::MAX))
-        .then(|| sessions.last().map(|s| s.created_at.to_string()))
-        .flatten();
-    let items = sessions
-        .into_iter()
-        .map(|s| {
+    super::page(
+        sessions,
+        limit,
+        |s| s.created_at,
+        |s| {
             Ok(SessionRecord {
                 state: SessionState::parse(&s.state).ok_or(ApiError::Internal)?,
                 id: s.id,
@@ -404,9 +396,8 @@ pub(super) async fn list_sessions(call: &Call<'_>) -> Result<Page<SessionRecord>
                 bytes_down: s.bytes_down,
                 end_reason: s.end_reason,
             })
-        })
-        .collect::<Result<_, ApiError>>()?;
-    Ok(Page { items, next_cursor })
+        },
+    )
 }
 
 /// `DELETE /api/v1/sessions/{id}`: ends the session; its bridge closes the tunnel at its
