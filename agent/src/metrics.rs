@@ -7,7 +7,7 @@
 use std::io;
 use std::time::Duration;
 
-use bamf_runtime::meter::Metered;
+use bamf_relay::Meters;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 const DIALS: &str = "bamf_agent_dials_total";
@@ -134,17 +134,10 @@ impl Drop for ActiveTunnel {
     }
 }
 
-/// Wraps a tunnel's two sides so that its bytes are counted as they are written: `up` into
-/// the resource, `down` into the bridge (towards the client).
-pub(crate) fn metered_tunnel<B, R>(bridge: B, resource: R) -> (Metered<B>, Metered<R>) {
-    (
-        Metered::new(
-            bridge,
-            metrics::counter!(TUNNEL_BYTES, "direction" => "down"),
-        ),
-        Metered::new(
-            resource,
-            metrics::counter!(TUNNEL_BYTES, "direction" => "up"),
-        ),
-    )
+/// The tunnel byte counters: `up` into the resource, `down` towards the bridge (the client).
+pub(crate) fn tunnel_bytes() -> Meters {
+    Meters {
+        up: metrics::counter!(TUNNEL_BYTES, "direction" => "up"),
+        down: metrics::counter!(TUNNEL_BYTES, "direction" => "down"),
+    }
 }

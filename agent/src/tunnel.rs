@@ -13,8 +13,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bamf_client::relay::{BufferPool, RelayEnd};
 use bamf_proto::tunnel::{DialCommand, agent_failure_preamble, agent_preamble};
+use bamf_relay::{Carriers, Meters, RelayEnd, Side, relay_streams};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -176,7 +176,6 @@ async fn serve(
         bridge = %cmd.bridge_host,
         "tunnel open"
     );
-    let (bridge, target) = metrics::metered_tunnel(bridge, target);
     let relayed = relay(bridge, target, config.limits.idle_timeout, cut).await;
     tracing::info!(
         session = %cmd.session,
@@ -209,8 +208,10 @@ pub enum End {
     IdleTimeout,
     /// Shutdown's grace period ran out.
     Cut,
-    /// A read or write failed (a reset, a TLS error).
-    Error,
+    /// A read or write towards the bridge failed (a reset, a TLS error).
+    BridgeError,
+    /// A read or write towards the resource failed.
+    ResourceError,
 }
 
 impl End {
@@ -220,7 +221,8 @@ impl End {
             Self::Closed => "closed",
             Self::IdleTimeout => "idle_timeout",
             Self::Cut => "cut",
-            Self::Error => "error",
+            Self::BridgeError => "bridge_error",
+            Self::ResourceError => "resource_error",
         }
     }
 }
@@ -238,22 +240,27 @@ pub struct Relayed {
 
 /// Copies both ways until both sides have finished (an end of stream on one side is passed
 /// on as a write shutdown of the other, so half-closed protocols work), one side fails,
-/// nothing moves for `idle`, or `cut` is cancelled.
+/// nothing moves for `idle`, or `cut` is cancelled. Bytes are counted into the agent's
+/// metrics while they flow.
 pub async fn relay<B, R>(bridge: B, resource: R, idle: Duration, cut: &CancellationToken) -> Relayed
 where
     B: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + AsyncWrite + Unpin,
 {
     // Borrowed only while bytes are in flight: idle tunnels hold no copy buffers.
-    static BUFFERS: std::sync::LazyLock<BufferPool> = std::sync::LazyLock::new(BufferPool::default);
-    let relayed =
-        bamf_client::relay::relay(resource, bridge, idle, &BUFFERS, cut.cancelled()).await;
+    static BUFFERS: std::sync::LazyLock<Carriers> =
+        std::sync::LazyLock::new(|| Carriers::new(false));
+    static BYTES: std::sync::LazyLock<Meters> = std::sync::LazyLock::new(metrics::tunnel_bytes);
+    // The bridge's side is the client's; the resource is the upstream.
+    let (end, moved) =
+        relay_streams(bridge, resource, idle, &BUFFERS, &BYTES, cut.cancelled()).await;
     Relayed {
-        from_resource: relayed.a_to_b,
-        to_resource: relayed.b_to_a,
-        end: match relayed.end {
-            RelayEnd::Closed => End::Closed,
-            RelayEnd::Error => End::Error,
+        from_resource: moved.down,
+        to_resource: moved.up,
+        end: match end {
+            RelayEnd::Finished => End::Closed,
+            RelayEnd::Failed(Side::Client, _) => End::BridgeError,
+            RelayEnd::Failed(Side::Upstream, _) => End::ResourceError,
             RelayEnd::IdleTimeout => End::IdleTimeout,
             RelayEnd::Stopped => End::Cut,
         },

@@ -9,7 +9,6 @@ use crate::context::{AppState, Caller, RequestContext, audit};
 use crate::error::ApiError;
 use crate::now_ms;
 use crate::rbac;
-use crate::routes::Route;
 use crate::store::{CertificateRef, Role};
 
 /// Who may call a route.
@@ -81,16 +80,17 @@ pub(crate) async fn authenticate(
     state: &AppState,
     ctx: &RequestContext,
     parts: &http::request::Parts,
-    route: &Route,
+    access: Access,
+    route: &'static str,
 ) -> Result<Principal, ApiError> {
     let refuse = |actor: String, reason: &'static str, error: ApiError| async move {
-        let detail = serde_json::json!({"route": route.path, "method": route.method.as_str(),
+        let detail = serde_json::json!({"route": route, "method": parts.method.as_str(),
             "reason": reason, "request_id": ctx.request_id});
         audit(state, actor, "auth.refused", "denied", detail).await;
         Err(error)
     };
     let anonymous = || format!("anonymous:{}", ctx.peer.ip());
-    match route.access {
+    match access {
         Access::Public | Access::JoinToken => Ok(Principal::Anonymous),
         Access::User | Access::Admin => {
             let principal = match token_user(state, parts).await? {
@@ -102,7 +102,7 @@ pub(crate) async fn authenticate(
                 }
                 TokenCheck::User(p) => p,
             };
-            if route.access == Access::Admin {
+            if access == Access::Admin {
                 let (name, roles) = principal.user()?;
                 if !roles.iter().any(|r| r.name == rbac::ADMIN) {
                     return refuse(
@@ -122,7 +122,7 @@ pub(crate) async fn authenticate(
                 fingerprint,
             } = ctx.caller.as_ref()
             else {
-                if route.access == Access::UserOrCertificate {
+                if access == Access::UserOrCertificate {
                     return match token_user(state, parts).await? {
                         TokenCheck::User(p) => Ok(p),
                         TokenCheck::Missing => {
@@ -140,7 +140,7 @@ pub(crate) async fn authenticate(
                 };
                 return refuse(anonymous(), reason, ApiError::Unauthenticated).await;
             };
-            let principal = match (route.access, identity) {
+            let principal = match (access, identity) {
                 (Access::Agent | Access::UserOrCertificate, Identity::Agent { agent }) => {
                     Principal::Agent(*agent)
                 }

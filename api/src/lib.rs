@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod placement;
 pub mod presence;
+pub mod reconcile;
 pub mod routes;
 pub mod seal;
 pub mod server;

@@ -229,6 +229,7 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         tunnel_domain: cli.tunnel_domain,
         tunnel_port: cli.tunnel_port,
         shutdown: shutdown.clone(),
+        openapi: bamf_api::openapi::document_json(),
         lost_bridges: Arc::default(),
     });
     server::serve(listener, tls, state, policy, shutdown, cli.shutdown_grace).await;

@@ -7,6 +7,7 @@
 //! the committed document differs.
 
 mod admin;
+mod call;
 mod fleet;
 mod join;
 mod session;
@@ -26,8 +27,9 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 pub use crate::access::Access;
 use crate::access::authenticate;
-use crate::context::{AppState, Call, RequestContext};
+use crate::context::{AppState, RequestContext};
 use crate::error::{ApiError, Body, full, json_response};
+pub use call::Call;
 
 /// Largest request body: requests are small JSON documents (a CSR is about 500 bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -378,7 +380,7 @@ pub async fn route(state: &AppState, ctx: &RequestContext, req: Request<Incoming
         // The (bounded) body is read before answering, so a refusal never races an unread
         // upload.
         let body = read_body(body).await?;
-        let principal = authenticate(state, ctx, &parts, route).await?;
+        let principal = authenticate(state, ctx, &parts, route.access, route.path).await?;
         let call = Call {
             state,
             ctx,

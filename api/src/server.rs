@@ -143,7 +143,7 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listener = "api", %addr, "listening");
     }
-    tokio::spawn(crate::placement::reconcile(state.clone()));
+    tokio::spawn(crate::reconcile::run(state.clone()));
     let accept = bamf_runtime::accept::Accept {
         stop: shutdown.clone(),
         tasks: connections.clone(),

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{HostPort, Limits};
 use crate::detect::{self, DetectError};
 use crate::metrics;
-use crate::relay::{self, Carriers, Meters, RelayEnd, Side, Transferred};
 use crate::route::{Entry, Route, Router};
+use bamf_relay::{Carriers, Meters, RelayEnd, Side, Transferred, relay_sockets};
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -132,7 +132,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, sha
         }
         (Handled::Tunnel(_), None) => Report::early(Outcome::Rejected),
     };
-    metrics::connection_ended(entry, report.route, report.outcome);
+    metrics::connection_ended(entry, report.route, report.outcome.as_str());
     tracing::info!(
         target: "bamf_bridge::access",
         listener = entry.as_str(),
@@ -171,7 +171,8 @@ fn tunnel_report(outcome: crate::tunnel::Outcome) -> Report {
                 End::Closed | End::Killed => Outcome::Closed,
                 End::IdleTimeout => Outcome::IdleTimeout,
                 End::Shutdown => Outcome::Shutdown,
-                End::Error => Outcome::ClientError,
+                End::ClientError => Outcome::ClientError,
+                End::AgentError => Outcome::UpstreamError,
                 End::TargetUnreachable => Outcome::UpstreamUnreachable,
             };
             report.detail = Some(end.as_str().to_owned());
@@ -300,12 +301,14 @@ async fn handle(
     }
     drop(head);
 
-    let (end, mut moved) = relay::relay(
+    // The front door's task is cut by its caller at the grace's end; the relay needs no stop.
+    let (end, mut moved) = relay_sockets(
         stream,
         &upstream_stream,
         limits.idle_timeout,
         &shared.pool,
         &shared.bytes,
+        std::future::pending(),
     )
     .await;
     moved.up += replayed;
@@ -313,6 +316,7 @@ async fn handle(
     report.outcome = match end {
         RelayEnd::Finished => Outcome::Closed,
         RelayEnd::IdleTimeout => Outcome::IdleTimeout,
+        RelayEnd::Stopped => Outcome::Shutdown,
         RelayEnd::Failed(side, e) => {
             report.detail = Some(e.to_string());
             match side {

@@ -10,8 +10,8 @@
 //! - [`config`]: TOML file and flags → typed [`config::Config`]; every problem reported at once.
 //! - [`route`]: server name → [`route::Route`] (local, peer, static, default, reject).
 //! - [`detect`]: read a ClientHello off a socket under the size cap.
-//! - [`relay`]: splice (or copy) both ways with borrowed pipes or buffers, idle deadline and
-//!   half-close.
+//! - `tunnel`: the tunnel relay's pairing of client and agent sides ([`tunnel::Relay`]);
+//!   the bytes are copied by [`bamf_relay`], as the front door's are.
 //! - `frontdoor`: one connection from accept to close; its [`Outcome`].
 //! - [`metrics`]: the bridge's Prometheus metrics.
 //!
@@ -39,7 +39,6 @@ pub mod control;
 pub mod detect;
 mod frontdoor;
 pub mod metrics;
-pub mod relay;
 pub mod route;
 pub mod tunnel;
 
@@ -232,7 +231,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         router,
         limits: config.limits.clone(),
-        pool: relay::Carriers::new(config.splice),
+        pool: bamf_relay::Carriers::new(config.splice),
         bytes: metrics::frontdoor_bytes(),
         cut: cut.clone(),
         relay,

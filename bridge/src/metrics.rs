@@ -9,11 +9,10 @@
 
 use std::time::Duration;
 
-use bamf_runtime::meter::Metered;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::relay::Meters;
 use crate::route::Entry;
+use bamf_relay::Meters;
 
 const CONNECTIONS: &str = "bamf_frontdoor_connections_total";
 const ACTIVE: &str = "bamf_frontdoor_active_connections";
@@ -87,14 +86,11 @@ pub(crate) fn tunnel_ended(end: &'static str) {
 
 /// Wraps a paired tunnel's two sides so that its bytes are counted as they are written:
 /// `up` into the agent's side, `down` into the client's.
-pub(crate) fn metered_tunnel<C, A>(client: C, agent: A) -> (Metered<C>, Metered<A>) {
-    (
-        Metered::new(
-            client,
-            metrics::counter!(TUNNEL_BYTES, "direction" => "down"),
-        ),
-        Metered::new(agent, metrics::counter!(TUNNEL_BYTES, "direction" => "up")),
-    )
+pub(crate) fn tunnel_bytes() -> Meters {
+    Meters {
+        up: metrics::counter!(TUNNEL_BYTES, "direction" => "up"),
+        down: metrics::counter!(TUNNEL_BYTES, "direction" => "down"),
+    }
 }
 
 /// The front door's byte counters, taken once and shared by every connection.
@@ -129,12 +125,8 @@ impl Drop for Active {
     }
 }
 
-pub(crate) fn connection_ended(
-    entry: Entry,
-    route: &'static str,
-    outcome: crate::frontdoor::Outcome,
-) {
-    metrics::counter!(CONNECTIONS, "listener" => entry.as_str(), "route" => route, "outcome" => outcome.as_str())
+pub(crate) fn connection_ended(entry: Entry, route: &'static str, outcome: &'static str) {
+    metrics::counter!(CONNECTIONS, "listener" => entry.as_str(), "route" => route, "outcome" => outcome)
         .increment(1);
 }
 

@@ -17,9 +17,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bamf_client::relay::{BufferPool, RelayEnd, relay};
 use bamf_proto::san::{AgentId, Identity, SessionId};
 use bamf_proto::tunnel::{AGENT_PREAMBLE_LEN, Target, parse_agent_preamble};
+use bamf_relay::{Carriers, Meters, RelayEnd, Side, relay_streams};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -47,8 +47,10 @@ pub enum End {
     Killed,
     /// The bridge shut down before it finished.
     Shutdown,
-    /// A read or write failed.
-    Error,
+    /// A read or write on the client's side failed.
+    ClientError,
+    /// A read or write on the agent's side failed.
+    AgentError,
     /// The agent could not reach the target: the client's side was closed at once.
     TargetUnreachable,
 }
@@ -61,7 +63,8 @@ impl End {
             Self::IdleTimeout => "idle_timeout",
             Self::Killed => "killed",
             Self::Shutdown => "shutdown",
-            Self::Error => "error",
+            Self::ClientError => "client_error",
+            Self::AgentError => "agent_error",
             Self::TargetUnreachable => "target_unreachable",
         }
     }
@@ -199,7 +202,9 @@ pub struct Relay {
     /// Ended by the bridge's shutdown cut.
     cut: CancellationToken,
     /// Copy buffers, borrowed only while bytes are in flight.
-    buffers: BufferPool,
+    buffers: Carriers,
+    /// Tunnel byte counters, taken once.
+    bytes: Meters,
 }
 
 impl std::fmt::Debug for Relay {
@@ -252,7 +257,8 @@ impl Relay {
             live: Mutex::default(),
             events,
             cut,
-            buffers: BufferPool::default(),
+            buffers: Carriers::new(false),
+            bytes: crate::metrics::tunnel_bytes(),
         }
     }
 
@@ -511,11 +517,19 @@ impl Relay {
                 () = self.cut.cancelled() => {}
             }
         };
-        let (client, agent_side) = crate::metrics::metered_tunnel(client, agent_side);
-        let relayed = relay(client, agent_side, self.idle_timeout, &self.buffers, stop).await;
-        let end = match relayed.end {
-            RelayEnd::Closed => End::Closed,
-            RelayEnd::Error => End::Error,
+        let (relayed, moved) = relay_streams(
+            client,
+            agent_side,
+            self.idle_timeout,
+            &self.buffers,
+            &self.bytes,
+            stop,
+        )
+        .await;
+        let end = match relayed {
+            RelayEnd::Finished => End::Closed,
+            RelayEnd::Failed(Side::Client, _) => End::ClientError,
+            RelayEnd::Failed(Side::Upstream, _) => End::AgentError,
             RelayEnd::IdleTimeout => End::IdleTimeout,
             RelayEnd::Stopped if kill.is_cancelled() => End::Killed,
             RelayEnd::Stopped => End::Shutdown,
@@ -523,7 +537,7 @@ impl Relay {
         if let Ok(mut live) = self.live.lock() {
             live.remove(&session);
         }
-        let (up, down) = (relayed.a_to_b, relayed.b_to_a);
+        let (up, down) = (moved.up, moved.down);
         crate::metrics::tunnel_ended(end.as_str());
         self.report(Event::End {
             session,

@@ -5,12 +5,16 @@
 //! certificate, which is only valid for 60 s to *establish* the tunnel. Bytes are then copied
 //! both ways, and a half-close on either side is passed on.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bamf_client::https::HttpsError;
 use bamf_proto::api::{ConnectRequest, Resource};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bamf_relay::{Carriers, Meters, RelayEnd, Side, relay_streams};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -20,8 +24,6 @@ use crate::session::Ctx;
 
 /// A tunnel that takes longer than this to open gets a progress line on stderr.
 const PROGRESS_AFTER: Duration = Duration::from_secs(1);
-/// Copy buffer per direction.
-const BUFFER: usize = 64 * 1024;
 
 /// An open tunnel to a resource.
 #[derive(Debug)]
@@ -156,60 +158,85 @@ pub async fn preflight(ctx: &Ctx, resource: &str) -> Result<Option<Resource>> {
     }
 }
 
-/// Copies `from` into `to` until end of file, flushing each chunk, then shuts `to` down
-/// (a half-close). A TLS peer that closes without `close_notify` counts as end of file.
-///
-/// # Errors
-///
-/// A read or write failure other than that.
-pub async fn pump<R, W>(mut from: R, mut to: W) -> std::io::Result<u64>
+/// Local connections through a tunnel are closed after this long with no byte either way,
+/// like the bridge's own idle timeout.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Relays `local` (the client's side) and the tunnel (the upstream) with the one relay;
+/// `stop` ends it early.
+async fn relay<L>(local: L, tunnel: Tunnel, stop: impl Future<Output = ()>) -> RelayEnd
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    L: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUFFER];
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e),
-        };
-        to.write_all(buf.get(..n).unwrap_or_default()).await?;
-        to.flush().await?;
-        total += n as u64;
-    }
-    match to.shutdown().await {
-        Ok(()) => Ok(total),
-        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => Ok(total),
-        Err(e) => Err(e),
+    static BUFFERS: LazyLock<Carriers> = LazyLock::new(|| Carriers::new(false));
+    let meters = Meters::default();
+    let (end, _) = relay_streams(local, tunnel.stream, IDLE_TIMEOUT, &BUFFERS, &meters, stop).await;
+    end
+}
+
+/// Whether a relay's end is a normal one for the CLI: both sides done, or the tunnel's TLS
+/// ended without `close_notify` (the far side closed its socket), or the reader of our
+/// output went away.
+fn ended_well(end: &RelayEnd) -> Result<(), &std::io::Error> {
+    match end {
+        RelayEnd::Finished | RelayEnd::Stopped => Ok(()),
+        RelayEnd::Failed(Side::Upstream, e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Ok(())
+        }
+        RelayEnd::Failed(Side::Client, e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        RelayEnd::Failed(_, e) => Err(e),
+        RelayEnd::IdleTimeout => Ok(()),
     }
 }
 
 /// Carries a local TCP connection through a tunnel until both directions finish; a failure
 /// in either ends both.
 pub async fn splice_tcp(local: TcpStream, tunnel: Tunnel) {
-    let (local_r, local_w) = local.into_split();
-    let (tunnel_r, tunnel_w) = tokio::io::split(tunnel.stream);
-    let _ = tokio::try_join!(pump(local_r, tunnel_w), pump(tunnel_r, local_w));
+    let _ = relay(local, tunnel, std::future::pending()).await;
 }
 
 /// Carries stdin and stdout through a tunnel (`bamf pipe`, ssh's ProxyCommand). Ends when
-/// the far side finishes sending; the end of stdin is passed on as a half-close.
+/// the far side finishes sending (whatever stdin does); the end of stdin is passed on as a
+/// half-close.
 pub async fn splice_stdio(resource: &str, tunnel: Tunnel) -> Result<()> {
-    let (tunnel_session, tunnel_bridge) = (tunnel.session, tunnel.bridge);
-    let (tunnel_r, tunnel_w) = tokio::io::split(tunnel.stream);
-    let up = tokio::spawn(pump(tokio::io::stdin(), tunnel_w));
-    let down = pump(tunnel_r, tokio::io::stdout()).await;
-    up.abort();
-    match down {
-        Ok(_) => Ok(()),
-        // The reader went away (ssh exited): nothing left to do.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::msg(format!(
-            "the tunnel to '{resource}' was cut: {e} (session {}, bridge {})",
-            tunnel_session, tunnel_bridge
-        ))),
+    let (session, bridge) = (tunnel.session.clone(), tunnel.bridge.clone());
+    let done = Arc::new(tokio::sync::Notify::new());
+    let stdout = EndsWithShutdown {
+        inner: tokio::io::stdout(),
+        done: done.clone(),
+    };
+    let local = tokio::io::join(tokio::io::stdin(), stdout);
+    let end = relay(local, tunnel, done.notified()).await;
+    ended_well(&end).map_err(|e| {
+        Error::msg(format!(
+            "the tunnel to '{resource}' was cut: {e} (session {session}, bridge {bridge})"
+        ))
+    })
+}
+
+/// A writer that announces its shutdown: the relay shuts stdout down when the far side has
+/// finished sending, which is the end of a stdio session.
+struct EndsWithShutdown<W> {
+    inner: W,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for EndsWithShutdown<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let shut = std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx));
+        self.done.notify_one();
+        Poll::Ready(shut)
     }
 }

@@ -8,15 +8,12 @@
 //! - [`identity`]: private keys and CSRs made locally (the key never leaves the host),
 //!   certificate files written 0600, and when a certificate is due for renewal.
 //! - [`tunnel`]: dialling a bridge by its name (SNI) with a session or agent certificate.
-//! - [`relay`]: copying both ways with counts, idle deadline and half-close, borrowing
-//!   buffers only while bytes are in flight.
 
 pub mod api;
 pub mod backoff;
 pub mod enroll;
 pub mod https;
 pub mod identity;
-pub mod relay;
 pub mod tunnel;
 
 /// Makes a rustls client configuration that trusts only `ca_pem` and, when given, presents

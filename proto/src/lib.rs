@@ -12,6 +12,7 @@
 //! - [`alert`]: the few TLS alert records the front door sends before closing.
 //! - [`proxy_v2`]: the PROXY protocol v2 header the front door can send to upstreams.
 //! - [`api`]: the API's contract, the JSON body of every request and answer.
+//! - [`resource`]: resource kinds.
 //! - [`rbac`]: roles' rules, and deciding access with them (deny wins, default deny).
 //! - [`tunnel`]: what an agent says to a bridge, the dial command, session events.
 //! - [`san`]: identities in certificates (`bamf://kind/…` SAN URIs): users, agents, bridges
@@ -23,6 +24,7 @@ pub mod api;
 pub mod host;
 pub mod proxy_v2;
 pub mod rbac;
+pub mod resource;
 pub mod san;
 pub mod sni;
 pub mod tunnel;

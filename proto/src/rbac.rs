@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::ResourceKind;
+use crate::resource::ResourceKind;
 
 /// The built-in administrator role: every resource, and the admin routes.
 pub const ADMIN: &str = "admin";

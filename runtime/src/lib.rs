@@ -9,7 +9,6 @@
 //!   connection.
 //! - [`admin`]: the admin listener: `/health`, `/ready`, `/metrics`.
 //! - [`recorder`]: the Prometheus recorder and the `*_build_info` gauge.
-//! - [`meter`]: a stream wrapper counting bytes as they are written.
 //! - [`LogFormat`] and [`init_logging`]: text or JSON on stderr, level from `BAMF_LOG`.
 //! - [`shutdown_on_signals`]: the first SIGTERM or SIGINT cancels a token (graceful drain);
 //!   a second exits at once.
@@ -19,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 pub mod accept;
 pub mod admin;
 pub mod config;
-pub mod meter;
 pub mod recorder;
 
 /// Log format on stderr.

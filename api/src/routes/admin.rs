@@ -7,8 +7,8 @@ use bamf_proto::api::{
 use bamf_proto::san::Name;
 use http::StatusCode;
 
+use super::Call;
 use crate::auth;
-use crate::context::Call;
 use crate::error::ApiError;
 use crate::now_ms;
 use crate::rbac::{self, Rules};

@@ -8,7 +8,7 @@ use bamf_proto::api::{
 };
 use bamf_proto::san::{AgentId, Name};
 
-use crate::context::Call;
+use super::Call;
 use crate::error::ApiError;
 use crate::{now_ms, rbac};
 

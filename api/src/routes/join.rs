@@ -9,10 +9,10 @@ use bamf_proto::api::{
 };
 use bamf_proto::san::{AgentId, Identity, Name};
 
+use super::Call;
 use super::{certificate, issue, new_uuid};
 use crate::access::Principal;
 use crate::auth;
-use crate::context::Call;
 use crate::error::ApiError;
 use crate::now_ms;
 use crate::store::{JoinOutcome, JoinToken};

@@ -3,9 +3,10 @@
 use bamf_proto::api::{Login, LoginRequest, Whoami};
 use bamf_proto::san::{Identity, Name};
 
+use super::Call;
 use crate::access::{Principal, bearer};
 use crate::auth;
-use crate::context::{Call, Caller, audit};
+use crate::context::{Caller, audit};
 use crate::error::ApiError;
 use crate::now_ms;
 

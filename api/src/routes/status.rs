@@ -6,8 +6,8 @@ use std::time::Duration;
 use bamf_proto::api::{Health, Readiness};
 use http::Response;
 
+use super::Call;
 use super::Reply;
-use crate::context::Call;
 use crate::error::{ApiError, Body, full};
 
 /// How long `/ready` waits for its dependencies, together: well inside a 1 s probe.
@@ -65,11 +65,8 @@ pub(super) async fn ca(call: &Call<'_>) -> Reply {
     ))
 }
 
-pub(super) async fn openapi(_: &Call<'_>) -> Reply {
-    Ok(with_type(
-        crate::openapi::document_json().to_owned(),
-        "application/json",
-    ))
+pub(super) async fn openapi(call: &Call<'_>) -> Reply {
+    Ok(with_type(call.state.openapi.to_owned(), "application/json"))
 }
 
 fn with_type(text: String, content_type: &'static str) -> Response<Body> {

@@ -14,10 +14,10 @@ use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::{Bytes, Frame};
 
+use super::Call;
 use super::fleet::millis;
 use super::{Reply, certificate, new_uuid};
 use crate::access::Principal;
-use crate::context::Call;
 use crate::error::{ApiError, Body};
 use crate::now_ms;
 use crate::placement::{self, BRIDGE_HEARTBEAT, BRIDGE_TTL, CONTROL_KEEP_ALIVE};

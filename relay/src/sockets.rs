@@ -1,4 +1,5 @@
-//! Copying bytes both ways between two TCP connections until both sides are done.
+//! The relay between two TCP sockets: zero-copy with `splice(2)` for bulk data, a borrowed
+//! buffer for small exchanges.
 //!
 //! Differences from `tokio::io::copy_bidirectional`, each for a measured reason:
 //! - **Zero-copy with `splice(2)` for bulk data.** Once a read fills a whole buffer, the
@@ -7,10 +8,7 @@
 //!   Small exchanges (handshakes, interactive sessions, short connections) stay on a buffer:
 //!   for them a pipe costs more than it saves. Where a pipe cannot be had (descriptor limit,
 //!   pipe quota, splicing turned off) a direction keeps its buffer.
-//! - **Carriers are borrowed, not owned.** A direction takes a pipe or buffer from the shared
-//!   [`Carriers`] pool only when its source has data, and gives it back once everything is
-//!   written and the source would block. An idle connection holds neither, so 10 000 idle
-//!   tunnels cost sockets and task state, not 10 000 × 2 × 64 KiB.
+//! - **Carriers are borrowed, not owned** (see [`crate::Carriers`]).
 //! - **One idle deadline** for both directions, re-armed lazily from a timestamp instead of
 //!   resetting a timer on every chunk.
 //! - **Half-close is passed on:** EOF from one side shuts down only the other side's write
@@ -22,165 +20,16 @@ use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use metrics::Counter;
-use rustix::pipe::{PipeFlags, SpliceFlags};
-use std::os::fd::OwnedFd;
+use rustix::pipe::SpliceFlags;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-/// Bytes per relay buffer. 64 KiB moves bulk data in few syscalls on loopback and LAN
-/// links; it is only held while data is in flight.
-pub const BUFFER_SIZE: usize = 64 * 1024;
-
-/// Requested pipe capacity. Larger pipes mean fewer splice calls per megabyte; the kernel may
-/// refuse (per-user pipe quota) and then the default 64 KiB stays, which still works.
-const PIPE_SIZE: usize = 1024 * 1024;
-
-/// Free carriers kept for reuse; beyond this they are freed, so a burst does not pin memory
-/// (or, for pipes, two descriptors each) forever.
-const POOL_KEEP: usize = 64;
-
-/// What carries one direction's bytes while they are in flight.
-enum Carrier {
-    /// A kernel pipe: bytes are spliced in and out, never copied to user space.
-    Pipe { read: OwnedFd, write: OwnedFd },
-    /// A user-space buffer.
-    Buffer(Box<[u8]>),
-}
-
-/// Pipes and buffers shared by every connection of a process.
-#[derive(Debug)]
-pub struct Carriers {
-    splice: bool,
-    pipes: Mutex<Vec<(OwnedFd, OwnedFd)>>,
-    buffers: Mutex<Vec<Box<[u8]>>>,
-}
-
-impl Carriers {
-    /// A pool that splices when `splice` is true (and a pipe can be had), else copies.
-    pub fn new(splice: bool) -> Self {
-        Self {
-            splice,
-            pipes: Mutex::default(),
-            buffers: Mutex::default(),
-        }
-    }
-
-    fn take(&self, bulk: bool) -> Carrier {
-        if self.splice && bulk {
-            let reused = self.pipes.lock().ok().and_then(|mut p| p.pop());
-            if let Some((read, write)) = reused.or_else(new_pipe) {
-                return Carrier::Pipe { read, write };
-            }
-        }
-        let reused = self.buffers.lock().ok().and_then(|mut b| b.pop());
-        Carrier::Buffer(reused.unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice()))
-    }
-
-    /// Returns an *empty* carrier (a pipe with bytes left in it must be closed instead).
-    fn give(&self, carrier: Carrier) {
-        match carrier {
-            Carrier::Pipe { read, write } => {
-                if let Ok(mut p) = self.pipes.lock()
-                    && p.len() < POOL_KEEP
-                {
-                    p.push((read, write));
-                }
-            }
-            Carrier::Buffer(buf) => {
-                if let Ok(mut b) = self.buffers.lock()
-                    && b.len() < POOL_KEEP
-                {
-                    b.push(buf);
-                }
-            }
-        }
-    }
-}
-
-impl Default for Carriers {
-    fn default() -> Self {
-        Self::new(true)
-    }
-}
-
-impl std::fmt::Debug for Carrier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Pipe { .. } => "Pipe",
-            Self::Buffer(_) => "Buffer",
-        })
-    }
-}
-
-fn new_pipe() -> Option<(OwnedFd, OwnedFd)> {
-    let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC).ok()?;
-    let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
-    Some((read, write))
-}
-
-/// Which side of a relay failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The connection that came in through the front door.
-    Client,
-    /// The connection the bridge opened.
-    Upstream,
-}
-
-impl Side {
-    /// Label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Client => "client",
-            Self::Upstream => "upstream",
-        }
-    }
-}
-
-/// Bytes moved in each direction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Transferred {
-    /// Client to upstream.
-    pub up: u64,
-    /// Upstream to client.
-    pub down: u64,
-}
-
-/// Counters a relay adds its bytes to while they flow.
-#[derive(Debug, Clone)]
-pub struct Meters {
-    /// Client to upstream.
-    pub up: Counter,
-    /// Upstream to client.
-    pub down: Counter,
-}
-
-impl Default for Meters {
-    /// Counters that count nowhere (tests, benchmarks).
-    fn default() -> Self {
-        Self {
-            up: Counter::noop(),
-            down: Counter::noop(),
-        }
-    }
-}
-
-/// How a relay ended.
-#[derive(Debug)]
-pub enum RelayEnd {
-    /// Both directions reached EOF and were passed on.
-    Finished,
-    /// No byte moved either way for the idle timeout.
-    IdleTimeout,
-    /// A read or write failed (a reset is the usual case).
-    Failed(Side, io::Error),
-}
+use crate::carriers::{Carrier, Carriers, PIPE_SIZE};
+use crate::{Meters, RelayEnd, Side, Transferred};
 
 /// Relays between `client` and `upstream` until both directions finish, one fails, or the
 /// connection is idle for `idle`. Returns how it ended and what it moved; `meters` see the
@@ -188,13 +37,15 @@ pub enum RelayEnd {
 ///
 /// Cancel safe in the sense that matters here: dropping the future drops no buffered data
 /// that either side was promised, because nothing was acknowledged to anyone.
-pub async fn relay(
+pub async fn relay_sockets(
     client: &TcpStream,
     upstream: &TcpStream,
     idle: Duration,
     pool: &Carriers,
     meters: &Meters,
+    stop: impl Future<Output = ()>,
 ) -> (RelayEnd, Transferred) {
+    let mut stop = std::pin::pin!(stop);
     let mut relay = Relay {
         client,
         upstream,
@@ -206,7 +57,13 @@ pub async fn relay(
         last_activity: Instant::now(),
         timer: Box::pin(tokio::time::sleep(idle)),
     };
-    let end = std::future::poll_fn(|cx| relay.poll(cx)).await;
+    let end = std::future::poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(RelayEnd::Stopped);
+        }
+        relay.poll(cx)
+    })
+    .await;
     relay.up.release(pool);
     relay.down.release(pool);
     let moved = Transferred {
@@ -382,7 +239,9 @@ impl Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BUFFER_SIZE;
     use crate::testing::tcp_pair;
+    use metrics::Counter;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::task::JoinHandle;
@@ -402,7 +261,15 @@ mod tests {
         let pool = Arc::new(Carriers::new(splice));
         let shared = pool.clone();
         let relay = tokio::spawn(async move {
-            relay(&client, &upstream, idle, &shared, &Meters::default()).await
+            relay_sockets(
+                &client,
+                &upstream,
+                idle,
+                &shared,
+                &Meters::default(),
+                std::future::pending(),
+            )
+            .await
         });
         Running {
             client_end,
@@ -520,7 +387,15 @@ mod tests {
             };
             let pool = Carriers::new(splice);
             let relay = tokio::spawn(async move {
-                relay(&client, &upstream, Duration::from_secs(10), &pool, &meters).await
+                relay_sockets(
+                    &client,
+                    &upstream,
+                    Duration::from_secs(10),
+                    &pool,
+                    &meters,
+                    std::future::pending(),
+                )
+                .await
             });
             let bulk = vec![7u8; 1024 * 1024];
             client_end.write_all(&bulk).await.unwrap();
