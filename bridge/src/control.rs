@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TunnelConfig;
-use crate::tunnel::{CertSlot, Relay, certified_key};
+use crate::tunnel::{CertSlot, Pairing, certified_key};
 
 /// Session events queued for the API at most (about 200 bytes each).
 pub const REPORT_QUEUE: usize = 100_000;
@@ -157,7 +157,7 @@ const CONTROL_RETRY_MAX: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct Heartbeat {
     api: Arc<arc_swap::ArcSwap<Api>>,
-    relay: Arc<Relay>,
+    relay: Arc<Pairing>,
     draining: Arc<AtomicBool>,
     /// When this process started (Unix ms): the API ends older sessions it does not list.
     started_at_ms: i64,
@@ -216,7 +216,7 @@ pub fn start(
     ordinal: u32,
     credentials: Credentials,
     slot: Arc<CertSlot>,
-    relay: Arc<Relay>,
+    relay: Arc<Pairing>,
     events: mpsc::Receiver<Event>,
     stop: CancellationToken,
 ) -> Result<Control, EnrollError> {

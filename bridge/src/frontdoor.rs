@@ -31,7 +31,7 @@ pub(crate) struct Shared {
     /// Cancelled when the shutdown grace runs out: connections still open are cut.
     pub(crate) cut: CancellationToken,
     /// The tunnel relay for this bridge's own name, when configured.
-    pub(crate) relay: Option<Arc<crate::tunnel::Relay>>,
+    pub(crate) relay: Option<Arc<crate::tunnel::Pairing>>,
 }
 
 /// How a connection ended. The names are stable: they are metric label values.

@@ -10,7 +10,7 @@
 //! - [`config`]: TOML file and flags → typed [`config::Config`]; every problem reported at once.
 //! - [`route`]: server name → [`route::Route`] (local, peer, static, default, reject).
 //! - [`detect`]: read a ClientHello off a socket under the size cap.
-//! - `tunnel`: the tunnel relay's pairing of client and agent sides ([`tunnel::Relay`]);
+//! - `tunnel`: the tunnel relay's pairing of client and agent sides ([`tunnel::Pairing`]);
 //!   the bytes are copied by [`bamf_relay`], as the front door's are.
 //! - `frontdoor`: one connection from accept to close; its [`Outcome`].
 //! - [`metrics`]: the bridge's Prometheus metrics.
@@ -199,8 +199,8 @@ pub async fn run(
             )?));
             let tls = tunnel::server_config(&credentials.ca_pem, slot.clone())?;
             let (events, queue) = tokio::sync::mpsc::channel(control::REPORT_QUEUE);
-            let relay = Arc::new(tunnel::Relay::new(
-                tunnel::RelaySettings {
+            let relay = Arc::new(tunnel::Pairing::new(
+                tunnel::PairingSettings {
                     ordinal,
                     tls,
                     match_timeout: tunnel.match_timeout,

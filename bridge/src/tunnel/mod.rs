@@ -1,0 +1,347 @@
+//! Tunnels: for this bridge's own name, terminate mutual TLS, decide from the certificates
+//! alone whether the caller may use a session, pair the client with the agent, and copy
+//! bytes with counters, an idle deadline and half-close.
+//!
+//! - [`accept`]: the handshake and what a side claims;
+//! - [`registry`]: waiting sides, used and live sessions;
+//! - [`Pairing`]: the service tying them together; the copy is `bamf_relay`'s.
+//!
+//! The rules, all local (no API call on the data path):
+//! - a client presents a session certificate pinned to this bridge (`bamf://bridge/<n>`),
+//!   unexpired (checked in the handshake), naming the session and the agent;
+//! - an agent presents its agent certificate and then names the session in its preamble;
+//! - both name the same session and the agent is the one the session names;
+//! - the first to arrive waits at most the match timeout; a session pairs once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bamf_proto::san::{AgentId, SessionId};
+use bamf_relay::{Carriers, Meters, RelayEnd, Side, relay_streams};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use bamf_proto::tunnel::SessionEvent as Event;
+
+pub mod accept;
+pub(crate) mod registry;
+
+pub use accept::{CertSlot, Replayed, certified_key, server_config};
+use accept::{Claim, HANDSHAKE_TIMEOUT, Stream, accept};
+use registry::{Decision, Partner, Registry};
+
+/// Why a tunnel connection ended, as reported and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides finished.
+    Closed,
+    /// No bytes either way for the idle timeout.
+    IdleTimeout,
+    /// The API said to end it (session deleted, agent or user revoked).
+    Killed,
+    /// The bridge shut down before it finished.
+    Shutdown,
+    /// A read or write on the client's side failed.
+    ClientError,
+    /// A read or write on the agent's side failed.
+    AgentError,
+    /// The agent could not reach the target: the client's side was closed at once.
+    TargetUnreachable,
+}
+
+impl End {
+    /// As reported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Killed => "killed",
+            Self::Shutdown => "shutdown",
+            Self::ClientError => "client_error",
+            Self::AgentError => "agent_error",
+            Self::TargetUnreachable => "target_unreachable",
+        }
+    }
+}
+
+/// How one tunnel connection went (for the front door's log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Refused before pairing, with the reason.
+    Refused(&'static str),
+    /// Waited for the other side in vain.
+    MatchTimeout,
+    /// Paired; bytes up (client → agent) and down, and how it ended.
+    Relayed {
+        /// Client → agent.
+        up: u64,
+        /// Agent → client.
+        down: u64,
+        /// How.
+        end: End,
+    },
+    /// This side joined a waiting partner, whose task relayed.
+    Joined,
+}
+
+/// The pairing service: accepts tunnel sides, pairs a client with its agent through the
+/// [`Registry`], and copies bytes between them with the one relay.
+pub struct Pairing {
+    ordinal: u32,
+    acceptor: tokio_rustls::TlsAcceptor,
+    match_timeout: Duration,
+    idle_timeout: Duration,
+    sessions: Registry,
+    events: mpsc::Sender<Event>,
+    /// Ended by the bridge's shutdown cut.
+    cut: CancellationToken,
+    /// Copy buffers, borrowed only while bytes are in flight.
+    buffers: Carriers,
+    /// Tunnel byte counters, taken once.
+    bytes: Meters,
+}
+
+impl std::fmt::Debug for Pairing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pairing")
+            .field("ordinal", &self.ordinal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pairing service's settings.
+#[derive(Debug, Clone)]
+pub struct PairingSettings {
+    /// This bridge's ordinal.
+    pub ordinal: u32,
+    /// Server TLS (bridge certificate, client certificates required).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// How long one side waits for the other.
+    pub match_timeout: Duration,
+    /// Idle deadline for a paired tunnel.
+    pub idle_timeout: Duration,
+    /// Waiting sides at most.
+    pub max_pending: usize,
+}
+
+impl Pairing {
+    /// A pairing service that reports session events to `events` and ends tunnels when
+    /// `cut` fires.
+    pub fn new(
+        settings: PairingSettings,
+        events: mpsc::Sender<Event>,
+        cut: CancellationToken,
+    ) -> Self {
+        Self {
+            ordinal: settings.ordinal,
+            acceptor: tokio_rustls::TlsAcceptor::from(settings.tls),
+            match_timeout: settings.match_timeout,
+            idle_timeout: settings.idle_timeout,
+            sessions: Registry::new(settings.max_pending),
+            events,
+            cut,
+            buffers: Carriers::new(false),
+            bytes: crate::metrics::tunnel_bytes(),
+        }
+    }
+
+    /// Ids of the live tunnels.
+    pub fn live_sessions(&self) -> Vec<SessionId> {
+        self.sessions.live_sessions()
+    }
+
+    /// Ends `session` as the API asked: its live tunnel closes, a side waiting for its
+    /// partner is dropped, and the session can never pair here again (its certificate may
+    /// still be unexpired). Returns whether a live tunnel was closed.
+    pub fn kill(&self, session: SessionId) -> bool {
+        self.sessions.kill(session)
+    }
+
+    /// Serves one connection routed to this bridge's own name; `buffered` is what the front
+    /// door read while detecting (the ClientHello), replayed into the TLS handshake.
+    pub async fn serve(&self, stream: TcpStream, buffered: Vec<u8>, peer: SocketAddr) -> Outcome {
+        let _ = stream.set_nodelay(true);
+        let (tls, claim) = match accept(&self.acceptor, stream, buffered).await {
+            Ok(accepted) => accepted,
+            Err(reason) => return self.refused(peer, None, reason),
+        };
+        if let Some(bridge) = claim.bridge
+            && bridge != self.ordinal
+        {
+            return self.refused(peer, Some(claim.session), "pinned_to_other_bridge");
+        }
+        self.pair(tls, claim, peer).await
+    }
+
+    fn refused(
+        &self,
+        peer: SocketAddr,
+        session: Option<SessionId>,
+        reason: &'static str,
+    ) -> Outcome {
+        tracing::warn!(%peer, session = session.map(|s| s.to_string()), reason, "tunnel refused");
+        crate::metrics::tunnel_refused(reason);
+        Outcome::Refused(reason)
+    }
+
+    async fn pair(&self, tls: Stream, claim: Claim, peer: SocketAddr) -> Outcome {
+        let session = claim.session;
+        let decision = self.sessions.decide(&claim);
+        match decision {
+            Decision::Refuse(reason) => self.refused(peer, Some(session), reason),
+            Decision::Deliver(deliver) => {
+                // Second side: hand the stream over and hold this connection until the end.
+                let (done, finished) = oneshot::channel();
+                let partner = Partner {
+                    stream: tls,
+                    unreachable: claim.unreachable,
+                    done,
+                };
+                if deliver.send(partner).is_err() {
+                    return self.refused(peer, Some(session), "partner_left");
+                }
+                let _ = finished.await;
+                Outcome::Joined
+            }
+            Decision::Wait(arrival) => self.wait_and_relay(tls, claim, arrival, peer).await,
+        }
+    }
+
+    async fn wait_and_relay(
+        &self,
+        tls: Stream,
+        claim: Claim,
+        arrival: oneshot::Receiver<Partner>,
+        peer: SocketAddr,
+    ) -> Outcome {
+        let session = claim.session;
+        crate::metrics::tunnels_waiting(1.0);
+        let partner = tokio::select! {
+            p = tokio::time::timeout(self.match_timeout, arrival) => p.ok().and_then(Result::ok),
+            () = self.cut.cancelled() => None,
+        };
+        crate::metrics::tunnels_waiting(-1.0);
+        let Some(partner) = partner else {
+            self.sessions.abandon(session);
+            tracing::warn!(%peer, session = %session, client_side = claim.client_side, "tunnel: the other side never came");
+            crate::metrics::tunnel_refused("match_timeout");
+            return Outcome::MatchTimeout;
+        };
+        let Partner {
+            stream,
+            unreachable,
+            done,
+        } = partner;
+        let (client, agent) = if claim.client_side {
+            (tls, stream)
+        } else {
+            (stream, tls)
+        };
+        let outcome = if unreachable || claim.unreachable {
+            self.unreachable(session, claim.agent, client).await
+        } else {
+            self.copy(session, claim.agent, client, agent).await
+        };
+        let _ = done.send(());
+        outcome
+    }
+
+    /// The agent could not reach the target: close the client's side now and say why.
+    async fn unreachable(&self, session: SessionId, agent: AgentId, mut client: Stream) -> Outcome {
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, client.shutdown()).await;
+        crate::metrics::tunnel_refused("target_unreachable");
+        self.report(Event::End {
+            session,
+            started_at_ms: None,
+            at_ms: now_ms(),
+            bytes_up: 0,
+            bytes_down: 0,
+            reason: End::TargetUnreachable.as_str().to_owned(),
+        });
+        tracing::warn!(session = %session, agent = %agent, "tunnel: the agent could not reach the target");
+        Outcome::Relayed {
+            up: 0,
+            down: 0,
+            end: End::TargetUnreachable,
+        }
+    }
+
+    /// Copies bytes between the paired sides with the one relay, reporting start and end.
+    async fn copy(
+        &self,
+        session: SessionId,
+        agent: AgentId,
+        client: Stream,
+        agent_side: Stream,
+    ) -> Outcome {
+        let kill = CancellationToken::new();
+        self.sessions.go_live(session, kill.clone());
+        let started = now_ms();
+        crate::metrics::tunnel_started();
+        self.report(Event::Start {
+            session,
+            at_ms: started,
+        });
+        tracing::info!(session = %session, agent = %agent, "tunnel paired");
+        let stop = async {
+            tokio::select! {
+                () = kill.cancelled() => {}
+                () = self.cut.cancelled() => {}
+            }
+        };
+        let (relayed, moved) = relay_streams(
+            client,
+            agent_side,
+            self.idle_timeout,
+            &self.buffers,
+            &self.bytes,
+            stop,
+        )
+        .await;
+        let end = match relayed {
+            RelayEnd::Finished => End::Closed,
+            RelayEnd::Failed(Side::Client, _) => End::ClientError,
+            RelayEnd::Failed(Side::Upstream, _) => End::AgentError,
+            RelayEnd::IdleTimeout => End::IdleTimeout,
+            RelayEnd::Stopped if kill.is_cancelled() => End::Killed,
+            RelayEnd::Stopped => End::Shutdown,
+        };
+        self.sessions.ended(session);
+        let (up, down) = (moved.up, moved.down);
+        crate::metrics::tunnel_ended(end.as_str());
+        self.report(Event::End {
+            session,
+            started_at_ms: Some(started),
+            at_ms: now_ms(),
+            bytes_up: up,
+            bytes_down: down,
+            reason: end.as_str().to_owned(),
+        });
+        tracing::info!(session = %session, agent = %agent, bytes_up = up, bytes_down = down,
+            end = end.as_str(), "tunnel ended");
+        Outcome::Relayed { up, down, end }
+    }
+
+    /// Queues a report for the API; when the queue is full the event is counted and logged
+    /// (the queue is bounded: memory must not grow while the API is away).
+    fn report(&self, event: Event) {
+        if let Err(e) = self.events.try_send(event) {
+            crate::metrics::report_dropped();
+            tracing::error!(error = %e, "session report queue full: event dropped");
+        }
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX)
+}
