@@ -1,9 +1,8 @@
-//! Sessions: one client–agent pairing through one bridge, from `/connect` to the bridge's
-//! end report.
+//! Sessions: issued, paired, reported, ended.
 
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::*;
 
 /// A session as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +65,94 @@ pub enum Report {
     },
 }
 
-const COLUMNS: &str = "id, user_name, resource, agent_id, bridge, state, created_at, started_at, \
+pub(super) const COLUMNS: &str = "id, user_name, resource, agent_id, bridge, state, created_at, started_at, \
                        ended_at, bytes_up, bytes_down, end_reason";
+
+pub(super) fn session_row(r: &sqlx::any::AnyRow) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: r.try_get(0)?,
+        user: r.try_get(1)?,
+        resource: r.try_get(2)?,
+        agent_id: r.try_get(3)?,
+        bridge: u32::try_from(r.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
+        state: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        started_at: r.try_get(7)?,
+        ended_at: r.try_get(8)?,
+        bytes_up: r.try_get(9)?,
+        bytes_down: r.try_get(10)?,
+        end_reason: r.try_get(11)?,
+    })
+}
+
+/// Ends the open sessions matching `condition` (an SQL condition on `sessions` with one text
+/// parameter, `$1`) with `reason`, and returns their ids.
+pub(super) async fn end_sessions_where(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    condition: &'static str,
+    param: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<Vec<String>, StoreError> {
+    let select = format!("SELECT id FROM sessions WHERE ({condition}) AND state <> 'ended'");
+    let ids: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(select))
+        .bind(param)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let update = format!(
+        "UPDATE sessions SET state = 'ended', ended_at = $2, end_reason = $3 \
+         WHERE ({condition}) AND state <> 'ended'"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(update))
+        .bind(param)
+        .bind(now_ms)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    Ok(ids)
+}
+
+/// Ids of `bridge`'s open sessions created before `before`.
+pub(super) async fn open_sessions_on(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    bridge: u32,
+    before: i64,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query(
+        "SELECT id FROM sessions WHERE bridge = $1 AND state <> 'ended' AND created_at < $2",
+    )
+    .bind(i64::from(bridge))
+    .bind(before)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect::<Result<_, _>>()?)
+}
+
+/// Ends the sessions `ids` (already known to be open) with `reason`.
+pub(super) async fn end_by_id(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ids: &[String],
+    reason: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for id in ids {
+        sqlx::query(
+            "UPDATE sessions SET state = 'ended', ended_at = $2, end_reason = $3 \
+             WHERE id = $1 AND state <> 'ended'",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
 
 impl Store {
     /// Records a new, pending session.
@@ -343,104 +428,4 @@ impl Store {
         tx.commit().await?;
         Ok(ids)
     }
-
-    /// Notes a bridge heartbeat.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Database`].
-    pub async fn bridge_seen(&self, ordinal: u32, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE bridges SET last_seen_at = $2 WHERE ordinal = $1")
-            .bind(i64::from(ordinal))
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-}
-
-fn session_row(r: &sqlx::any::AnyRow) -> Result<Session, StoreError> {
-    Ok(Session {
-        id: r.try_get(0)?,
-        user: r.try_get(1)?,
-        resource: r.try_get(2)?,
-        agent_id: r.try_get(3)?,
-        bridge: u32::try_from(r.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
-        state: r.try_get(5)?,
-        created_at: r.try_get(6)?,
-        started_at: r.try_get(7)?,
-        ended_at: r.try_get(8)?,
-        bytes_up: r.try_get(9)?,
-        bytes_down: r.try_get(10)?,
-        end_reason: r.try_get(11)?,
-    })
-}
-
-/// Ends the open sessions matching `condition` (an SQL condition on `sessions` with one text
-/// parameter, `$1`) with `reason`, and returns their ids.
-pub(super) async fn end_sessions_where(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    condition: &'static str,
-    param: &str,
-    reason: &str,
-    now_ms: i64,
-) -> Result<Vec<String>, StoreError> {
-    let select = format!("SELECT id FROM sessions WHERE ({condition}) AND state <> 'ended'");
-    let ids: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(select))
-        .bind(param)
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    let update = format!(
-        "UPDATE sessions SET state = 'ended', ended_at = $2, end_reason = $3 \
-         WHERE ({condition}) AND state <> 'ended'"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(update))
-        .bind(param)
-        .bind(now_ms)
-        .bind(reason)
-        .execute(&mut **tx)
-        .await?;
-    Ok(ids)
-}
-
-/// Ids of `bridge`'s open sessions created before `before`.
-async fn open_sessions_on(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    bridge: u32,
-    before: i64,
-) -> Result<Vec<String>, StoreError> {
-    Ok(sqlx::query(
-        "SELECT id FROM sessions WHERE bridge = $1 AND state <> 'ended' AND created_at < $2",
-    )
-    .bind(i64::from(bridge))
-    .bind(before)
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|r| r.try_get(0))
-    .collect::<Result<_, _>>()?)
-}
-
-/// Ends the sessions `ids` (already known to be open) with `reason`.
-async fn end_by_id(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    ids: &[String],
-    reason: &str,
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    for id in ids {
-        sqlx::query(
-            "UPDATE sessions SET state = 'ended', ended_at = $2, end_reason = $3 \
-             WHERE id = $1 AND state <> 'ended'",
-        )
-        .bind(id)
-        .bind(now_ms)
-        .bind(reason)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
 }

@@ -533,7 +533,7 @@ async fn tokens_are_bound_to_the_user_not_the_name() {
             "{backend:?}: resurrected"
         );
         // Each user keeps a bounded number of tokens.
-        for n in 0..identity::MAX_TOKENS_PER_USER + 5 {
+        for n in 0..super::tokens::MAX_TOKENS_PER_USER + 5 {
             s.put_token(&format!("many-{n}"), "bob", 10_000, 50 + n)
                 .await
                 .unwrap();
@@ -542,7 +542,7 @@ async fn tokens_are_bound_to_the_user_not_the_name() {
             .fetch_one(s.pool())
             .await
             .unwrap();
-        assert_eq!(kept, identity::MAX_TOKENS_PER_USER);
+        assert_eq!(kept, super::tokens::MAX_TOKENS_PER_USER);
         assert!(
             s.token_user("many-0", 60).await.unwrap().is_none(),
             "oldest went"

@@ -1,0 +1,86 @@
+//! API tokens: kept as hashes, bound to the user's immutable id.
+
+use sqlx::Row;
+
+use super::*;
+
+/// Most live API tokens one user keeps (one per sign-in); older ones are forgotten.
+pub(super) const MAX_TOKENS_PER_USER: i64 = 100;
+
+impl Store {
+    /// Keeps an API token (its hash) for `user` until `expires_at`. Expired tokens are swept,
+    /// and a user keeps at most [`MAX_TOKENS_PER_USER`] (the oldest go first).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`]; `false` when the user does not exist.
+    pub async fn put_token(
+        &self,
+        token_hash: &str,
+        user: &str,
+        expires_at: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM api_tokens WHERE expires_at <= $1")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO api_tokens (token_hash, user_id, expires_at, created_at) \
+             SELECT $1, id, $3, $4 FROM users WHERE name = $2 AND disabled = 0",
+        )
+        .bind(token_hash)
+        .bind(user)
+        .bind(expires_at)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM api_tokens WHERE user_id IN (SELECT id FROM users WHERE name = $1) \
+             AND token_hash NOT IN (SELECT t.token_hash FROM api_tokens t JOIN users u \
+             ON u.id = t.user_id WHERE u.name = $1 ORDER BY t.created_at DESC LIMIT $2)",
+        )
+        .bind(user)
+        .bind(MAX_TOKENS_PER_USER)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The user a token belongs to, if the token is unexpired and its user (the same one it
+    /// was issued to, by id) exists and is enabled.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn token_user(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.name FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.token_hash = $1 AND t.expires_at > $2 AND u.disabled = 0",
+        )
+        .bind(token_hash)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Forgets a token (logout).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn delete_token(&self, token_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM api_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
