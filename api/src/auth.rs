@@ -94,16 +94,12 @@ pub fn new_token() -> Result<String, ring::error::Unspecified> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 32];
     ring::rand::SystemRandom::new().fill(&mut bytes)?;
-    Ok(format!("{TOKEN_PREFIX}{}", hex(&bytes)))
+    Ok(format!("{TOKEN_PREFIX}{}", bamf_proto::hex::encode(&bytes)))
 }
 
 /// The stored form of a token: SHA-256, hex. Tokens are random, so no salt is needed.
 pub fn token_hash(token: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bamf_proto::hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 /// Login limits, decided when an attempt *starts* so concurrent attempts cannot race past

@@ -301,7 +301,7 @@ impl Authority {
         Ok(Issued {
             fingerprint: fingerprint(cert.der()),
             pem: cert.pem(),
-            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            serial: bamf_proto::hex::encode(&serial),
             not_after: params.not_after,
         })
     }
@@ -309,11 +309,7 @@ impl Authority {
 
 /// SHA-256 of a DER certificate, lower-case hex.
 pub fn fingerprint(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    bamf_proto::hex::encode(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
 }
 
 /// The DER of the first certificate in a PEM text (to compare certificates, not texts).

@@ -86,11 +86,7 @@ impl Caller {
         match Identity::of_certificate(&cert) {
             Ok(identity) => Self::Certified {
                 identity,
-                serial: cert
-                    .raw_serial()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
+                serial: bamf_proto::hex::encode(cert.raw_serial()),
                 fingerprint: crate::ca::fingerprint(leaf),
             },
             Err(_) => Self::Anonymous,

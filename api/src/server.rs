@@ -413,5 +413,5 @@ fn request_id() -> String {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 8];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bamf_proto::hex::encode(&bytes)
 }

@@ -8,6 +8,7 @@
 //!
 //! - [`sni`]: TLS ClientHello detection: server name (SNI) and ALPN, across any number of
 //!   reads and records, under a size cap.
+//! - [`hex`]: lower-case hex, for serials, fingerprints, hashes and ids.
 //! - [`host`]: [`HostName`], a validated, lower-cased DNS host name used for routing.
 //! - [`alert`]: the few TLS alert records the front door sends before closing.
 //! - [`proxy_v2`]: the PROXY protocol v2 header the front door can send to upstreams.
@@ -21,6 +22,7 @@
 
 pub mod alert;
 pub mod api;
+pub mod hex;
 pub mod host;
 pub mod proxy_v2;
 pub mod rbac;
