@@ -1439,6 +1439,17 @@ fn a_login_flood_checks_few_passwords_and_locks_nobody_out() {
         "login flood: answers {codes:?}, passwords checked {checked}, API RSS {rss_before} KiB \
          before, {rss_after} KiB after"
     );
+    // Requests are timed by route template and status (never a filled-in path), and the
+    // build is named.
+    let logins = bamf_tests::parse_sample(
+        &metrics,
+        "bamf_api_request_duration_seconds_count{route=\"/api/v1/auth/login\",method=\"POST\",status=\"429\"}",
+    );
+    assert!(logins >= 190.0, "{logins} timed 429 logins:\n{metrics}");
+    assert!(
+        metrics.contains("bamf_api_build_info{version=\""),
+        "no build info:\n{metrics}"
+    );
     // Two sign-ins by the administrator, and at most 10 guesses.
     assert!(checked <= 12.0, "{checked} passwords checked: {codes:?}");
     assert_eq!(codes.get("401").copied().unwrap_or(0), 10, "{codes:?}");
