@@ -214,5 +214,21 @@ impl Store {
     }
 }
 
+/// Runs a statement whose one parameter (`$1`) is `key` in `tx`; returns the rows it touched.
+pub(crate) async fn run_for<'k, K>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    sql: &'static str,
+    key: K,
+) -> Result<u64, StoreError>
+where
+    K: 'k + sqlx::Encode<'k, sqlx::Any> + sqlx::Type<sqlx::Any> + Send,
+{
+    Ok(sqlx::query(sql)
+        .bind(key)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
+}
+
 #[cfg(test)]
 mod tests;

@@ -113,14 +113,8 @@ impl Store {
         let Some(agent) = row.as_ref().map(agent_row).transpose()? else {
             return Ok(None);
         };
-        sqlx::query("DELETE FROM resources WHERE agent_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM agents WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        run_for(&mut tx, "DELETE FROM resources WHERE agent_id = $1", id).await?;
+        run_for(&mut tx, "DELETE FROM agents WHERE id = $1", id).await?;
         if let Some(serial) = &agent.cert_serial {
             sqlx::query(
                 "INSERT INTO revoked_certificates (serial, reason, revoked_by, revoked_at) \
@@ -158,10 +152,12 @@ impl Store {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM resources WHERE agent_id = $1")
-            .bind(agent_id)
-            .execute(&mut *tx)
-            .await?;
+        run_for(
+            &mut tx,
+            "DELETE FROM resources WHERE agent_id = $1",
+            agent_id,
+        )
+        .await?;
         let mut taken = Vec::new();
         for (name, kind, labels) in resources {
             let done = sqlx::query(

@@ -124,14 +124,13 @@ impl Store {
             Some(b) if b != 0 => return Ok(RoleChange::Builtin),
             Some(_) => {}
         }
-        sqlx::query("DELETE FROM role_bindings WHERE role_name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM roles WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        run_for(
+            &mut tx,
+            "DELETE FROM role_bindings WHERE role_name = $1",
+            name,
+        )
+        .await?;
+        run_for(&mut tx, "DELETE FROM roles WHERE name = $1", name).await?;
         tx.commit().await?;
         Ok(RoleChange::Done)
     }

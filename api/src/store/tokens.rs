@@ -22,10 +22,12 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM api_tokens WHERE expires_at <= $1")
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
+        run_for(
+            &mut tx,
+            "DELETE FROM api_tokens WHERE expires_at <= $1",
+            now_ms,
+        )
+        .await?;
         let done = sqlx::query(
             "INSERT INTO api_tokens (token_hash, user_id, expires_at, created_at) \
              SELECT $1, id, $3, $4 FROM users WHERE name = $2 AND disabled = 0",

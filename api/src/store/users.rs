@@ -136,10 +136,7 @@ impl Store {
         };
         // Everything derived from the user goes with them: tokens, unexpired certificates
         // (revoked, since a certificate names the user by name), and sessions.
-        sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
+        run_for(&mut tx, "DELETE FROM api_tokens WHERE user_id = $1", &id).await?;
         super::certificates::revoke_issued(
             &mut tx,
             "user",
@@ -158,14 +155,13 @@ impl Store {
         )
         .await?;
         // Explicit, so it does not depend on SQLite's foreign-key pragma.
-        sqlx::query("DELETE FROM role_bindings WHERE user_name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM users WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        run_for(
+            &mut tx,
+            "DELETE FROM role_bindings WHERE user_name = $1",
+            name,
+        )
+        .await?;
+        run_for(&mut tx, "DELETE FROM users WHERE name = $1", name).await?;
         tx.commit().await?;
         Ok(Some(ended))
     }
