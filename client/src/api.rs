@@ -54,10 +54,19 @@ impl Api {
 }
 
 /// The API as a signed-in user (see [`Api::user`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct UserApi<'a> {
     api: &'a Api,
     token: &'a str,
+}
+
+impl std::fmt::Debug for UserApi<'_> {
+    /// Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserApi")
+            .field("api", self.api)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One typed method per route: `name(args) -> Answer: METHOD(path format) [, body]`, on a
@@ -177,7 +186,21 @@ routes! {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_token_never_shows_in_debug() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::default()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let tls = crate::tls_config(&ca, None, &[]).unwrap();
+        let api = Api::new("https://api.example.test", tls).unwrap();
+        let text = format!("{:?}", api.user("bamf_secret-token"));
+        assert!(!text.contains("secret"), "{text}");
+    }
 
     #[test]
     fn segments_are_escaped() {
