@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bamf_runtime::accept::Accept;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::connect;
 use crate::error::{Error, Result};
@@ -17,67 +19,36 @@ use crate::session::SharedCtx;
 /// How long open connections get to finish (close their tunnels cleanly) once the program
 /// that used them has exited.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// Connections being carried, and a wake-up when there are none.
-#[derive(Debug, Default)]
-struct Active {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-/// Counts one connection while it lives.
-struct Carrying(Arc<Active>);
-
-impl Carrying {
-    fn new(active: &Arc<Active>) -> Self {
-        active.count.fetch_add(1, Ordering::AcqRel);
-        Self(active.clone())
-    }
-}
-
-impl Drop for Carrying {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
+/// Local connections carried at once; more wait in the kernel's accept queue.
+const MAX_LOCAL: usize = 256;
 
 /// A running local listener.
 #[derive(Debug)]
 pub struct Forward {
     /// Where it listens.
     pub addr: SocketAddr,
-    accept: tokio::task::JoinHandle<()>,
-    active: Arc<Active>,
+    stop: CancellationToken,
+    connections: TaskTracker,
 }
 
 impl Forward {
     /// Stops accepting and gives open connections [`CLOSE_GRACE`] to finish, so that their
     /// tunnels end cleanly rather than being cut when the process exits.
     pub async fn close(self) {
-        self.accept.abort();
-        let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
-        loop {
-            let idle = self.active.idle.notified();
-            if self.active.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return;
-            }
-        }
+        self.stop.cancel();
+        self.connections.close();
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.connections.wait()).await;
     }
 }
 
 impl Drop for Forward {
     fn drop(&mut self) {
-        self.accept.abort();
+        self.stop.cancel();
     }
 }
 
 /// Listens on `127.0.0.1:port` (0 picks one) and carries each accepted connection through
-/// a session of its own.
+/// a session of its own, at most [`MAX_LOCAL`] at once (the shared accept loop).
 ///
 /// # Errors
 ///
@@ -90,35 +61,32 @@ pub async fn listen(ctx: SharedCtx, resource: &str, port: u16) -> Result<Forward
         .local_addr()
         .map_err(|e| Error::msg(format!("listener address: {e}")))?;
     let resource = resource.to_owned();
-    let active = Arc::new(Active::default());
-    let counter = active.clone();
-    let accept = tokio::spawn(async move {
-        loop {
-            let (local, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors and the like: wait instead of spinning.
-                    output::warn(format!("accepting a local connection: {e}"));
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
+    let (stop, connections) = (CancellationToken::new(), TaskTracker::new());
+    let accept = Accept {
+        stop: stop.clone(),
+        tasks: connections.clone(),
+        slots: Some(Arc::new(Semaphore::new(MAX_LOCAL))),
+    };
+    let on_error = |e: &std::io::Error| output::warn(format!("accepting a local connection: {e}"));
+    tokio::spawn(bamf_runtime::accept::serve(
+        listener,
+        accept,
+        on_error,
+        move |local, peer| {
             let _ = local.set_nodelay(true);
             let (ctx, resource) = (ctx.clone(), resource.clone());
-            let carrying = Carrying::new(&counter);
-            tokio::spawn(async move {
-                let _carrying = carrying;
+            Some(async move {
                 match connect::open(&ctx, &resource).await {
                     Ok(tunnel) => connect::splice_tcp(local, tunnel).await,
                     Err(e) => output::error(format!("connection from {peer}: {e}")),
                 }
-            });
-        }
-    });
+            })
+        },
+    ));
     Ok(Forward {
         addr,
-        accept,
-        active,
+        stop,
+        connections,
     })
 }
 
