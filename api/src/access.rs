@@ -1,5 +1,5 @@
 //! Access: who may call a route ([`Access`], a column of the route table), and who a
-//! request is from ([`Principal`]), established by [`authenticate`] from the client
+//! request is from ([`Principal`]), established by `authenticate` from the client
 //! certificate the TLS layer verified or the API token (`Authorization: Bearer …`), before
 //! any handler runs. Every refusal of credentials is audited.
 

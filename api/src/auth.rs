@@ -116,7 +116,7 @@ pub fn token_hash(token: &str) -> String {
 ///   19 MiB); at most [`MAX_WAITING`] more checks wait, and beyond that the attempt is
 ///   refused, so memory stays flat under a flood.
 ///
-/// Every table is bounded ([`MAX_TRACKED`] entries, swept when full); it lives in the
+/// Every table is bounded (`MAX_TRACKED` entries, swept when full); it lives in the
 /// process, so each API replica limits on its own.
 #[derive(Debug)]
 pub struct LoginGuard {

@@ -10,12 +10,17 @@
 //!   key encrypted at rest.
 //! - [`store`]: PostgreSQL or SQLite behind one set of queries; embedded migrations; users,
 //!   roles, join tokens, agents, bridges, resources, revocations, the append-only audit log.
-//! - [`presence`]: liveness with TTLs (bridges, agents, API tokens) and agent command
-//!   pub/sub, in Redis or in process.
-//! - [`server`]: HTTPS with optional client certificates, the [`server::Caller`] they
-//!   establish, limits, request logs, graceful shutdown.
-//! - [`routes`]: every route in one table with the access it needs. [`error`]: status and
-//!   stable code per refusal. [`rbac`]: roles, rules, deny wins, default deny.
+//! - [`presence`]: liveness with TTLs (bridges, agents) and agent command pub/sub, in Redis
+//!   or in process.
+//! - [`server`]: HTTPS with optional client certificates, limits, request logs and metrics,
+//!   graceful shutdown. [`context`]: the state handlers reach and the [`context::Caller`]
+//!   the handshake established.
+//! - [`access`]: who may call a route, and `authenticate`. [`routes`]: every route
+//!   in one table, each row with its access, contract types and handler. [`openapi`]: the
+//!   document generated from that table. [`error`]: status and stable code per refusal.
+//!   [`rbac`]: roles, rules, deny wins, default deny (from `bamf_proto`).
+//! - [`placement`] and [`reconcile`]: which bridge a session goes to, and ending the sessions
+//!   of bridges that are gone. [`metrics`]: the API's Prometheus metrics.
 //! - [`auth`]: argon2id password hashes, opaque API tokens (kept as hashes), login limits.
 
 pub mod access;

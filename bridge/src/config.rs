@@ -578,7 +578,7 @@ pub struct Flags {
     /// Admin address serving /metrics, /health and /ready
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
-    /// This bridge's ordinal n (its name is n.bridge.<tunnel-domain>)
+    /// This bridge's ordinal n (its name is `n.bridge.<tunnel-domain>`)
     #[arg(long, env = "BAMF_BRIDGE_ORDINAL", value_name = "N")]
     pub ordinal: Option<String>,
     /// Domain under which bridges are named

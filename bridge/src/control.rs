@@ -195,7 +195,7 @@ impl Heartbeat {
 
 impl Control {
     /// Tells the API at once that this bridge is draining, so it places no new session
-    /// here; called before the bridge stops accepting. Bounded by [`ANNOUNCE_TIMEOUT`].
+    /// here; called before the bridge stops accepting. Bounded by `ANNOUNCE_TIMEOUT`.
     pub async fn announce_draining(&self) {
         self.draining.store(true, Ordering::Release);
         match tokio::time::timeout(ANNOUNCE_TIMEOUT, self.heartbeat.send()).await {

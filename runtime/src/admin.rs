@@ -63,7 +63,7 @@ impl Admin {
     }
 
     /// Serves on `listener` until `stop`, then waits for the requests in flight (each is
-    /// bounded by [`EXCHANGE_TIMEOUT`]). The caller logs the address, under its own name for
+    /// bounded by `EXCHANGE_TIMEOUT`). The caller logs the address, under its own name for
     /// the listener.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken) {
         let tasks = TaskTracker::new();

@@ -9,7 +9,7 @@ pub(super) const MAX_TOKENS_PER_USER: i64 = 100;
 
 impl Store {
     /// Keeps an API token (its hash) for `user` until `expires_at`. Expired tokens are swept,
-    /// and a user keeps at most [`MAX_TOKENS_PER_USER`] (the oldest go first).
+    /// and a user keeps at most `MAX_TOKENS_PER_USER` (the oldest go first).
     ///
     /// # Errors
     ///

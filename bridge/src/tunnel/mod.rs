@@ -3,7 +3,7 @@
 //! bytes with counters, an idle deadline and half-close.
 //!
 //! - [`accept`]: the handshake and what a side claims;
-//! - [`registry`]: waiting sides, used and live sessions;
+//! - `registry`: waiting sides, used and live sessions;
 //! - [`Pairing`]: the service tying them together; the copy is `bamf_relay`'s.
 //!
 //! The rules, all local (no API call on the data path):
@@ -87,7 +87,7 @@ pub enum Outcome {
 }
 
 /// The pairing service: accepts tunnel sides, pairs a client with its agent through the
-/// [`Registry`], and copies bytes between them with the one relay.
+/// registry, and copies bytes between them with the one relay.
 pub struct Pairing {
     ordinal: u32,
     acceptor: tokio_rustls::TlsAcceptor,

@@ -32,7 +32,7 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// Stops accepting and gives open connections [`CLOSE_GRACE`] to finish, so that their
+    /// Stops accepting and gives open connections `CLOSE_GRACE` to finish, so that their
     /// tunnels end cleanly rather than being cut when the process exits.
     pub async fn close(self) {
         self.stop.cancel();
@@ -48,7 +48,7 @@ impl Drop for Forward {
 }
 
 /// Listens on `127.0.0.1:port` (0 picks one) and carries each accepted connection through
-/// a session of its own, at most [`MAX_LOCAL`] at once (the shared accept loop).
+/// a session of its own, at most `MAX_LOCAL` at once (the shared accept loop).
 ///
 /// # Errors
 ///
