@@ -348,37 +348,40 @@ pub async fn renew_forever(
     tls: watch::Sender<Arc<Tls>>,
     stop: CancellationToken,
 ) {
-    let creds = std::sync::Mutex::new(creds);
-    let first = creds
-        .lock()
-        .map(|c| c.pair.cert_pem.clone())
-        .unwrap_or_default();
-    enroll::renew_at_half_life(first, &stop, || async {
-        let current = creds
-            .lock()
-            .map_err(|_| EnrollError::Answer("poisoned".into()))?
-            .clone();
-        let api = tls.borrow().api.clone();
-        let new = renew(&config, &api, &current).await.inspect_err(|e| {
-            if let EnrollError::Call(h) = e
-                && matches!(
-                    h.status(),
-                    Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-                )
-            {
-                tracing::error!(
-                    error = %h,
-                    "certificate renewal refused: this agent was revoked or deleted"
-                );
-            }
-        })?;
-        let new_tls = Tls::new(&config, &new)?;
-        let pem = new.pair.cert_pem.clone();
-        if let Ok(mut c) = creds.lock() {
-            *c = new;
+    // Only the certificate changes between renewals; who the agent is does not.
+    let Credentials {
+        agent_id,
+        name,
+        pair,
+        ..
+    } = creds;
+    let files = match IdentityFiles::open(&config.data_dir, STEM) {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::error!(error = %e, "the data directory is unusable: no renewals");
+            return;
         }
+    };
+    enroll::renew_at_half_life(pair.cert_pem, &stop, || async {
+        let api = tls.borrow().api.clone();
+        let new = renew(&config, &files, &api, agent_id, &name)
+            .await
+            .inspect_err(|e| {
+                if let EnrollError::Call(h) = e
+                    && matches!(
+                        h.status(),
+                        Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                    )
+                {
+                    tracing::error!(
+                        error = %h,
+                        "certificate renewal refused: this agent was revoked or deleted"
+                    );
+                }
+            })?;
+        let new_tls = Tls::new(&config, &new)?;
         tls.send_replace(Arc::new(new_tls));
-        Ok::<_, EnrollError>(pem)
+        Ok::<_, EnrollError>(new.pair.cert_pem)
     })
     .await;
 }
@@ -386,18 +389,19 @@ pub async fn renew_forever(
 /// One renewal: a new key and CSR, the API's certificate for it, the files replaced.
 async fn renew(
     config: &Config,
+    files: &IdentityFiles,
     api: &Api,
-    creds: &Credentials,
+    agent_id: AgentId,
+    name: &Name,
 ) -> Result<Credentials, EnrollError> {
     let (key_pem, csr) = identity::key_and_csr()?;
     let answer = api
         .renew_agent(&RenewRequest { csr })
         .await
         .map_err(EnrollError::Call)?;
-    let new = issued(answer, key_pem, creds.name.clone(), Some(creds.agent_id))?;
-    let dir = &config.data_dir;
-    IdentityFiles::open(dir, STEM)?.store(&new.pair)?;
-    identity::write_private(&dir.join(CA_FILE), &new.ca_pem)?;
+    let new = issued(answer, key_pem, name.clone(), Some(agent_id))?;
+    files.store(&new.pair)?;
+    identity::write_private(&config.data_dir.join(CA_FILE), &new.ca_pem)?;
     Ok(new)
 }
 

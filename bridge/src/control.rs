@@ -402,6 +402,13 @@ async fn renewals(
 ) {
     let ca_pem = credentials.ca_pem;
     let first = credentials.pair.cert_pem;
+    let files = match IdentityFiles::open(&config.data_dir, STEM) {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::error!(error = %e, "the data directory is unusable: no renewals");
+            return;
+        }
+    };
     enroll::renew_at_half_life(first, &stop, || async {
         let (key_pem, csr) = identity::key_and_csr()?;
         let answer = api.load().renew_bridge(&RenewRequest { csr }).await?;
@@ -412,7 +419,7 @@ async fn renewals(
         enroll::check_issued(&pair.cert_pem, &pair.key_pem, &Identity::Bridge { ordinal })?;
         let key = certified_key(&pair.cert_pem, &pair.key_pem)
             .map_err(|e| EnrollError::Tls(e.to_string()))?;
-        IdentityFiles::open(&config.data_dir, STEM)?.store(&pair)?;
+        files.store(&pair)?;
         let renewed = Credentials {
             pair,
             ca_pem: ca_pem.clone(),
