@@ -89,8 +89,9 @@ struct Stored {
     name: String,
 }
 
-/// The TLS set-ups made from [`Credentials`]: the API client with the agent certificate, and
-/// the configuration bridges are dialled with. Rebuilt after each renewal.
+/// The TLS set-ups made from [`Credentials`]: the API client with the agent certificate, the
+/// configuration bridges are dialled with, and the end-to-end session's. Rebuilt after each
+/// renewal.
 #[derive(Debug)]
 pub struct Tls {
     /// The agent.
@@ -99,6 +100,9 @@ pub struct Tls {
     pub api: Api,
     /// For dialling bridges with the agent certificate.
     pub bridge: Arc<rustls::ClientConfig>,
+    /// The end-to-end session's server side: the agent certificate, and clients certified by
+    /// the internal CA.
+    pub inner: Arc<rustls::ServerConfig>,
 }
 
 impl Tls {
@@ -112,10 +116,16 @@ impl Tls {
         let client = Some((creds.pair.cert_pem.as_str(), creds.pair.key_pem.as_str()));
         let api_tls = bamf_client::tls_config(&trust, client, &[b"http/1.1"])?;
         let bridge = bamf_client::tls_config(&trust, client, &[])?;
+        let inner = bamf_client::e2e::server_config(
+            &creds.ca_pem,
+            &creds.pair.cert_pem,
+            &creds.pair.key_pem,
+        )?;
         Ok(Self {
             agent_id: creds.agent_id,
             api: api(config, api_tls)?,
             bridge,
+            inner,
         })
     }
 }

@@ -46,7 +46,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 /// How a dial command ended. The names are stable: they are label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DialOutcome {
-    /// The tunnel is open: resource connected, bridge dialled, preamble sent.
+    /// The tunnel is open: resource connected, bridge dialled, paired, end-to-end session up.
     Ok,
     /// The command names a resource this agent does not serve.
     UnknownResource,
@@ -66,6 +66,11 @@ pub enum DialOutcome {
     BridgeError,
     /// The preamble could not be written to the bridge.
     PreambleError,
+    /// The bridge never paired this side (the client did not come in time).
+    Unpaired,
+    /// The end-to-end handshake with the client failed, or its certificate is not for this
+    /// session.
+    ClientRefused,
     /// Shutdown cut the dial.
     Shutdown,
 }
@@ -84,6 +89,8 @@ impl DialOutcome {
             Self::BridgeTimeout => "bridge_timeout",
             Self::BridgeError => "bridge_error",
             Self::PreambleError => "preamble_error",
+            Self::Unpaired => "unpaired",
+            Self::ClientRefused => "client_refused",
             Self::Shutdown => "shutdown",
         }
     }

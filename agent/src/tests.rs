@@ -58,6 +58,23 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// (certificate, key) carrying `identity`, for TLS clients and servers.
+    fn issue_identity(&self, identity: &bamf_proto::san::Identity) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        for uri in identity.uris() {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        }
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A TLS server for `name` that requires a client certificate from this CA.
     fn acceptor(&self, name: &str) -> TlsAcceptor {
         let (cert, key) = self.issue(Some(name));
@@ -163,10 +180,13 @@ struct Seen {
     echoed: Vec<u8>,
 }
 
-/// A fake bridge: takes tunnels, reads the preamble, sends `ping`, reads the echo and
-/// keeps the tunnel open.
+/// A fake bridge that is also the client: takes tunnels, reads the preamble and the outer
+/// layer's end, hands the agent over, runs the end-to-end session as the client with
+/// `session_cert`, sends `ping`, reads the echo and keeps the tunnel open.
 async fn fake_bridge(
     acceptor: TlsAcceptor,
+    ca_pem: String,
+    session_cert: (String, String),
 ) -> (
     std::net::SocketAddr,
     Arc<AtomicUsize>,
@@ -180,12 +200,30 @@ async fn fake_bridge(
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             seen.fetch_add(1, Ordering::SeqCst);
-            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut tls = acceptor
+                .accept(bamf_client::e2e::Records::new(tcp))
+                .await
+                .unwrap();
             let (_, conn) = tls.get_ref();
             let sni = conn.server_name().map(str::to_owned);
             let client_cert = conn.peer_certificates().is_some_and(|c| !c.is_empty());
             let mut preamble = [0u8; AGENT_PREAMBLE_LEN];
             tls.read_exact(&mut preamble).await.unwrap();
+            let mut rest = Vec::new();
+            tls.read_to_end(&mut rest).await.unwrap();
+            assert!(
+                rest.is_empty(),
+                "bytes after the preamble on the outer layer"
+            );
+            tls.write_all(&[bamf_proto::tunnel::Handover::Paired.byte()])
+                .await
+                .unwrap();
+            tls.get_mut().1.send_close_notify();
+            tls.flush().await.unwrap();
+            let raw = tls.into_inner().0.into_inner().unwrap();
+            let inner =
+                bamf_client::e2e::client_config(&ca_pem, &session_cert.0, &session_cert.1).unwrap();
+            let mut tls = bamf_client::e2e::connect(raw, inner).await.unwrap();
             tls.write_all(b"ping").await.unwrap();
             tls.flush().await.unwrap();
             let mut echoed = vec![0u8; 4];
@@ -227,8 +265,15 @@ async fn echo() -> std::net::SocketAddr {
 async fn dial_commands_from_the_stream_open_tunnels_through_the_bridge() {
     let pki = Pki::new();
     let (api_addr, api_connections) = fake_api(pki.acceptor("localhost")).await;
+    let session_cert = pki.issue_identity(&bamf_proto::san::Identity::Client {
+        session: SESSION.parse().unwrap(),
+        user: "alice".parse().unwrap(),
+        resource: "echo".parse().unwrap(),
+        agent: AGENT.parse().unwrap(),
+        bridge: 0,
+    });
     let (bridge_addr, bridge_connections, mut tunnels_seen) =
-        fake_bridge(pki.acceptor(BRIDGE)).await;
+        fake_bridge(pki.acceptor(BRIDGE), pki.ca_pem.clone(), session_cert).await;
     let resource = echo().await;
 
     let dir = std::env::temp_dir().join(format!("bamf-agent-stream-{}", std::process::id()));
@@ -250,7 +295,9 @@ async fn dial_commands_from_the_stream_open_tunnels_through_the_bridge() {
         ..RawConfig::default()
     };
     let config = Arc::new(Config::build(raw, &dir).unwrap());
-    let (cert_pem, key_pem) = pki.issue(None);
+    let (cert_pem, key_pem) = pki.issue_identity(&bamf_proto::san::Identity::Agent {
+        agent: AGENT.parse().unwrap(),
+    });
     let creds = Credentials {
         agent_id: AGENT.parse::<AgentId>().unwrap(),
         name: "edge-1".parse().unwrap(),

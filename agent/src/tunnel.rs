@@ -1,13 +1,14 @@
 //! Serving dial commands: one task per tunnel, from the resource's socket to a bridge.
 //!
 //! For a [`DialCommand`] the agent connects to the resource (under `connect_timeout`), dials
-//! the named bridge with its agent certificate, sends the preamble naming the session, then
-//! relays bytes both ways until both sides finish, the tunnel sits idle for `idle_timeout`,
-//! or shutdown cuts it. At most `max_tunnels` run at once; a command beyond is dropped (the
-//! bridge gives up pairing the client after its own deadline).
+//! the named bridge with its agent certificate, sends the preamble naming the session, is
+//! handed over to the client ([`bamf_client::e2e`]), accepts the end-to-end session as its
+//! TLS server (the client's session certificate must name this agent, the session and the
+//! resource), then relays bytes both ways until both sides finish, the tunnel sits idle for
+//! `idle_timeout`, or shutdown cuts it. At most `max_tunnels` run at once; a command beyond
+//! is dropped (the bridge gives up pairing the client after its own deadline).
 //!
-//! The relay is a plain two-buffer copy: agent tunnels are TLS on one side, so the bridge's
-//! splice path does not apply.
+//! The relay copies through pooled buffers: the session is TLS on the bridge's side.
 
 use std::io;
 use std::sync::Arc;
@@ -80,7 +81,7 @@ impl Tunnels {
             );
             return;
         };
-        let tls = self.tls.borrow().bridge.clone();
+        let tls = self.tls.borrow().clone();
         let config = self.config.clone();
         let cut = self.cut.clone();
         self.tasks.spawn(async move {
@@ -116,7 +117,7 @@ async fn serve(
     config: &Config,
     cmd: &DialCommand,
     resource: &Resource,
-    tls: Arc<rustls::ClientConfig>,
+    tls: Arc<Tls>,
     cut: &CancellationToken,
 ) {
     let started = Instant::now();
@@ -148,7 +149,7 @@ async fn serve(
         &cmd.bridge_host,
         cmd.bridge_port,
         config.bridge_address,
-        tls,
+        tls.bridge.clone(),
     );
     let mut bridge = match cut.run_until_cancelled(dial).await {
         Some(Ok(stream)) => stream,
@@ -168,6 +169,11 @@ async fn serve(
     if let Err(e) = write_preamble(&mut bridge, &agent_preamble(cmd.session)).await {
         return fail(DialOutcome::PreambleError, "preamble", &e);
     }
+    let session = match cut.run_until_cancelled(end_to_end(bridge, &tls, cmd)).await {
+        Some(Ok(session)) => session,
+        Some(Err((outcome, e))) => return fail(outcome, "end_to_end", &e),
+        None => return fail(DialOutcome::Shutdown, "end_to_end", &"cut by shutdown"),
+    };
     metrics::dialled(DialOutcome::Ok, started.elapsed());
     let _active = ActiveTunnel::new();
     tracing::info!(
@@ -176,7 +182,7 @@ async fn serve(
         bridge = %cmd.bridge_host,
         "tunnel open"
     );
-    let relayed = relay(bridge, target, config.limits.idle_timeout, cut).await;
+    let relayed = relay(session, target, config.limits.idle_timeout, cut).await;
     tracing::info!(
         session = %cmd.session,
         resource = %cmd.resource,
@@ -187,6 +193,44 @@ async fn serve(
         duration_ms = millis(started.elapsed()),
         "tunnel closed"
     );
+}
+
+/// The end-to-end session with the client: the handover, then this agent as TLS server; the
+/// client's certificate must name this agent, `cmd`'s session and its resource.
+async fn end_to_end(
+    bridge: bamf_client::e2e::Outer,
+    tls: &Tls,
+    cmd: &DialCommand,
+) -> Result<bamf_client::e2e::AgentSession, (DialOutcome, String)> {
+    use bamf_client::e2e::{HANDOVER_TIMEOUT, HandoverError, accept, hand_over, peer_identity};
+    let raw = hand_over(bridge, HANDOVER_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            HandoverError::Unpaired | HandoverError::TimedOut => {
+                (DialOutcome::Unpaired, e.to_string())
+            }
+            e => (DialOutcome::BridgeError, e.to_string()),
+        })?;
+    let session = accept(raw, tls.inner.clone()).await.map_err(|e| {
+        (
+            DialOutcome::ClientRefused,
+            format!("end-to-end handshake: {e}"),
+        )
+    })?;
+    match peer_identity(session.get_ref().1) {
+        Some(bamf_proto::san::Identity::Client {
+            session: id,
+            agent,
+            resource,
+            ..
+        }) if id == cmd.session && agent == tls.agent_id && resource.as_str() == cmd.resource => {
+            Ok(session)
+        }
+        _ => Err((
+            DialOutcome::ClientRefused,
+            "the client's certificate is not for this session".to_owned(),
+        )),
+    }
 }
 
 async fn write_preamble<S: AsyncWrite + Unpin>(bridge: &mut S, preamble: &[u8]) -> io::Result<()> {

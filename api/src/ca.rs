@@ -200,7 +200,8 @@ impl Authority {
     /// Issues a certificate for `identity` to the holder of the key in `csr_pem`.
     ///
     /// `dns_name` is added as a DNS SAN (bridges: `<n>.bridge.<tunnel-domain>`), and makes the
-    /// certificate usable as a TLS server certificate too.
+    /// certificate usable as a TLS server certificate too; so does being an agent's (the
+    /// agent is the server of the end-to-end session with a client).
     ///
     /// # Errors
     ///
@@ -219,7 +220,8 @@ impl Authority {
             sans.push(SanType::URI(uri.try_into().map_err(CaError::Signing)?));
         }
         let common_name = format!("bamf {}", identity.kind());
-        self.sign(csr_pem, sans, dns_name, &common_name, lifetime, now)
+        let server = dns_name.is_some() || matches!(identity, Identity::Agent { .. });
+        self.sign(csr_pem, sans, dns_name, server, &common_name, lifetime, now)
     }
 
     /// Issues the API's own TLS server certificate: only DNS names, no identity.
@@ -241,15 +243,18 @@ impl Authority {
                 host.as_str().try_into().map_err(CaError::Signing)?,
             ));
         }
-        self.sign(csr_pem, sans, Some(first), "bamf api", lifetime, now)
+        self.sign(csr_pem, sans, Some(first), true, "bamf api", lifetime, now)
     }
 
-    /// Checks the CSR, then signs its key with exactly `sans` (plus `dns_name`).
+    /// Checks the CSR, then signs its key with exactly `sans` (plus `dns_name`), for TLS
+    /// clients and, when `server`, servers.
+    #[allow(clippy::too_many_arguments)]
     fn sign(
         &self,
         csr_pem: &str,
         mut sans: Vec<SanType>,
         dns_name: Option<&HostName>,
+        server: bool,
         common_name: &str,
         lifetime: Duration,
         now: OffsetDateTime,
@@ -285,7 +290,7 @@ impl Authority {
             .push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if dns_name.is_some() {
+        if server {
             params
                 .extended_key_usages
                 .push(ExtendedKeyUsagePurpose::ServerAuth);

@@ -25,7 +25,7 @@ use bamf_relay::{Carriers, Meters, RelayEnd, Side, Transferred, relay_sockets};
 pub(crate) struct Shared {
     pub(crate) router: Router,
     pub(crate) limits: Limits,
-    pub(crate) pool: Carriers,
+    pub(crate) pool: std::sync::Arc<Carriers>,
     /// Front-door byte counters, added to while bytes flow.
     pub(crate) bytes: Meters,
     /// Cancelled when the shutdown grace runs out: connections still open are cut.

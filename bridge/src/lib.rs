@@ -191,6 +191,7 @@ pub async fn run(
 ) -> Result<ShutdownReport, String> {
     let cut = CancellationToken::new();
     let stop_control = CancellationToken::new();
+    let carriers = Arc::new(bamf_relay::Carriers::new(config.splice));
     let (relay, control) = match (credentials, &config.tunnel, config.ordinal()) {
         (Some(credentials), Some(tunnel), Some(ordinal)) => {
             let slot = Arc::new(tunnel::CertSlot::new(tunnel::certified_key(
@@ -206,6 +207,7 @@ pub async fn run(
                     match_timeout: tunnel.match_timeout,
                     idle_timeout: config.limits.idle_timeout,
                     max_pending: tunnel.max_pending,
+                    carriers: carriers.clone(),
                 },
                 events,
                 cut.clone(),
@@ -231,7 +233,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         router,
         limits: config.limits.clone(),
-        pool: bamf_relay::Carriers::new(config.splice),
+        pool: carriers,
         bytes: metrics::frontdoor_bytes(),
         cut: cut.clone(),
         relay,

@@ -2,8 +2,10 @@
 //!
 //! One session per TCP connection: `POST /api/v1/connect` with a CSR for a fresh key (the key
 //! never leaves this process), then TLS to the bridge the API chose with the session
-//! certificate, which is only valid for 60 s to *establish* the tunnel. Bytes are then copied
-//! both ways, and a half-close on either side is passed on.
+//! certificate, which is only valid for 60 s to *establish* the tunnel. Once the bridge has
+//! paired us with the agent it hands us over, and the session's bytes travel in TLS between
+//! this process and the agent (the bridge cannot read them). Bytes are then copied both
+//! ways, and a half-close on either side is passed on.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,12 +13,12 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bamf_client::e2e::{HandoverError, OpenError};
 use bamf_client::https::HttpsError;
 use bamf_proto::api::{ConnectRequest, Resource};
 use bamf_relay::{Carriers, Meters, RelayEnd, Side, relay_streams};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 use crate::error::{Error, Result};
 use crate::output;
@@ -28,8 +30,8 @@ const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 /// An open tunnel to a resource.
 #[derive(Debug)]
 pub struct Tunnel {
-    /// The TLS stream to the bridge, paired with the agent.
-    pub stream: TlsStream<TcpStream>,
+    /// The end-to-end session with the agent, through the bridge.
+    pub stream: bamf_client::e2e::ClientSession,
     /// The session's id.
     pub session: String,
     /// The bridge it runs through.
@@ -101,20 +103,22 @@ pub async fn open(ctx: &Ctx, resource: &str) -> Result<Tunnel> {
         if let Ok(mut b) = bridge.lock() {
             *b = Some(host.clone());
         }
-        let tls = bamf_client::tls_config(
-            &grant.certificate.ca,
-            Some((&grant.certificate.certificate, key.as_str())),
-            &[],
-        )?;
-        let stream = bamf_client::tunnel::dial(host, port, ctx.via, tls)
+        let (ca, cert) = (&grant.certificate.ca, &grant.certificate.certificate);
+        let stream = bamf_client::e2e::open(host, port, ctx.via, ca, cert, &key)
             .await
-            .map_err(|e| {
-                let at = ctx
-                    .via
-                    .map_or_else(|| format!("{host}:{port}"), |v| v.to_string());
-                Error::msg(format!(
-                    "cannot open the tunnel to '{resource}' through {host} at {at}: {e}"
-                ))
+            .map_err(|e| match e {
+                OpenError::Tls(e) => Error::from(e),
+                OpenError::Handover(HandoverError::TargetUnreachable) => Error::msg(format!(
+                    "'{resource}' cannot be reached now: its agent could not connect to it (offline)"
+                )),
+                e => {
+                    let at = ctx
+                        .via
+                        .map_or_else(|| format!("{host}:{port}"), |v| v.to_string());
+                    Error::msg(format!(
+                        "cannot open the tunnel to '{resource}' through {host} at {at}: {e}"
+                    ))
+                }
             })?;
         Ok(Tunnel {
             stream,

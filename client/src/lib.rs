@@ -8,9 +8,12 @@
 //! - [`identity`]: private keys and CSRs made locally (the key never leaves the host),
 //!   certificate files written 0600, and when a certificate is due for renewal.
 //! - [`tunnel`]: dialling a bridge by its name (SNI) with a session or agent certificate.
+//! - [`e2e`]: the handover from the bridge's TLS to the end-to-end session between client and
+//!   agent, and that session's TLS configurations.
 
 pub mod api;
 pub mod backoff;
+pub mod e2e;
 pub mod enroll;
 pub mod https;
 pub mod identity;
@@ -29,16 +32,7 @@ pub fn tls_config(
 ) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let cert = cert.map_err(|_| TlsError::Pem("CA certificate"))?;
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Pem("CA certificate"));
-    }
+    let roots = roots(ca_pem)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -59,6 +53,27 @@ pub fn tls_config(
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(std::sync::Arc::new(config))
+}
+
+/// The trust roots in `ca_pem` (one or more PEM certificates).
+///
+/// # Errors
+///
+/// [`TlsError`] when there is no certificate or one does not parse.
+pub fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|_| TlsError::Pem("CA certificate"))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Pem("CA certificate"));
+    }
+    Ok(roots)
 }
 
 /// Why a TLS configuration could not be made.

@@ -1,5 +1,6 @@
 //! Dialling a bridge: TCP to its front door (or any bridge's, which forwards), TLS with the
-//! bridge's name as SNI and a session or agent certificate.
+//! bridge's name as SNI and a session or agent certificate: the outer layer, read record by
+//! record so that it can be handed over ([`crate::e2e`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
+
+use crate::e2e::{Outer, Records};
 
 /// TCP connect plus TLS handshake.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,7 +26,7 @@ pub async fn dial(
     port: u16,
     via: Option<SocketAddr>,
     tls: Arc<rustls::ClientConfig>,
-) -> std::io::Result<TlsStream<TcpStream>> {
+) -> std::io::Result<Outer> {
     let attempt = async {
         let tcp = match via {
             Some(addr) => TcpStream::connect(addr).await?,
@@ -33,7 +35,9 @@ pub async fn dial(
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        TlsConnector::from(tls).connect(name, tcp).await
+        TlsConnector::from(tls)
+            .connect(name, Records::new(tcp))
+            .await
     };
     tokio::time::timeout(DIAL_TIMEOUT, attempt)
         .await

@@ -1,5 +1,6 @@
 //! The tunnel's own wire formats: what an agent says after its TLS handshake with a bridge,
-//! and the dial command the API sends an agent.
+//! how the bridge hands both sides over to each other, and the dial command the API sends an
+//! agent.
 //!
 //! A client says nothing: its session certificate names the session, the resource, the
 //! agent and the bridge. An agent's certificate names only the agent, so it sends one fixed
@@ -7,6 +8,20 @@
 //! `BAMF-AGENT <session uuid>\n` when it reached the target, or `BAMF-AFAIL <session uuid>\n`
 //! when it could not (the bridge then ends the client's side at once instead of letting it
 //! wait out the match timeout).
+//!
+//! **The handover.** The TLS session each side holds with the bridge (the *outer* layer)
+//! only authorizes and pairs; the bytes of the session travel end to end:
+//! 1. each side finishes its outer handshake (the agent then sends its preamble) and sends
+//!    `close_notify`: it will send nothing more on the outer layer;
+//! 2. the bridge reads each side's outer layer up to that `close_notify` (anything else is
+//!    refused), pairs the sides, writes one [`Handover`] byte and its own `close_notify` to
+//!    each, and from then on splices the two raw TCP connections;
+//! 3. each side reads the outer layer up to the bridge's `close_notify` without reading one
+//!    byte past that record, and on [`Handover::Paired`] runs the *inner* TLS 1.3 session
+//!    over the same TCP connection: the client as TLS client with its session certificate,
+//!    the agent as TLS server with its agent certificate, each checking the other's identity.
+//!
+//! The bridge therefore moves ciphertext of a session it holds no keys for.
 
 use crate::san::{AgentId, SessionId};
 
@@ -70,6 +85,35 @@ pub fn parse_agent_preamble(
         .and_then(|s| s.parse().ok())
         .ok_or(PreambleError::Malformed)?;
     Ok((session, target))
+}
+
+/// The one byte the bridge writes on a side's outer layer before its `close_notify` (see
+/// the handover above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// Paired: the inner session starts on the raw connection.
+    Paired,
+    /// The agent could not reach the target (sent to the client; the connection then closes).
+    TargetUnreachable,
+}
+
+impl Handover {
+    /// Its byte on the wire.
+    pub const fn byte(self) -> u8 {
+        match self {
+            Self::Paired => b'P',
+            Self::TargetUnreachable => b'U',
+        }
+    }
+
+    /// The handover a byte stands for, if any.
+    pub const fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            b'P' => Some(Self::Paired),
+            b'U' => Some(Self::TargetUnreachable),
+            _ => None,
+        }
+    }
 }
 
 /// The dial command: sent by the API on the agent's command stream as one server-sent event

@@ -1,6 +1,9 @@
 //! Accepting a tunnel connection: mutual TLS for this bridge's own name (the certificate
 //! swapped in place at renewal), the hello the front door already read replayed into the
-//! handshake, and what the peer's certificate (and, for an agent, its preamble) claims.
+//! handshake, what the peer's certificate (and, for an agent, its preamble) claims, and the
+//! bridge's half of the handover: the outer layer read up to the side's `close_notify`, and
+//! after pairing ended with an answer and our `close_notify` ([`hand_over`]), leaving the raw
+//! connection to splice.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,19 +11,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bamf_client::e2e::{Records, peer_identity};
 use bamf_proto::san::{AgentId, Identity, SessionId};
-use bamf_proto::tunnel::{AGENT_PREAMBLE_LEN, Target, parse_agent_preamble};
+use bamf_proto::tunnel::{AGENT_PREAMBLE_LEN, Handover, Target, parse_agent_preamble};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 /// Deadline for the TLS handshake and the agent's preamble.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A tunnel side after the handshake.
-pub(crate) type Stream = TlsStream<Replayed>;
+/// A tunnel side after the handshake: its outer layer, read record by record.
+pub(crate) type Stream = TlsStream<Records<Replayed>>;
 
 /// The bridge's certificate, swapped in place when it is renewed.
 #[derive(Debug)]
@@ -72,14 +76,7 @@ pub fn server_config(
     ca_pem: &str,
     slot: Arc<CertSlot>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(cert.map_err(|_| "the CA is not PEM".to_owned())?)
-            .map_err(|e| e.to_string())?;
-    }
+    let roots = bamf_client::roots(ca_pem).map_err(|e| e.to_string())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
@@ -87,11 +84,13 @@ pub fn server_config(
     )
     .build()
     .map_err(|e| e.to_string())?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(slot);
+    // The outer layer lives for one handover: no session to resume later.
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -106,8 +105,9 @@ pub(crate) struct Claim {
     pub(crate) unreachable: bool,
 }
 
-/// Completes the handshake on `stream` (after replaying `buffered`, the hello) and reads the
-/// claim, within [`HANDSHAKE_TIMEOUT`]; a refusal's reason otherwise.
+/// Completes the handshake on `stream` (after replaying `buffered`, the hello), reads the
+/// claim and then the side's outer layer up to its `close_notify`, within
+/// [`HANDSHAKE_TIMEOUT`]; a refusal's reason otherwise.
 pub(crate) async fn accept(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: TcpStream,
@@ -119,8 +119,8 @@ pub(crate) async fn accept(
         inner: stream,
     };
     let accept = async {
-        let mut tls = acceptor.accept(replayed).await.ok()?;
-        let identity = peer_identity(&tls)?;
+        let mut tls = acceptor.accept(Records::new(replayed)).await.ok()?;
+        let identity = peer_identity(tls.get_ref().1)?;
         let claim = match identity {
             Identity::Client {
                 session,
@@ -148,7 +148,13 @@ pub(crate) async fn accept(
             }
             _ => return Some(Err("wrong_certificate_kind")),
         };
-        Some(Ok((tls, claim)))
+        // Nothing more on the outer layer: its end, and the session's bytes come after it.
+        let mut more = [0u8; 1];
+        match tls.read(&mut more).await {
+            Ok(0) => Some(Ok((tls, claim))),
+            Ok(_) => Some(Err("data_on_outer_layer")),
+            Err(_) => None,
+        }
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
         Ok(Some(accepted)) => accepted,
@@ -157,12 +163,23 @@ pub(crate) async fn accept(
     }
 }
 
-/// The identity in the verified client certificate.
-fn peer_identity(tls: &Stream) -> Option<Identity> {
-    use x509_parser::prelude::FromDer;
-    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
-    Identity::of_certificate(&cert).ok()
+/// The bridge's half of the handover once a side is paired (or not): writes `answer` and
+/// `close_notify` on its outer layer, within [`HANDSHAKE_TIMEOUT`], and returns the raw
+/// connection, positioned where the side's end-to-end bytes begin.
+pub(crate) async fn hand_over(mut tls: Stream, answer: Handover) -> std::io::Result<TcpStream> {
+    let end = async {
+        tls.write_all(&[answer.byte()]).await?;
+        tls.get_mut().1.send_close_notify();
+        tls.flush().await
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, end)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handover timed out"))??;
+    let (records, _) = tls.into_inner();
+    records
+        .into_inner()
+        .and_then(Replayed::into_tcp)
+        .ok_or_else(|| std::io::Error::other("the outer layer did not end at a record boundary"))
 }
 
 /// A TCP stream that first yields the bytes the front door already read.
@@ -171,6 +188,13 @@ pub struct Replayed {
     head: Vec<u8>,
     at: usize,
     inner: TcpStream,
+}
+
+impl Replayed {
+    /// The TCP stream, once every replayed byte has been read.
+    fn into_tcp(self) -> Option<TcpStream> {
+        (self.at >= self.head.len()).then_some(self.inner)
+    }
 }
 
 impl AsyncRead for Replayed {

@@ -1,10 +1,12 @@
 //! Tunnels: for this bridge's own name, terminate mutual TLS, decide from the certificates
-//! alone whether the caller may use a session, pair the client with the agent, and copy
-//! bytes with counters, an idle deadline and half-close.
+//! alone whether the caller may use a session, pair the client with the agent, hand both
+//! sides over to each other, and splice the raw connections with counters, an idle deadline
+//! and half-close. The bytes spliced are the end-to-end session's ciphertext: the bridge
+//! holds no key to read them (see `bamf_proto::tunnel`, the handover).
 //!
-//! - [`accept`]: the handshake and what a side claims;
+//! - [`accept`]: the handshake, what a side claims, the bridge's half of the handover;
 //! - `registry`: waiting sides, used and live sessions;
-//! - [`Pairing`]: the service tying them together; the copy is `bamf_relay`'s.
+//! - [`Pairing`]: the service tying them together; the splice is `bamf_relay`'s.
 //!
 //! The rules, all local (no API call on the data path):
 //! - a client presents a session certificate pinned to this bridge (`bamf://bridge/<n>`),
@@ -18,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bamf_proto::san::{AgentId, SessionId};
-use bamf_relay::{Carriers, Meters, RelayEnd, Side, relay_streams};
+use bamf_proto::tunnel::Handover;
+use bamf_relay::{Carriers, Meters, RelayEnd, Side, relay_sockets};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +32,7 @@ pub mod accept;
 pub(crate) mod registry;
 
 pub use accept::{CertSlot, Replayed, certified_key, server_config};
-use accept::{Claim, HANDSHAKE_TIMEOUT, Stream, accept};
+use accept::{Claim, Stream, accept, hand_over};
 use registry::{Decision, Partner, Registry};
 
 /// Why a tunnel connection ended, as reported and logged.
@@ -97,8 +100,8 @@ pub struct Pairing {
     events: mpsc::Sender<Event>,
     /// Ended by the bridge's shutdown cut.
     cut: CancellationToken,
-    /// Copy buffers, borrowed only while bytes are in flight.
-    buffers: Carriers,
+    /// Pipes and buffers, borrowed only while bytes are in flight (shared with the front door).
+    carriers: Arc<Carriers>,
     /// Tunnel byte counters, taken once.
     bytes: Meters,
 }
@@ -124,6 +127,8 @@ pub struct PairingSettings {
     pub idle_timeout: Duration,
     /// Waiting sides at most.
     pub max_pending: usize,
+    /// The process's relay carriers.
+    pub carriers: Arc<Carriers>,
 }
 
 impl Pairing {
@@ -142,7 +147,7 @@ impl Pairing {
             sessions: Registry::new(settings.max_pending),
             events,
             cut,
-            buffers: Carriers::new(false),
+            carriers: settings.carriers,
             bytes: crate::metrics::tunnel_bytes(),
         }
     }
@@ -248,10 +253,9 @@ impl Pairing {
         outcome
     }
 
-    /// The agent could not reach the target: close the client's side now and say why.
-    async fn unreachable(&self, session: SessionId, agent: AgentId, mut client: Stream) -> Outcome {
-        use tokio::io::AsyncWriteExt;
-        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, client.shutdown()).await;
+    /// The agent could not reach the target: tell the client's side and close it.
+    async fn unreachable(&self, session: SessionId, agent: AgentId, client: Stream) -> Outcome {
+        let _ = hand_over(client, Handover::TargetUnreachable).await;
         crate::metrics::tunnel_refused("target_unreachable");
         self.report(Event::End {
             session,
@@ -269,7 +273,8 @@ impl Pairing {
         }
     }
 
-    /// Copies bytes between the paired sides with the one relay, reporting start and end.
+    /// Hands both paired sides over and splices their raw connections with the one relay,
+    /// reporting start and end.
     async fn copy(
         &self,
         session: SessionId,
@@ -277,6 +282,14 @@ impl Pairing {
         client: Stream,
         agent_side: Stream,
     ) -> Outcome {
+        let (client, agent_side) = match tokio::join!(
+            hand_over(client, Handover::Paired),
+            hand_over(agent_side, Handover::Paired)
+        ) {
+            (Ok(c), Ok(a)) => (c, a),
+            (Err(e), _) => return self.handover_failed(session, Side::Client, &e),
+            (_, Err(e)) => return self.handover_failed(session, Side::Upstream, &e),
+        };
         let kill = CancellationToken::new();
         self.sessions.go_live(session, kill.clone());
         let started = now_ms();
@@ -292,11 +305,11 @@ impl Pairing {
                 () = self.cut.cancelled() => {}
             }
         };
-        let (relayed, moved) = relay_streams(
-            client,
-            agent_side,
+        let (relayed, moved) = relay_sockets(
+            &client,
+            &agent_side,
             self.idle_timeout,
-            &self.buffers,
+            &self.carriers,
             &self.bytes,
             stop,
         )
@@ -323,6 +336,29 @@ impl Pairing {
         tracing::info!(session = %session, agent = %agent, bytes_up = up, bytes_down = down,
             end = end.as_str(), "tunnel ended");
         Outcome::Relayed { up, down, end }
+    }
+
+    /// A side's handover failed after pairing: the session ends before any byte moved.
+    fn handover_failed(&self, session: SessionId, side: Side, e: &std::io::Error) -> Outcome {
+        let end = match side {
+            Side::Client => End::ClientError,
+            Side::Upstream => End::AgentError,
+        };
+        tracing::warn!(session = %session, side = side.as_str(), error = %e, "tunnel: handover failed");
+        crate::metrics::tunnel_ended(end.as_str());
+        self.report(Event::End {
+            session,
+            started_at_ms: None,
+            at_ms: now_ms(),
+            bytes_up: 0,
+            bytes_down: 0,
+            reason: end.as_str().to_owned(),
+        });
+        Outcome::Relayed {
+            up: 0,
+            down: 0,
+            end,
+        }
     }
 
     /// Queues a report for the API; when the queue is full the event is counted and logged
