@@ -4,7 +4,9 @@
 Run by scripts/test-deploy (which makes the venv with helm-python-sdk and kubernetes-validate);
 by hand: `.tools/deploy-venv/bin/python deploy/test/test_chart.py` from the repository root.
 
-What it proves, for every scenario (values) in SCENARIOS:
+What it proves, for every scenario (values) in SCENARIOS, which include every values block of
+the upstream deployment guide (deploy/test/guide/, verbatim) layered on its minimal production
+values:
 - `helm lint --strict` is clean for Kubernetes 1.29 and 1.33;
 - every rendered object validates strictly against Kubernetes 1.29 and 1.33 (kubernetes-validate),
   and kinds Kubernetes does not define (Traefik, Gateway API, Prometheus Operator, cert-manager)
@@ -16,7 +18,15 @@ What it proves, for every scenario (values) in SCENARIOS:
   let only the API (and the migration and backup Jobs) reach PostgreSQL and only the API Redis;
 - `bamf-bridge --check` accepts every rendered bridge.toml (the binary must be built);
 - the generated CA is a CA whose key is PKCS#8 and matches the certificate (openssl);
-- values.schema.json refuses unknown keys and bad values; every value is in docs/deploy.md.
+- the API's inputs follow the values: DATABASE_URL / BAMF_DATABASE_READ_URL / REDIS_URL as the pods
+  compose them ($(VAR) expanded; passwords only as Secret references), the TTL flags,
+  BAMF_TUNNEL_PORT, BAMF_AUDIT_RETENTION_DAYS, public TLS and CA mounts, the sealing key, images,
+  the `helm test` pods, NOTES' `bamf login` line; for the guide's blocks, their documented effect
+  written out literally (GUIDE_EFFECTS);
+- the guide's auth and web blocks pass the schema and fail the render naming the missing
+  capability; the guide's subchart example renders inside a parent chart;
+- values.schema.json refuses unknown keys (the chart's earlier keys too) and bad values; every
+  value is in docs/deploy.md.
 And outside the chart: `systemd-analyze verify` on the three units (ExecStart pointed at stub
 executables in a temporary directory: verify only needs them to exist and be executable), their
 hardening directives, and the example agent.toml / api.env.
@@ -1197,6 +1207,9 @@ def check_subchart():
     """The guide's subchart example: a parent chart with bamf in charts/ and the guide's parent
     values (fullnameOverride, a shared ServiceAccount) plus the hosts: every object validates,
     is named myapp-bamf-*, and the pods run as the shared account."""
+    deps = guide("subchart-parent-Chart")["dependencies"]
+    expect([d["name"] for d in deps] == [yaml.safe_load((CHART / "Chart.yaml").read_text())["name"]],
+           f"the guide's parent chart depends on {deps}, not on this chart's name")
     with tempfile.TemporaryDirectory() as tmp:
         parent = Path(tmp, "parent")
         shutil.copytree(CHART, parent / "charts" / "bamf")
