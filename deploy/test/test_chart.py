@@ -4,7 +4,9 @@
 Run by scripts/test-deploy (which makes the venv with helm-python-sdk and kubernetes-validate);
 by hand: `.tools/deploy-venv/bin/python deploy/test/test_chart.py` from the repository root.
 
-What it proves, for every scenario (values) in SCENARIOS:
+What it proves, for every scenario (values) in SCENARIOS, which include every values block of
+the upstream deployment guide (deploy/test/guide/, verbatim) layered on its minimal production
+values:
 - `helm lint --strict` is clean for Kubernetes 1.29 and 1.33;
 - every rendered object validates strictly against Kubernetes 1.29 and 1.33 (kubernetes-validate),
   and kinds Kubernetes does not define (Traefik, Gateway API, Prometheus Operator, cert-manager)
@@ -16,7 +18,15 @@ What it proves, for every scenario (values) in SCENARIOS:
   let only the API (and the migration and backup Jobs) reach PostgreSQL and only the API Redis;
 - `bamf-bridge --check` accepts every rendered bridge.toml (the binary must be built);
 - the generated CA is a CA whose key is PKCS#8 and matches the certificate (openssl);
-- values.schema.json refuses unknown keys and bad values; every value is in docs/deploy.md.
+- the API's inputs follow the values: DATABASE_URL / BAMF_DATABASE_READ_URL / REDIS_URL as the pods
+  compose them ($(VAR) expanded; passwords only as Secret references), the TTL flags,
+  BAMF_TUNNEL_PORT, BAMF_AUDIT_RETENTION_DAYS, public TLS and CA mounts, the sealing key, images,
+  the `helm test` pods, NOTES' `bamf login` line; for the guide's blocks, their documented effect
+  written out literally (GUIDE_EFFECTS);
+- the guide's auth and web blocks pass the schema and fail the render naming the missing
+  capability; the guide's subchart example renders inside a parent chart;
+- values.schema.json refuses unknown keys (the chart's earlier keys too) and bad values; every
+  value is in docs/deploy.md.
 And outside the chart: `systemd-analyze verify` on the three units (ExecStart pointed at stub
 executables in a temporary directory: verify only needs them to exist and be executable), their
 hardening directives, and the example agent.toml / api.env.
@@ -41,6 +51,7 @@ import time
 import tomllib
 import traceback
 from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
 
 import helm_python as helm
 import jsonschema
@@ -66,14 +77,14 @@ SECRET = {
     "pg_password": "PgPw4e6a8c0b2d",
     "redis_password": "RedisPw1a3c5e7f9b",
     "ca_encryption": base64.b64encode(b"BAMF-test-CA-encryption-key-32by").decode(),
-    "external_db_url": "postgres://bamf:ExtDbPw5d7f9b1c3e@db.internal:5432/bamf",
-    "external_redis_url": "redis://:ExtRedisPw8a0c2e4d6f@redis.internal:6379/0",
+    # Inline external passwords with characters a URL must escape.
+    "external_db_password": "ExtDb Pw@5d7f#9b1c+3e",
+    "external_redis_password": "ExtRedis:Pw8a0c/2e4d6f",
 }
 assert len(base64.b64decode(SECRET["ca_encryption"])) == 32
 
 BASE = {
-    "apiHost": "bamf.test.example",
-    "tunnelDomain": "tunnel.test.example",
+    "gateway": {"hostname": "bamf.test.example", "tunnelDomain": "tunnel.test.example"},
     "admin": {"password": SECRET["admin"]},
     "bridge": {"joinToken": SECRET["bridge_token"]},
     "ca": {"encryptionKey": SECRET["ca_encryption"]},
@@ -102,6 +113,10 @@ def merge(*layers: dict) -> dict:
     return out
 
 
+DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+
 def profile(name: str) -> dict:
     return yaml.safe_load((CHART / f"values-{name}.yaml").read_text())
 
@@ -109,45 +124,74 @@ def profile(name: str) -> dict:
 SCENARIOS: dict[str, dict] = {
     # Built-in front door, bundled stores, everything optional switched on.
     "builtin-bundled": merge(BASE, {
-        "postgresql": {"bundled": {"password": SECRET["pg_password"]},
+        "postgresql": {"bundled": {"auth": {"password": SECRET["pg_password"]}},
                        "backup": {"enabled": True, "retentionDays": 5}},
         "redis": {"bundled": {"password": SECRET["redis_password"], "persistence": {"enabled": True}}},
-        "agent": AGENT,
+        "agent": merge(AGENT, {"image": {"registry": "other.test.example", "repository": "tools/agent", "tag": "edge"}}),
         "metrics": {"serviceMonitor": {"enabled": True}},
         "bridge": {"preStopSleepSeconds": 5, "shutdownGraceSeconds": 90, "threads": 2,
                    "routes": [{"host": "*.apps.test.example", "backend": "10.0.0.5:443"}]},
+        "image": {"registry": "registry.test.example/bamf", "tag": "1.2.3"},
+        "api": {"image": {"digest": "sha256:" + "ab" * 32}},
     }),
-    # Built-in front door, external stores and every secret from existing Secrets.
+    # Built-in front door on a non-443 port, external stores and every secret from existing
+    # Secrets; PostgreSQL verify-full with a CA bundle and a read replica, Redis over TLS;
+    # public TLS from existing Secrets; the CA from an existing Secret with its own keys.
     "builtin-external": merge(BASE, {
+        "gateway": {"port": 8443, "frontDoor": {"externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["10.0.0.0/8"]}},
         "admin": {"password": "", "existingSecret": "ops-admin"},
         "bridge": {"joinToken": "", "existingSecret": "ops-bridge", "existingSecretKey": "token",
-                   "autoscaling": {"enabled": True}},
-        "ca": {"provider": "existing", "existingSecret": "ops-ca", "encryptionKey": "",
-               "encryptionKeyExistingSecret": "ops-ca-key"},
+                   "autoscaling": {"enabled": True, "maxReplicas": 8}},
+        "ca": {"provider": "existing", "existing": {"secretName": "ops-ca", "certKey": "ca.pem", "keyKey": "ca-key.pem"},
+               "encryptionKey": "", "encryptionKeyExistingSecret": "ops-ca-key"},
+        "tls": {"existingSecret": "ops-api-tls", "existingTunnelSecret": "ops-tunnel-tls"},
         "postgresql": {"bundled": {"enabled": False},
-                       "external": {"existingSecret": "ops-db", "existingSecretKey": "url"},
+                       "external": {"enabled": True, "host": "db.internal", "port": 6432, "database": "bamf_prod",
+                                    "username": "bamf_app", "sslmode": "verify-full", "caSecret": "ops-db-ca",
+                                    "existingSecret": "ops-db", "existingSecretKey": "pw",
+                                    "readReplica": {"enabled": True, "host": "db-ro.internal"}},
                        "backup": {"enabled": True, "persistence": {"existingClaim": "ops-backups"}}},
-        "redis": {"bundled": {"enabled": False}, "external": {"existingSecret": "ops-redis"}},
-        "gateway": {"frontDoor": {"externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["10.0.0.0/8"]}},
+        "redis": {"bundled": {"enabled": False},
+                  "external": {"enabled": True, "host": "redis.internal", "tls": True, "database": 2,
+                               "existingSecret": "ops-redis", "existingSecretKey": "pw"}},
+        "api": {"trustedProxies": ["10.42.0.0/16"], "config": {"log_level": "debug,bamf_api=trace",
+                "certificates": {"user_ttl_hours": 8, "agent_ttl_hours": 720, "bridge_ttl_hours": 6},
+                "audit": {"retention_days": 30}}},
     }),
-    # External stores given as URLs in the values (chart Secrets, and a hook Secret).
-    "builtin-external-url": merge(BASE, {
-        "postgresql": {"bundled": {"enabled": False}, "external": {"url": SECRET["external_db_url"]}},
-        "redis": {"bundled": {"enabled": False}, "external": {"url": SECRET["external_redis_url"]}},
+    # External stores with inline passwords (chart Secrets, and the migration hook's own);
+    # the CA bundle from a ConfigMap; cert-manager public certificates.
+    "builtin-external-inline": merge(BASE, {
+        "postgresql": {"bundled": {"enabled": False},
+                       "external": {"enabled": True, "host": "db.internal", "sslmode": "verify-ca",
+                                    "caConfigMap": "db-ca-bundle", "caKey": "bundle.pem",
+                                    "password": SECRET["external_db_password"]}},
+        "redis": {"bundled": {"enabled": False},
+                  "external": {"enabled": True, "host": "redis.internal", "password": SECRET["external_redis_password"]}},
+        "tls": {"certManager": {"enabled": True, "issuerRef": {"name": "letsencrypt-dns01", "kind": "ClusterIssuer"}}},
         "agent": merge(AGENT, {"persistence": {"enabled": False}}),
     }),
+    # The password from an ExternalSecret (v1beta1 operators), migrations as a per-revision Job.
+    "builtin-external-secret": merge(BASE, {
+        "gateway": {"enabled": False},
+        "postgresql": {"bundled": {"enabled": False},
+                       "external": {"enabled": True, "host": "db.internal", "sslmode": "require",
+                                    "externalSecret": {"enabled": True, "apiVersion": "external-secrets.io/v1beta1",
+                                                       "secretStoreRef": {"name": "vault", "kind": "SecretStore"},
+                                                       "remoteRef": {"key": "bamf/db"}}}},
+        "redis": {"bundled": {"enabled": False}, "external": {"enabled": True, "host": "redis.internal"}},
+    }),
     "traefik": merge(BASE, {
-        "gateway": {"provider": "traefik"},
+        "gateway": {"provider": "traefik", "traefik": {"entryPoint": "tunnels"}},
         "bridge": {"maxReplicas": 7, "replicas": 3},
-        "postgresql": {"bundled": {"password": SECRET["pg_password"]}},
+        "postgresql": {"bundled": {"auth": {"password": SECRET["pg_password"]}}},
         "redis": {"bundled": {"password": SECRET["redis_password"]}},
     }),
     "istio": merge(BASE, {
-        "gateway": {"provider": "istio"},
+        "gateway": {"provider": "istio", "className": "istio-tls", "port": 9443},
         "bridge": {"maxReplicas": 5, "replicas": 2},
         "ca": {"provider": "cert-manager"},
         "metrics": {"serviceMonitor": {"enabled": True}},
-        "postgresql": {"bundled": {"password": SECRET["pg_password"]}},
+        "postgresql": {"bundled": {"auth": {"password": SECRET["pg_password"]}}},
         "redis": {"bundled": {"password": SECRET["redis_password"]}},
     }),
     "istio-existing-gateway": merge(BASE, {
@@ -155,16 +199,106 @@ SCENARIOS: dict[str, dict] = {
                                                     "gatewayNamespace": "istio-ingress", "routeApi": False}},
         "bridge": {"maxReplicas": 4},
     }),
+    # The subchart example's values, applied to the chart itself (the parent chart is rendered
+    # separately): another full name and a shared ServiceAccount.
+    "fullname-shared-sa": merge(BASE, {"fullnameOverride": "myapp-bamf",
+                                       "serviceAccount": {"create": False, "name": "myapp-shared-sa"},
+                                       "gateway": {"provider": "traefik"}, "bridge": {"maxReplicas": 3}}),
     "profile-dev": merge(profile("dev"), {
         "admin": {"password": SECRET["admin"]}, "bridge": {"joinToken": SECRET["bridge_token"]},
-        "postgresql": {"bundled": {"password": SECRET["pg_password"]}},
+        "postgresql": {"bundled": {"auth": {"password": SECRET["pg_password"]}}},
         "redis": {"bundled": {"password": SECRET["redis_password"]}},
     }),
     "profile-staging": merge(profile("staging"), BASE, {"admin": {"password": ""}}),
     "profile-production": merge(profile("production"), BASE, {
         "admin": {"password": ""}, "bridge": {"joinToken": ""}, "ca": {"encryptionKey": ""},
+        "postgresql": {"external": {"host": "bamf-db.internal"}}, "redis": {"external": {"host": "bamf-redis.internal"}},
     }),
 }
+
+# The upstream guide's values blocks, verbatim (deploy/test/guide/). Each block is layered on
+# the guide's minimal production values as an operator would add it to production-values.yaml
+# (without its auth block, which fails on its own: SSO is not built yet).
+GUIDE = ROOT / "deploy/test/guide"
+
+
+def guide(name: str) -> dict:
+    return yaml.safe_load((GUIDE / f"{name}.yaml").read_text())
+
+
+GUIDE_MINIMAL = {k: v for k, v in guide("minimal-production").items() if k != "auth"}
+GUIDE_SCENARIOS: dict[str, dict] = {
+    f"guide-{name}": merge(GUIDE_MINIMAL, guide(name)) if name != "minimal-production" else GUIDE_MINIMAL
+    for name in ("minimal-production", "api", "bridge", "redis-external", "tls-cert-manager", "tls-existing",
+                 "ca-helm", "ca-cert-manager", "ca-existing", "gateway-traefik", "gateway-istio")
+}
+# The PostgreSQL credential options are alternatives ("pick one"): each replaces the minimal
+# values' external block.
+for name in ("postgresql-external-existing-secret", "postgresql-external-externalsecret", "postgresql-external-inline-password"):
+    GUIDE_SCENARIOS[f"guide-{name}"] = merge({k: v for k, v in GUIDE_MINIMAL.items() if k != "postgresql"},
+                                             {"postgresql": {"bundled": {"enabled": False}}}, guide(name))
+# The bundled stores replace the external ones: the guide's blocks plus switching external off.
+GUIDE_SCENARIOS["guide-postgresql-redis-bundled"] = merge(
+    GUIDE_MINIMAL, guide("postgresql-bundled"), guide("redis-bundled"),
+    {"postgresql": {"external": {"enabled": False}}, "redis": {"external": {"enabled": False}}})
+SCENARIOS.update(GUIDE_SCENARIOS)
+
+# What each guide block is documented to do, written out literally (not recomputed from the
+# values): (container of the API Deployment) env var or arg -> exact value.
+RDS = "bamf-db.cluster-xxx.us-east-1.rds.amazonaws.com"
+GUIDE_DB = f"postgres://bamf:<secret:bamf-database-credentials/password>@{RDS}:5432/bamf?sslmode=require"
+GUIDE_EFFECTS: dict[str, dict[str, str]] = {
+    "guide-minimal-production": {
+        "DATABASE_URL": GUIDE_DB,
+        "REDIS_URL": "redis://bamf-redis.xxx.cache.amazonaws.com:6379/0?protocol=resp3",
+        "BAMF_API_HOST": "bamf.example.com", "BAMF_TUNNEL_DOMAIN": "tunnel.bamf.example.com", "BAMF_TUNNEL_PORT": "443",
+    },
+    "guide-api": {
+        "BAMF_LOG": "info", "BAMF_AUDIT_RETENTION_DAYS": "90", "--user-cert-lifetime": "12h",
+        "--agent-cert-lifetime": "8760h", "--bridge-cert-lifetime": "24h",
+    },
+    "guide-postgresql-external-existing-secret": {"DATABASE_URL": GUIDE_DB},
+    "guide-postgresql-external-externalsecret": {
+        "DATABASE_URL": f"postgres://bamf:<secret:bamf-database/password>@{RDS}:5432/bamf?sslmode=require"},
+    "guide-postgresql-external-inline-password": {
+        "DATABASE_URL": f"postgres://bamf:<secret:bamf-database/password>@{RDS}:5432/bamf?sslmode=require"},
+    "guide-redis-external": {
+        "REDIS_URL": "redis://:<secret:bamf-redis-credentials/password>@bamf-redis.xxx.cache.amazonaws.com:6379/0?protocol=resp3"},
+    "guide-postgresql-redis-bundled": {
+        "DATABASE_URL": "postgres://bamf:<secret:bamf-postgresql/POSTGRES_PASSWORD>@bamf-postgresql:5432/bamf?sslmode=disable",
+        "REDIS_URL": "redis://:<secret:bamf-redis/REDIS_PASSWORD>@bamf-redis:6379/0?protocol=resp3"},
+    "guide-tls-cert-manager": {"BAMF_API_TLS_CERT_FILE": "/etc/bamf/tls/tls.crt", "BAMF_TUNNEL_TLS_CERT_FILE": "/etc/bamf/tunnel-tls/tls.crt"},
+    "guide-tls-existing": {"BAMF_API_TLS_CERT_FILE": "/etc/bamf/tls/tls.crt", "BAMF_TUNNEL_TLS_CERT_FILE": "/etc/bamf/tunnel-tls/tls.crt"},
+    "guide-ca-existing": {"BAMF_CA_CERT_FILE": "/etc/bamf/ca/tls.crt", "BAMF_CA_KEY_FILE": "/etc/bamf/ca/tls.key"},
+    "builtin-external": {
+        "BAMF_TUNNEL_PORT": "8443",
+        "DATABASE_URL": "postgres://bamf_app:<secret:ops-db/pw>@db.internal:6432/bamf_prod?sslmode=verify-full&sslrootcert=/etc/bamf/database-ca/ca.crt",
+        "BAMF_DATABASE_READ_URL": "postgres://bamf_app:<secret:ops-db/pw>@db-ro.internal:5432/bamf_prod?sslmode=verify-full&sslrootcert=/etc/bamf/database-ca/ca.crt",
+        "BAMF_DATABASE_CA_FILE": "/etc/bamf/database-ca/ca.crt",
+        "REDIS_URL": "rediss://:<secret:ops-redis/pw>@redis.internal:6379/2?protocol=resp3",
+        "BAMF_TRUSTED_PROXIES": "10.42.0.0/16", "--user-cert-lifetime": "8h", "--agent-cert-lifetime": "720h",
+        "--bridge-cert-lifetime": "6h", "BAMF_AUDIT_RETENTION_DAYS": "30", "BAMF_LOG": "debug,bamf_api=trace",
+    },
+    "istio": {"BAMF_TUNNEL_PORT": "9443"},
+}
+
+
+def check_effects(docs, values, name: str):
+    effects = GUIDE_EFFECTS[name]
+    c = one(docs, "Deployment", f"{full_name(values)}-api")["spec"]["template"]["spec"]["containers"][0]
+    for var, want in effects.items():
+        if var.startswith("--"):
+            got = [a.split("=", 1)[1] for a in c["args"] if a.startswith(var + "=")]
+            expect(got == [want], f"API arg {var}={got} expected {want}")
+        else:
+            got = resolve_env(c, var)
+            expect(got == want, f"API {var}:\n  got      {got}\n  expected {want}")
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    if name == "guide-tls-cert-manager":
+        for name, dns in (("bamf-api-tls", "bamf.example.com"), ("bamf-tunnel-tls", "*.tunnel.bamf.example.com")):
+            crt = objects[("Certificate", name)]["spec"]
+            expect(crt["dnsNames"] == [dns] and crt["issuerRef"]["name"] == "letsencrypt-prod" and crt["issuerRef"]["kind"] == "ClusterIssuer",
+                   f"Certificate {name}: {crt}")
 
 # Scenario -> expected gateway provider, for the per-pod assertions.
 PER_POD_KINDS = {"traefik": "IngressRouteTCP", "istio": "TLSRoute"}
@@ -271,6 +405,8 @@ def pod_specs(docs):
         if k in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
             t = d["spec"]["template"]
             yield d, t.get("metadata", {}), t["spec"]
+        elif k == "Pod":
+            yield d, d["metadata"], d["spec"]
         elif k == "CronJob":
             t = d["spec"]["jobTemplate"]["spec"]["template"]
             yield d, t.get("metadata", {}), t["spec"]
@@ -318,6 +454,35 @@ def env_of(container) -> dict:
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def resolve_env(container, name: str) -> str:
+    """A variable's value with Kubernetes' $(VAR) expansion over the variables defined before
+    it; a variable from a Secret reads as <secret:name/key>."""
+    seen: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            value = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: seen.get(m[1], m[0]), e["value"])
+        else:
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            value = f"<secret:{ref['name']}/{ref['key']}>" if ref else f"<{e['name']}>"
+        seen[e["name"]] = value
+        if e["name"] == name:
+            return value
+    raise Fail(f"{container['name']}: no environment variable {name}")
+
+
+def full_name(values: dict) -> str:
+    return values.get("fullnameOverride") or RELEASE
+
+
+def image_of(values: dict, component: str) -> str:
+    g, i = values["image"], values[component]["image"]
+    registry = (i["registry"] or g["registry"]).rstrip("/")
+    ref = f"{registry}/{i['repository']}" if registry else i["repository"]
+    if i["digest"]:
+        return f"{ref}@{i['digest']}"
+    return f"{ref}:{i['tag'] or g['tag'] or CHART_VERSION}"
+
+
 def workload_for_service(docs, svc):
     sel = dict(svc["spec"].get("selector") or {})
     pod_name = sel.pop("statefulset.kubernetes.io/pod-name", None)
@@ -348,7 +513,7 @@ def check_services_and_workloads(docs, values):
 
 
 def check_bridge(docs, values, bridge_tomls):
-    fullname = RELEASE
+    fullname = full_name(values)
     sts = one(docs, "StatefulSet", f"{fullname}-bridge")
     spec = sts["spec"]
     pod = spec["template"]["spec"]
@@ -378,7 +543,7 @@ def check_bridge(docs, values, bridge_tomls):
         expect(container_port([c], p["targetPort"]) == p["port"], f"headless port {p['name']} maps {p['port']} elsewhere")
 
     # Identity and peers.
-    expect(conf["tunnel_domain"] == values["tunnelDomain"], "bridge tunnel_domain != tunnelDomain")
+    expect(conf["tunnel_domain"] == values["gateway"]["tunnelDomain"], "bridge tunnel_domain != gateway.tunnelDomain")
     expect(conf["peer_address"] == f"{sts['metadata']['name']}-{{n}}.{headless['metadata']['name']}.{NAMESPACE}.svc:{peer}",
            f"peer_address {conf['peer_address']} does not name the StatefulSet's pods under the headless Service")
     expect("ordinal" not in conf, "the ordinal must come from the pod, not the shared ConfigMap")
@@ -395,8 +560,8 @@ def check_bridge(docs, values, bridge_tomls):
     expect(container_port([api_c], api_svc["spec"]["ports"][0]["targetPort"]) == addr_port(env_of(api_c)["BAMF_API_LISTEN"]["value"]),
            "API Service targetPort != BAMF_API_LISTEN port")
     routes = {r["host"]: r for r in conf.get("route", [])}
-    expect(values["apiHost"] in routes, "no [[route]] for apiHost")
-    expect(routes[values["apiHost"]]["backend"] == f"{api_svc['metadata']['name']}:{api_port}", "API route backend != API Service")
+    expect(values["gateway"]["hostname"] in routes, "no [[route]] for gateway.hostname")
+    expect(routes[values["gateway"]["hostname"]]["backend"] == f"{api_svc['metadata']['name']}:{api_port}", "API route backend != API Service")
     expect(conf["api"]["url"] == f"https://{api_svc['metadata']['name']}:{api_port}", "[api] url != API Service")
 
     # Mounts: config file, CA certificate only, data_dir.
@@ -409,7 +574,7 @@ def check_bridge(docs, values, bridge_tomls):
     ca_dir = os.path.dirname(conf["api"]["ca_file"])
     expect(ca_dir in mounts, f"[api] ca_file {conf['api']['ca_file']} is not under a mount")
     ca_vol = vols[mounts[ca_dir]["name"]]
-    check_cert_only_volume(ca_vol, os.path.basename(conf["api"]["ca_file"]), "bridge")
+    check_cert_only_volume(ca_vol, os.path.basename(conf["api"]["ca_file"]), "bridge", values)
     expect(conf["data_dir"] in mounts and "emptyDir" in vols[mounts[conf["data_dir"]]["name"]],
            "data_dir must be a writable emptyDir mount")
 
@@ -431,7 +596,12 @@ def check_bridge(docs, values, bridge_tomls):
                f"API {probe} must be HTTPS {path} on the API port")
 
 
-def check_cert_only_volume(vol, filename, who):
+def check_cert_only_volume(vol, filename, who, values=None):
+    """A CA volume holds the certificate only: ca.crt from the chart's ConfigMap, or the CA
+    Secret's certificate key (tls.crt, or ca.existing.certKey) and never its private key."""
+    cert_keys = {"ca.crt", "tls.crt"}
+    if values and values["ca"]["provider"] == "existing":
+        cert_keys = {values["ca"]["existing"]["certKey"]}
     if "configMap" in vol:
         items = vol["configMap"].get("items", [])
     elif "secret" in vol:
@@ -440,24 +610,30 @@ def check_cert_only_volume(vol, filename, who):
     else:
         raise Fail(f"{who}: CA volume is neither a ConfigMap nor a Secret")
     expect([i["path"] for i in items] == [filename], f"{who}: CA volume must hold only {filename}, has {items}")
-    expect(all(i["key"] in ("ca.crt", "tls.crt") for i in items), f"{who}: CA volume projects {items}")
+    expect(all(i["key"] in cert_keys for i in items), f"{who}: CA volume projects {items}")
 
 
 def check_per_pod(docs, values, provider):
-    fullname = RELEASE
-    maxr = values.get("bridge", {}).get("maxReplicas", 10)
+    fullname = full_name(values)
+    maxr = values["bridge"]["maxReplicas"]
+    enabled = values["gateway"]["enabled"]
     per_pod_svcs = [s for s in of_kind(docs, "Service") if s["metadata"].get("labels", {}).get("bamf.io/service-role") == "pod"]
     routes = [d for d in docs if d.get("kind") in ("IngressRouteTCP", "TLSRoute")
               and "bamf.io/bridge-ordinal" in d["metadata"].get("labels", {})]
     if provider == "builtin":
         expect(not per_pod_svcs and not routes, f"builtin renders {len(per_pod_svcs)} per-pod Services and {len(routes)} routes")
         expect(not [d for d in docs if d.get("kind") in ("IngressRouteTCP", "TLSRoute", "Gateway")], "builtin renders gateway routes")
-        fd = one(docs, "Service", f"{fullname}-bridge")
-        expect(fd["spec"]["type"] == values.get("gateway", {}).get("frontDoor", {}).get("type", "LoadBalancer"),
-               "front door Service type != gateway.frontDoor.type")
+        fds = [s for s in of_kind(docs, "Service") if s["metadata"]["name"] == f"{fullname}-bridge"]
+        expect(len(fds) == int(enabled), f"gateway.enabled={enabled}: {len(fds)} front-door Services")
+        if fds:
+            expect(fds[0]["spec"]["type"] == values["gateway"]["frontDoor"]["type"], "front door Service type != gateway.frontDoor.type")
+            expect(fds[0]["spec"]["ports"][0]["port"] == values["gateway"]["port"], "front door port != gateway.port")
         return
     kind = PER_POD_KINDS[provider]
     expect(len(per_pod_svcs) == maxr, f"{len(per_pod_svcs)} per-pod Services, bridge.maxReplicas={maxr}")
+    if not enabled:
+        expect(not [d for d in docs if d.get("kind") in ("IngressRouteTCP", "TLSRoute", "Gateway")], "gateway.enabled=false renders routes")
+        return
     expect(len(routes) == maxr and all(r["kind"] == kind for r in routes), f"{len(routes)} {kind}s, bridge.maxReplicas={maxr}")
     expect(not [s for s in of_kind(docs, "Service") if s["metadata"]["name"] == f"{fullname}-bridge"],
            f"{provider}: no front-door LoadBalancer expected")
@@ -472,8 +648,9 @@ def check_per_pod(docs, values, provider):
         expect(s["metadata"]["labels"]["bamf.io/bridge-ordinal"] == str(i), f"{name}: ordinal label")
         r = [r for r in routes if r["metadata"]["labels"]["bamf.io/bridge-ordinal"] == str(i)]
         expect(len(r) == 1, f"ordinal {i}: {len(r)} routes")
-        host = f"{i}.bridge.{values['tunnelDomain']}"
+        host = f"{i}.bridge.{values['gateway']['tunnelDomain']}"
         if kind == "IngressRouteTCP":
+            expect(r[0]["spec"]["entryPoints"] == [values["gateway"]["traefik"]["entryPoint"]], f"{name}: entryPoints != gateway.traefik.entryPoint")
             rt = r[0]["spec"]["routes"][0]
             expect(rt["match"] == f"HostSNI(`{host}`)", f"{name}: match {rt['match']}")
             expect(r[0]["spec"]["tls"]["passthrough"] is True, f"{name}: TLS must be passed through")
@@ -484,11 +661,13 @@ def check_per_pod(docs, values, provider):
         expect(backend["name"] == name and backend["port"] == s["spec"]["ports"][0]["port"], f"{name}: route backend {backend}")
         expect(container_port(sts["spec"]["template"]["spec"]["containers"], s["spec"]["ports"][0]["targetPort"]) == front,
                f"{name}: targetPort is not the front door")
-    if provider == "istio" and values["gateway"].get("istio", {}).get("createGateway", True):
+    if provider == "istio" and values["gateway"]["istio"]["createGateway"]:
         gw = of_kind(docs, "Gateway")
         expect(len(gw) == 1, "istio: one Gateway expected")
+        expect(gw[0]["spec"]["gatewayClassName"] == values["gateway"]["className"], "Gateway class != gateway.className")
         hosts = {l["hostname"]: l for l in gw[0]["spec"]["listeners"]}
-        expect(f"*.bridge.{values['tunnelDomain']}" in hosts, "Gateway has no *.bridge listener")
+        expect(all(l["port"] == values["gateway"]["port"] for l in hosts.values()), "Gateway listener port != gateway.port")
+        expect(f"*.bridge.{values['gateway']['tunnelDomain']}" in hosts, "Gateway has no *.bridge listener")
         expect(all(l["tls"]["mode"] == "Passthrough" and l["protocol"] == "TLS" for l in hosts.values()), "Gateway listeners must pass TLS through")
 
 
@@ -513,14 +692,15 @@ def check_no_secret_in_configmaps(docs, values):
     for cm in of_kind(docs, "ConfigMap"):
         expect("PRIVATE KEY" not in json.dumps(cm), f"ConfigMap {cm['metadata']['name']} holds a private key")
     # Only the API pod may mount the CA Secret's key.
-    ca_secret = {"generated": f"{RELEASE}-ca", "cert-manager": f"{RELEASE}-ca"}.get(
-        values.get("ca", {}).get("provider", "generated"), values.get("ca", {}).get("existingSecret"))
+    ca = values["ca"]
+    ca_secret = ca["existing"]["secretName"] if ca["provider"] == "existing" else f"{full_name(values)}-ca"
+    cert_key = ca["existing"]["certKey"] if ca["provider"] == "existing" else "tls.crt"
     for d, meta, spec in pod_specs(docs):
         for v in spec.get("volumes", []):
             if v.get("secret", {}).get("secretName") == ca_secret:
                 keys = [i["key"] for i in v["secret"].get("items") or [{"key": "*"}]]
                 if meta["labels"]["app.kubernetes.io/component"] != "api":
-                    expect(keys == ["tls.crt"], f"{d['kind']} {d['metadata']['name']} mounts {keys} of the CA Secret")
+                    expect(keys == [cert_key], f"{d['kind']} {d['metadata']['name']} mounts {keys} of the CA Secret")
 
 
 def check_security_contexts(docs, values):
@@ -549,7 +729,7 @@ def check_security_contexts(docs, values):
 
 def check_network_policies(docs, values):
     nps = of_kind(docs, "NetworkPolicy")
-    if not values.get("networkPolicy", {}).get("enabled", True):
+    if not values["networkPolicy"]["enabled"]:
         expect(not nps, "networkPolicy.enabled=false still renders policies")
         return
     pods = [(d, meta.get("labels", {})) for d, meta, _ in pod_specs(docs)]
@@ -575,14 +755,14 @@ def check_network_policies(docs, values):
         return allowed
 
     pg = admitted("postgresql")
-    if values.get("postgresql", {}).get("bundled", {}).get("enabled", True):
+    if values["postgresql"]["bundled"]["enabled"]:
         expect(pg is not None, "bundled PostgreSQL has no pod")
         expect("api" in pg and pg <= {"api", "migrations", "backup"}, f"PostgreSQL admits {sorted(pg)}")
     rd = admitted("redis")
-    if values.get("redis", {}).get("bundled", {}).get("enabled", True):
+    if values["redis"]["bundled"]["enabled"]:
         expect(rd == {"api"}, f"Redis admits {rd and sorted(rd)}")
     # The bridges' peer port admits bridges only.
-    bnp = one(docs, "NetworkPolicy", f"{RELEASE}-bridge")
+    bnp = one(docs, "NetworkPolicy", f"{full_name(values)}-bridge")
     for rule in bnp["spec"]["ingress"]:
         if any(p["port"] == "peer" for p in rule.get("ports", [])):
             expect(rule.get("from") and all(selector_matches(f["podSelector"], {"app.kubernetes.io/name": "bamf", "app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "bridge"}) and
@@ -591,40 +771,49 @@ def check_network_policies(docs, values):
 
 
 def check_jobs(docs, values):
-    pg = values.get("postgresql", {})
-    bundled = pg.get("bundled", {}).get("enabled", True)
+    fn = full_name(values)
+    pg = values["postgresql"]
+    bundled = pg["bundled"]["enabled"]
+    ext = pg["external"]
+    hook = not bundled and not ext["externalSecret"]["enabled"]
     jobs = of_kind(docs, "Job")
     expect(len(jobs) == 1, f"{len(jobs)} migration Jobs")
     job = jobs[0]
     c = job["spec"]["template"]["spec"]["containers"][0]
-    expect("--migrate-only" in c["args"] and c["image"].rsplit("/", 1)[1].startswith("bamf-api:"), "migration Job must run bamf-api --migrate-only")
+    expect("--migrate-only" in c["args"] and c["image"] == image_of(values, "api"), "migration Job must run bamf-api --migrate-only")
     ann = job["metadata"].get("annotations", {})
-    if bundled:
+    if not hook:
         expect("helm.sh/hook" not in ann and job["metadata"]["name"].endswith("-3"),
-               "with the bundled PostgreSQL the migration Job is a per-revision Job, not a hook")
-        expect(job["spec"]["template"]["spec"].get("initContainers"), "bundled: the Job must wait for PostgreSQL")
+               "with the bundled PostgreSQL or an ExternalSecret the migration Job is a per-revision Job, not a hook")
+        if bundled:
+            expect(job["spec"]["template"]["spec"].get("initContainers"), "bundled: the Job must wait for PostgreSQL")
     else:
         expect(ann.get("helm.sh/hook") == "pre-install,pre-upgrade", f"external: the migration Job must be a pre-install/pre-upgrade hook, has {ann}")
-        ref = env_of(c)["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
-        if pg.get("external", {}).get("existingSecret"):
-            expect(ref == {"name": pg["external"]["existingSecret"], "key": pg["external"].get("existingSecretKey", "DATABASE_URL")},
-                   f"hook Job DATABASE_URL from {ref}")
-        else:
+        if ext["password"] and not ext["existingSecret"]:
+            ref = env_of(c)["BAMF_DATABASE_PASSWORD"]["valueFrom"]["secretKeyRef"]
             hs = one(docs, "Secret", ref["name"])
             expect(hs["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade" and
                    int(hs["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(ann["helm.sh/hook-weight"]),
                    "the hook Job's Secret must be a hook created before it")
-    backup = pg.get("backup", {})
+            expect(base64.b64decode(hs["data"][ref["key"]]).decode() == quote(ext["password"], safe=""),
+                   "the hook Secret must hold the percent-encoded password")
+    # The Job reaches the same database as the API (only a hook's password Secret may differ).
+    api_c = one(docs, "Deployment", f"{fn}-api")["spec"]["template"]["spec"]["containers"][0]
+    expect(env_of(c)["DATABASE_URL"]["value"] == env_of(api_c)["DATABASE_URL"]["value"], "migration DATABASE_URL != the API's")
+    check_database_ca_mount(job["spec"]["template"]["spec"], c, values, "migration Job")
+    backup = pg["backup"]
     crons = of_kind(docs, "CronJob")
-    if backup.get("enabled"):
+    if backup["enabled"]:
         expect(len(crons) == 1, "backup enabled: one CronJob expected")
         spec = crons[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         c = spec["containers"][0]
         script = " ".join(c["command"])
         expect("pg_dump" in script and "-delete" in script and "RETENTION_DAYS" in script, "backup script must dump and delete old dumps")
-        expect(env_of(c)["RETENTION_DAYS"]["value"] == str(backup.get("retentionDays", 7)), "RETENTION_DAYS != retentionDays")
+        expect(env_of(c)["RETENTION_DAYS"]["value"] == str(backup["retentionDays"]), "RETENTION_DAYS != retentionDays")
+        expect(resolve_env(c, "DATABASE_URL") == resolve_env(api_c, "DATABASE_URL"), "backup DATABASE_URL != the API's")
+        check_database_ca_mount(spec, c, values, "backup")
         claim = [v for v in spec["volumes"] if v["name"] == "backups"][0]["persistentVolumeClaim"]["claimName"]
-        existing = backup.get("persistence", {}).get("existingClaim")
+        existing = backup["persistence"]["existingClaim"]
         if existing:
             expect(claim == existing and not [p for p in of_kind(docs, "PersistentVolumeClaim") if p["metadata"]["name"] == claim],
                    "backup must use the existing claim and not create one")
@@ -636,35 +825,199 @@ def check_jobs(docs, values):
         expect(not crons, "backup disabled but a CronJob is rendered")
 
 
+def check_database_ca_mount(pod, c, values, who):
+    """With postgresql.external.caSecret/caConfigMap, the sslrootcert file of DATABASE_URL is
+    under a mount of exactly that Secret or ConfigMap."""
+    ext = values["postgresql"]["external"]
+    url = env_of(c)["DATABASE_URL"]["value"]
+    if values["postgresql"]["bundled"]["enabled"] or not (ext["caSecret"] or ext["caConfigMap"]):
+        expect("sslrootcert" not in url, f"{who}: sslrootcert without a CA bundle")
+        return
+    path = parse_qs(urlsplit(url).query)["sslrootcert"][0]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    expect(os.path.dirname(path) in mounts, f"{who}: sslrootcert {path} is not under a mount")
+    vol = vols[mounts[os.path.dirname(path)]["name"]]
+    src = vol.get("secret", {}).get("secretName") or vol.get("configMap", {}).get("name")
+    expect(src == (ext["caSecret"] or ext["caConfigMap"]), f"{who}: the CA bundle is mounted from {src}")
+    items = (vol.get("secret") or vol.get("configMap"))["items"]
+    expect(items == [{"key": ext["caKey"], "path": os.path.basename(path)}], f"{who}: CA bundle items {items}")
+
+
+def expected_database_url(values, host=None, port=None) -> str:
+    """DATABASE_URL as the documentation composes it, with the password as <secret:name/key>."""
+    fn = full_name(values)
+    pg = values["postgresql"]
+    if pg["bundled"]["enabled"]:
+        a = pg["bundled"]["auth"]
+        return f"postgres://{a['username']}:<secret:{fn}-postgresql/POSTGRES_PASSWORD>@{fn}-postgresql:5432/{a['database']}?sslmode=disable"
+    e = pg["external"]
+    if e["existingSecret"]:
+        ref = f"{e['existingSecret']}/{e['existingSecretKey']}"
+    elif e["externalSecret"]["enabled"] or e["password"]:
+        ref = f"{fn}-database/password"
+    else:
+        ref = None
+    auth = f"{e['username']}:<secret:{ref}>" if ref else e["username"]
+    query = f"sslmode={e['sslmode']}"
+    if e["caSecret"] or e["caConfigMap"]:
+        query += f"&sslrootcert=/etc/bamf/database-ca/{e['caKey']}"
+    return f"postgres://{auth}@{host or e['host']}:{port or e['port']}/{e['database']}?{query}"
+
+
+def expected_redis_url(values) -> str:
+    fn = full_name(values)
+    rd = values["redis"]
+    if rd["bundled"]["enabled"]:
+        return f"redis://:<secret:{fn}-redis/REDIS_PASSWORD>@{fn}-redis:6379/0?protocol=resp3"
+    e = rd["external"]
+    ref = f"{e['existingSecret']}/{e['existingSecretKey']}" if e["existingSecret"] else (f"{fn}-redis-external/password" if e["password"] else None)
+    auth = f":<secret:{ref}>@" if ref else ""
+    return f"{'rediss' if e['tls'] else 'redis'}://{auth}{e['host']}:{e['port']}/{e['database']}?protocol=resp3"
+
+
 def check_api_wiring(docs, values):
-    dep = one(docs, "Deployment", f"{RELEASE}-api")
-    c = dep["spec"]["template"]["spec"]["containers"][0]
+    fn = full_name(values)
+    dep = one(docs, "Deployment", f"{fn}-api")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
     env = env_of(c)
-    expect(env["BAMF_API_HOST"]["value"] == values["apiHost"], "BAMF_API_HOST != apiHost")
-    expect(env["BAMF_TUNNEL_DOMAIN"]["value"] == values["tunnelDomain"], "BAMF_TUNNEL_DOMAIN != tunnelDomain")
+    gw, cfg = values["gateway"], values["api"]["config"]
+    expect(c["image"] == image_of(values, "api"), f"API image {c['image']} != {image_of(values, 'api')}")
+    expect(env["BAMF_API_HOST"]["value"] == gw["hostname"], "BAMF_API_HOST != gateway.hostname")
+    expect(env["BAMF_TUNNEL_DOMAIN"]["value"] == gw["tunnelDomain"], "BAMF_TUNNEL_DOMAIN != gateway.tunnelDomain")
+    expect(env["BAMF_TUNNEL_PORT"]["value"] == str(gw["port"]), f"BAMF_TUNNEL_PORT {env['BAMF_TUNNEL_PORT']['value']} != gateway.port {gw['port']}")
+    expect(env["BAMF_LOG"]["value"] == (cfg["log_level"] or values["log"]["level"]), "BAMF_LOG != api.config.log_level")
+    expect(env["BAMF_AUDIT_RETENTION_DAYS"]["value"] == str(cfg["audit"]["retention_days"]), "BAMF_AUDIT_RETENTION_DAYS != api.config.audit.retention_days")
+    certs = cfg["certificates"]
+    for flag, key in (("user", "user_ttl_hours"), ("agent", "agent_ttl_hours"), ("bridge", "bridge_ttl_hours")):
+        expect(f"--{flag}-cert-lifetime={certs[key]}h" in c["args"], f"--{flag}-cert-lifetime={certs[key]}h not in the API args {c['args']}")
     expect(env["BAMF_API_LISTEN"]["value"].startswith("0.0.0.0:"), "API must listen on 0.0.0.0")
     alt = env["BAMF_API_ALT_NAMES"]["value"].split(",")
-    expect({f"{RELEASE}-api", f"{RELEASE}-api.{NAMESPACE}.svc"} <= set(alt), f"BAMF_API_ALT_NAMES lacks the Service names: {alt}")
-    for name in ("DATABASE_URL", "REDIS_URL", "BAMF_ADMIN_PASSWORD"):
+    expect({f"{fn}-api", f"{fn}-api.{NAMESPACE}.svc"} <= set(alt), f"BAMF_API_ALT_NAMES lacks the Service names: {alt}")
+
+    # Stores: the URLs are composed from the values; passwords only through Secrets.
+    want = expected_database_url(values)
+    expect(resolve_env(c, "DATABASE_URL") == want, f"DATABASE_URL {resolve_env(c, 'DATABASE_URL')} != {want}")
+    replica = values["postgresql"]["external"]["readReplica"]
+    if not values["postgresql"]["bundled"]["enabled"] and replica["enabled"]:
+        want = expected_database_url(values, replica["host"], replica["port"])
+        expect(resolve_env(c, "BAMF_DATABASE_READ_URL") == want, f"BAMF_DATABASE_READ_URL {resolve_env(c, 'BAMF_DATABASE_READ_URL')} != {want}")
+    else:
+        expect("BAMF_DATABASE_READ_URL" not in env, "BAMF_DATABASE_READ_URL without a read replica")
+    check_database_ca_mount(pod, c, values, "API")
+    if "sslrootcert" in env["DATABASE_URL"]["value"]:
+        expect(env["BAMF_DATABASE_CA_FILE"]["value"] == parse_qs(urlsplit(env["DATABASE_URL"]["value"]).query)["sslrootcert"][0],
+               "BAMF_DATABASE_CA_FILE != the URL's sslrootcert")
+    else:
+        expect("BAMF_DATABASE_CA_FILE" not in env, "BAMF_DATABASE_CA_FILE without a CA bundle")
+    want = expected_redis_url(values)
+    expect(resolve_env(c, "REDIS_URL") == want, f"REDIS_URL {resolve_env(c, 'REDIS_URL')} != {want}")
+    ext = values["postgresql"]["external"]
+    if not values["postgresql"]["bundled"]["enabled"] and ext["externalSecret"]["enabled"]:
+        es = one(docs, "ExternalSecret", f"{fn}-database")
+        x = ext["externalSecret"]
+        expect(es["apiVersion"] == x["apiVersion"] and es["spec"]["secretStoreRef"] == x["secretStoreRef"], "ExternalSecret store")
+        expect(es["spec"]["target"]["name"] == f"{fn}-database", "ExternalSecret target != the Secret DATABASE_URL reads")
+        want = {"key": x["remoteRef"]["key"], **({"property": x["remoteRef"]["property"]} if x["remoteRef"]["property"] else {})}
+        expect(es["spec"]["data"] == [{"secretKey": "password", "remoteRef": want}], f"ExternalSecret data {es['spec']['data']}")
+        expect("urlquery" in es["spec"]["target"]["template"]["data"]["password"], "the ExternalSecret must percent-encode the password")
+    else:
+        expect(not of_kind(docs, "ExternalSecret"), "an ExternalSecret without postgresql.external.externalSecret.enabled")
+    if not values["postgresql"]["bundled"]["enabled"] and ext["password"] and not ext["existingSecret"] and not ext["externalSecret"]["enabled"]:
+        s = one(docs, "Secret", f"{fn}-database")
+        expect(base64.b64decode(s["data"]["password"]).decode() == quote(ext["password"], safe=""),
+               "the inline password must be stored percent-encoded")
+    for name in ("BAMF_ADMIN_PASSWORD", "BAMF_CA_ENCRYPTION_KEY", "BAMF_BRIDGE_JOIN_TOKEN"):
         expect("secretKeyRef" in env[name].get("valueFrom", {}), f"{name} must come from a Secret")
-    enc = values.get("ca", {}).get("encryptionKey") or values.get("ca", {}).get("encryptionKeyExistingSecret")
-    expect(("BAMF_CA_ENCRYPTION_KEY" in env) == bool(enc), "BAMF_CA_ENCRYPTION_KEY present iff configured")
+    chart_secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
+    for e in c["env"]:
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["name"] in chart_secrets:
+            expect(ref["key"] in chart_secrets[ref["name"]]["data"], f"{e['name']}: Secret {ref['name']} has no key {ref['key']}")
+    # The CA sealing key: the given Secret, else the chart's, kept on uninstall.
+    seal = env["BAMF_CA_ENCRYPTION_KEY"]["valueFrom"]["secretKeyRef"]
+    if values["ca"]["encryptionKeyExistingSecret"]:
+        expect(seal == {"name": values["ca"]["encryptionKeyExistingSecret"], "key": values["ca"]["encryptionKeyExistingSecretKey"]},
+               f"BAMF_CA_ENCRYPTION_KEY from {seal}")
+    else:
+        s = one(docs, "Secret", seal["name"])
+        expect(s["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep", "the sealing key Secret must survive uninstall")
+        key = base64.b64decode(base64.b64decode(s["data"][seal["key"]]))
+        expect(len(key) == 32, "the sealing key must be base64 of 32 bytes")
+        if values["ca"]["encryptionKey"]:
+            expect(base64.b64decode(s["data"][seal["key"]]).decode() == values["ca"]["encryptionKey"], "ca.encryptionKey not used")
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
     for var in ("BAMF_CA_CERT_FILE", "BAMF_CA_KEY_FILE"):
         expect(os.path.dirname(env[var]["value"]) in mounts, f"{var} is not under a mount")
-    for ref_name in ("DATABASE_URL", "REDIS_URL", "BAMF_ADMIN_PASSWORD"):
-        ref = env[ref_name]["valueFrom"]["secretKeyRef"]
-        chart_secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
-        if ref["name"] in chart_secrets:
-            expect(ref["key"] in chart_secrets[ref["name"]]["data"], f"{ref_name}: Secret {ref['name']} has no key {ref['key']}")
+    ca = values["ca"]
+    ca_vol = vols[mounts[os.path.dirname(env["BAMF_CA_CERT_FILE"]["value"])]["name"]]["secret"]
+    if ca["provider"] == "existing":
+        x = ca["existing"]
+        expect(ca_vol["secretName"] == x["secretName"] and ca_vol["items"] == [{"key": x["certKey"], "path": "tls.crt"}, {"key": x["keyKey"], "path": "tls.key"}],
+               f"ca.existing: the API mounts {ca_vol}")
+    else:
+        expect(ca_vol["secretName"] == f"{fn}-ca", f"the API's CA volume is {ca_vol['secretName']}")
+    # Public certificates: cert-manager's or the existing Secrets, mounted whole (updated in place).
+    tls = values["tls"]
+    for var, secret, cert in (("BAMF_API_TLS", tls["existingSecret"], f"{fn}-api-tls"),
+                              ("BAMF_TUNNEL_TLS", tls["existingTunnelSecret"], f"{fn}-tunnel-tls")):
+        want_secret = cert if tls["certManager"]["enabled"] else secret
+        if not want_secret:
+            expect(f"{var}_CERT_FILE" not in env and f"{var}_KEY_FILE" not in env, f"{var}_* without a certificate")
+            continue
+        for suffix, key in (("CERT_FILE", "tls.crt"), ("KEY_FILE", "tls.key")):
+            path = env[f"{var}_{suffix}"]["value"]
+            m = mounts.get(os.path.dirname(path))
+            expect(m is not None and "subPath" not in m, f"{var}_{suffix} {path} must be under a whole-Secret mount (no subPath)")
+            v = vols[m["name"]]["secret"]
+            expect(v["secretName"] == want_secret and {"key": key, "path": os.path.basename(path)} in v["items"],
+                   f"{var}_{suffix}: mounted from {v['secretName']} {v['items']}, expected {want_secret}/{key}")
+    certs = {d["metadata"]["name"]: d for d in of_kind(docs, "Certificate") if not d["spec"].get("isCA")}
+    if tls["certManager"]["enabled"]:
+        issuer = tls["certManager"]["issuerRef"]
+        for name, dns in ((f"{fn}-api-tls", [gw["hostname"]]), (f"{fn}-tunnel-tls", [f"*.{gw['tunnelDomain']}"])):
+            crt = certs.get(name)
+            expect(crt is not None, f"no Certificate {name}")
+            expect(crt["spec"]["dnsNames"] == dns and crt["spec"]["secretName"] == name, f"Certificate {name}: {crt['spec']}")
+            expect(crt["spec"]["issuerRef"] == issuer, f"Certificate {name}: issuerRef {crt['spec']['issuerRef']} != {issuer}")
+    else:
+        expect(not certs, f"public Certificates without tls.certManager.enabled: {sorted(certs)}")
+    if values["api"]["trustedProxies"]:
+        expect(env["BAMF_TRUSTED_PROXIES"]["value"] == ",".join(values["api"]["trustedProxies"]), "BAMF_TRUSTED_PROXIES")
+    else:
+        expect("BAMF_TRUSTED_PROXIES" not in env, "BAMF_TRUSTED_PROXIES without api.trustedProxies")
+
+    # Images of the other components.
+    bridge = one(docs, "StatefulSet", f"{fn}-bridge")["spec"]["template"]["spec"]["containers"][0]
+    expect(bridge["image"] == image_of(values, "bridge"), f"bridge image {bridge['image']} != {image_of(values, 'bridge')}")
+
+    # helm test: /health and /ready through the API Service, verified against the internal CA.
+    api_svc = one(docs, "Service", f"{fn}-api")
+    tests = [d for d in of_kind(docs, "Pod") if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    urls = set()
+    for t in tests:
+        tc = t["spec"]["containers"][0]
+        expect(tc["image"] == f"{values['tests']['image']['repository']}:{values['tests']['image']['tag']}", "helm test image != tests.image")
+        url = tc["command"][-1]
+        urls.add(url)
+        ca_file = tc["command"][tc["command"].index("--cacert") + 1]
+        tm = {m["mountPath"]: m for m in tc["volumeMounts"]}
+        tv = {v["name"]: v for v in t["spec"]["volumes"]}
+        check_cert_only_volume(tv[tm[os.path.dirname(ca_file)]["name"]], os.path.basename(ca_file), "helm test", values)
+        expect(t["spec"]["restartPolicy"] == "Never", "helm test pods must not restart")
+    base = f"https://{api_svc['metadata']['name']}:{api_svc['spec']['ports'][0]['port']}"
+    expect(urls == {f"{base}/health", f"{base}/ready"}, f"helm test pods check {sorted(urls)}")
+
     # Agent (when enabled): TOML ports and files agree with the Deployment.
-    agents = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == f"{RELEASE}-agent"]
-    expect(bool(agents) == bool(values.get("agent", {}).get("enabled")), "agent Deployment iff agent.enabled")
+    agents = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == f"{fn}-agent"]
+    expect(bool(agents) == bool(values["agent"]["enabled"]), "agent Deployment iff agent.enabled")
     if agents:
         a = agents[0]
         ac = a["spec"]["template"]["spec"]["containers"][0]
-        conf = tomllib.loads(one(docs, "ConfigMap", f"{RELEASE}-agent")["data"]["agent.toml"])
-        api_svc = one(docs, "Service", f"{RELEASE}-api")
+        expect(ac["image"] == image_of(values, "agent"), f"agent image {ac['image']}")
+        conf = tomllib.loads(one(docs, "ConfigMap", f"{fn}-agent")["data"]["agent.toml"])
         expect(conf["api_url"] == f"https://{api_svc['metadata']['name']}:{api_svc['spec']['ports'][0]['port']}", "agent api_url != API Service")
         expect(addr_port(conf["health_listen"]) == container_port([ac], "health") == container_port([ac], ac["readinessProbe"]["httpGet"]["port"]),
                "agent health_listen, container port and probe disagree")
@@ -672,23 +1025,23 @@ def check_api_wiring(docs, values):
         expect(conf["resources"][0].get("labels") == values["agent"]["targets"][0].get("labels"), "agent labels")
         am = {m["mountPath"]: m for m in ac["volumeMounts"]}
         av = {v["name"]: v for v in a["spec"]["template"]["spec"]["volumes"]}
-        check_cert_only_volume(av[am[os.path.dirname(conf["api_ca_file"])]["name"]], os.path.basename(conf["api_ca_file"]), "agent")
+        check_cert_only_volume(av[am[os.path.dirname(conf["api_ca_file"])]["name"]], os.path.basename(conf["api_ca_file"]), "agent", values)
         expect(conf["data_dir"] in am, "agent data_dir not mounted")
         expect(a["spec"]["replicas"] == 1 and a["spec"]["strategy"]["type"] == "Recreate", "one agent per name: replicas 1, Recreate")
 
 
 def check_generated_ca(docs, values):
-    if values.get("ca", {}).get("provider", "generated") != "generated":
+    if values["ca"]["provider"] != "helm":
         return
     openssl = shutil.which("openssl")
     expect(openssl is not None, "openssl is needed to check the generated CA (apt-get install openssl)")
-    s = one(docs, "Secret", f"{RELEASE}-ca")
+    s = one(docs, "Secret", f"{full_name(values)}-ca")
     expect(s["type"] == "kubernetes.io/tls" and s["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep",
            "the generated CA Secret must be kubernetes.io/tls and kept on uninstall")
     crt = base64.b64decode(s["data"]["tls.crt"]).decode()
     key = base64.b64decode(s["data"]["tls.key"]).decode()
     expect(key.startswith("-----BEGIN PRIVATE KEY-----\n"), "the CA key must be PKCS#8 (bamf-api reads no other)")
-    cm = one(docs, "ConfigMap", f"{RELEASE}-ca-cert")
+    cm = one(docs, "ConfigMap", f"{full_name(values)}-ca-cert")
     expect(cm["data"]["ca.crt"].strip() == crt.strip(), "the CA ConfigMap must hold the Secret's certificate")
     GENERATED_CAS.append((crt, key))
     with tempfile.TemporaryDirectory() as tmp:
@@ -802,15 +1155,86 @@ def expect_render_fails(values: dict, needle: str):
 
 def check_schema_refuses():
     ok = SCENARIOS["builtin-bundled"]
+    ext = SCENARIOS["builtin-external"]
     expect_render_fails(merge(ok, {"bridge": {"replicaz": 3}}), "replicaz")
     expect_render_fails(merge(ok, {"gateway": {"provider": "nginx"}}), "provider")
     expect_render_fails(merge(ok, {"api": {"port": "8443"}}), "port")
-    expect_render_fails(merge(ok, {"postgresql": {"bundled": {"password": "p@ss:word"}}}), "password")
-    expect_render_fails(merge(ok, {"apiHost": ""}), "apiHost is required")
-    expect_render_fails(merge(ok, {"postgresql": {"external": {"existingSecret": "db"}}}), "mutually exclusive")
+    expect_render_fails(merge(ok, {"postgresql": {"bundled": {"auth": {"password": "p@ss:word"}}}}), "password")
+    expect_render_fails(merge(ok, {"gateway": {"hostname": ""}}), "gateway.hostname is required")
+    expect_render_fails(merge(ok, {"postgresql": {"external": {"enabled": True, "host": "db"}}}), "mutually exclusive")
+    expect_render_fails(merge(ext, {"postgresql": {"external": {"password": "x"}}}), "mutually exclusive")
+    expect_render_fails(merge(ext, {"postgresql": {"external": {"sslmode": "verify"}}}), "sslmode")
+    expect_render_fails(merge(ext, {"postgresql": {"external": {"host": ""}}}), "postgresql.external.host is required")
+    expect_render_fails(merge(ext, {"redis": {"external": {"enabled": False}}}), "redis: set external.enabled")
     expect_render_fails(merge(ok, {"agent": {"joinToken": ""}}), "agent.enabled needs")
-    expect_render_fails(merge(ok, {"ca": {"provider": "existing"}}), "ca.existingSecret")
+    expect_render_fails(merge(ok, {"ca": {"provider": "existing"}}), "ca.existing.secretName")
+    expect_render_fails(merge(ok, {"ca": {"provider": "generated"}}), "provider")
     expect_render_fails(merge(ok, {"bridge": {"replicas": 11}}), "maxReplicas")
+    expect_render_fails(merge(ok, {"bridge": {"autoscaling": {"enabled": True, "maxReplicas": 11}}}), "bridge.autoscaling.maxReplicas")
+    expect_render_fails(merge(ok, {"tls": {"certManager": {"enabled": True}}}), "issuerRef.name")
+    expect_render_fails(merge(ok, {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "x"}}, "existingSecret": "y"}}), "mutually exclusive")
+    expect_render_fails(merge(ok, {"bridge": {"apiRouteProxyProtocol": True}}), "api.trustedProxies")
+    expect_render_fails(merge(ok, {"api": {"config": {"certificates": {"user_ttl_hours": 0}}}}), "user_ttl_hours")
+    # The old keys are gone (nothing was released): each one is refused, not ignored.
+    for old in ({"apiHost": "bamf.test.example"}, {"tunnelDomain": "t.test.example"},
+                {"gateway": {"frontDoor": {"port": 443}}}, {"gateway": {"traefik": {"entryPoints": ["websecure"]}}},
+                {"gateway": {"istio": {"gatewayClassName": "istio"}}}, {"image": {"repository": "bamf"}},
+                {"ca": {"existingSecret": "x"}}, {"postgresql": {"external": {"url": "postgres://x"}}},
+                {"redis": {"external": {"url": "redis://x"}}}, {"postgresql": {"bundled": {"database": "bamf"}}}):
+        expect_render_fails(merge(ok, old), "additional properties")
+    # Capabilities not built yet: the render fails and says which.
+    expect_render_fails(merge(ok, {"auth": {"local": {"enabled": False}}}), "single sign-on")
+    expect_render_fails(merge(ok, {"auth": {"sso": {"oidc": {"okta": {"enabled": True, "issuerUrl": "https://x"}}}}}), "SSO")
+    expect_render_fails(merge(ok, {"web": {"standalone": {"enabled": True}}}), "web UI is not built yet")
+
+
+def check_guide_refusals():
+    """The guide's auth and web blocks are accepted by the schema but fail the render with the
+    missing capability named: the minimal production values as written (their auth block),
+    and the web block."""
+    minimal = guide("minimal-production")
+    expect("auth" in minimal, "the guide's minimal production values have an auth block")
+    expect_render_fails(minimal, "auth.local.enabled=false needs single sign-on")
+    expect_render_fails(merge(GUIDE_MINIMAL, {"auth": {"sso": minimal["auth"]["sso"]}}),
+                        "auth.sso.defaultProvider=auth0: single sign-on (SSO) is not built yet")
+    expect_render_fails(merge(GUIDE_MINIMAL, guide("web")), "web UI is not built yet")
+    for block in (minimal, guide("web")):
+        errors = list(jsonschema.Draft7Validator(json.loads((CHART / "values.schema.json").read_text())).iter_errors(merge(DEFAULTS, block)))
+        expect(not errors, f"values.schema.json refuses a guide block: {[e.message for e in errors[:3]]}")
+
+
+def check_subchart():
+    """The guide's subchart example: a parent chart with bamf in charts/ and the guide's parent
+    values (fullnameOverride, a shared ServiceAccount) plus the hosts: every object validates,
+    is named myapp-bamf-*, and the pods run as the shared account."""
+    deps = guide("subchart-parent-Chart")["dependencies"]
+    expect([d["name"] for d in deps] == [yaml.safe_load((CHART / "Chart.yaml").read_text())["name"]],
+           f"the guide's parent chart depends on {deps}, not on this chart's name")
+    with tempfile.TemporaryDirectory() as tmp:
+        parent = Path(tmp, "parent")
+        shutil.copytree(CHART, parent / "charts" / "bamf")
+        (parent / "Chart.yaml").write_text("apiVersion: v2\nname: parent\nversion: 0.1.0\n")
+        values = merge(guide("subchart-parent-values"),
+                       {"bamf": {"gateway": {"hostname": "bamf.example.com", "tunnelDomain": "tunnel.bamf.example.com"}}})
+        (parent / "values.yaml").write_text(yaml.safe_dump(values))
+        out = helm.Chart.load(str(parent)).render({}, name="myapp", namespace=NAMESPACE, revision=1, is_install=True)
+    docs = [d for path, text in out.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+    expect(docs, "the parent chart rendered nothing")
+    problems = []
+    for d in docs:
+        for v in KUBE_VERSIONS:
+            try:
+                validate(d, v)
+            except Fail as e:
+                problems.append(str(e))
+    expect(not problems, "\n".join(problems[:10]))
+    names = [d["metadata"]["name"] for d in docs]
+    expect(all(n.startswith("myapp-bamf") for n in names), f"objects not named myapp-bamf-*: {[n for n in names if not n.startswith('myapp-bamf')]}")
+    expect(not of_kind(docs, "ServiceAccount"), "serviceAccount.create=false still renders a ServiceAccount")
+    for d, meta, spec in pod_specs(docs):
+        if meta.get("labels", {}).get("app.kubernetes.io/component") in ("api", "bridge", "agent", "migrations", "test"):
+            expect(spec.get("serviceAccountName") == "myapp-shared-sa",
+                   f"{d['kind']} {d['metadata']['name']} runs as {spec.get('serviceAccountName')}")
 
 
 def check_unknown_kind_fails():
@@ -847,8 +1271,8 @@ def leaf_keys(d: dict, prefix="") -> list[str]:
 
 # Maps whose entries are the operator's (labels, resources, security contexts...): documented as one key.
 FREE_FORM = {"podSecurityContext", "containerSecurityContext", "api.resources", "bridge.resources", "agent.resources",
-             "migrations.resources", "postgresql.bundled.resources", "postgresql.backup.resources",
-             "redis.bundled.resources"}
+             "migrations.resources", "postgresql.bundled.primary.resources", "postgresql.backup.resources",
+             "redis.bundled.resources", "web.resources", "tests.resources", "auth.sso.oidc"}
 
 
 def check_docs_cover_values():
@@ -970,12 +1394,20 @@ def check_examples():
 
 # --------------------------------------------------------------------------------------------
 
-def run_scenario(name: str, values: dict, bridge_tomls: list[str]):
+def public_api_url(values: dict) -> str:
+    gw = values["gateway"]
+    return f"https://{gw['hostname']}" + ("" if gw["port"] == 443 else f":{gw['port']}")
+
+
+def run_scenario(name: str, given: dict, bridge_tomls: list[str]):
     docs_holder: dict = {}
+    values = merge(DEFAULTS, given)
 
     def do_render():
-        docs, notes = render(values)
+        docs, notes = render(given)
         expect(notes.strip(), "NOTES.txt rendered empty")
+        login = f"bamf login --api {public_api_url(values)} --user admin --ca-file bamf-ca.pem"
+        expect(login in notes, f"NOTES.txt does not show `{login}`:\n{notes}")
         names = [(d["kind"], d["metadata"]["name"]) for d in docs]
         dupes = {n for n in names if names.count(n) > 1}
         expect(not dupes, f"duplicate objects: {dupes}")
@@ -986,7 +1418,7 @@ def run_scenario(name: str, values: dict, bridge_tomls: list[str]):
                    f"{d['kind']} {d['metadata']['name']}: missing standard labels")
         docs_holder["docs"] = docs
 
-    check(f"{name}: helm lint --strict (k8s {', '.join(KUBE_VERSIONS)})", lint, values)
+    check(f"{name}: helm lint --strict (k8s {', '.join(KUBE_VERSIONS)})", lint, given)
     check(f"{name}: render", do_render)
     docs = docs_holder.get("docs")
     if docs is None:
@@ -1005,7 +1437,7 @@ def run_scenario(name: str, values: dict, bridge_tomls: list[str]):
             REPORT.append(f"{name:24} k8s {version}: {len(docs):3} objects valid "
                           f"({counts.get('kubernetes', 0)} by Kubernetes schemas, {counts.get('own schema', 0)} by ours)")
         check(f"{name}: validate every object (k8s {version}, strict)", validate_all)
-    provider = values.get("gateway", {}).get("provider", "builtin")
+    provider = values["gateway"]["provider"]
     check(f"{name}: Services, workloads and ports agree", check_services_and_workloads, docs, values)
     check(f"{name}: bridge config, StatefulSet, Services and probes agree", check_bridge, docs, values, bridge_tomls)
     check(f"{name}: per-pod Services and routes ({provider})", check_per_pod, docs, values, provider)
@@ -1015,6 +1447,8 @@ def run_scenario(name: str, values: dict, bridge_tomls: list[str]):
     check(f"{name}: migration Job and backup CronJob", check_jobs, docs, values)
     check(f"{name}: API and agent wiring", check_api_wiring, docs, values)
     check(f"{name}: generated CA", check_generated_ca, docs, values)
+    if name in GUIDE_EFFECTS:
+        check(f"{name}: the documented effect reaches the API", check_effects, docs, values, name)
 
 
 def main() -> int:
@@ -1028,6 +1462,8 @@ def main() -> int:
     check("bamf-bridge --check accepts every rendered bridge.toml", check_bridge_binary_accepts, bridge_tomls)
     check("bamf-api --migrate-only, and bamf-api serving with the generated CA", check_api_binary_with_generated_ca)
     check("values.schema.json and the templates refuse bad values", check_schema_refuses)
+    check("the guide's auth and web blocks: accepted by the schema, refused by the render with the reason", check_guide_refusals)
+    check("the guide's subchart example renders in a parent chart", check_subchart)
     check("a kind without a schema fails validation", check_unknown_kind_fails)
     check("our CRD schemas refuse unknown fields", check_own_schemas_are_strict)
     check("docs/deploy.md documents every value; the schema is strict", check_docs_cover_values)

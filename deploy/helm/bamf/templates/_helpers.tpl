@@ -51,9 +51,32 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* Image of one BAMF binary: (dict "ctx" $ "binary" "bamf-api") */}}
+{{/*
+Image of one BAMF component: (dict "ctx" $ "image" .Values.api.image). Its registry and tag
+default to image.registry and image.tag (then the chart's appVersion); a digest replaces the tag.
+*/}}
 {{- define "bamf.image" -}}
-{{- printf "%s/%s:%s" (trimSuffix "/" .ctx.Values.image.repository) .binary (default .ctx.Chart.AppVersion .ctx.Values.image.tag) -}}
+{{- $g := .ctx.Values.image -}}
+{{- $registry := trimSuffix "/" (default $g.registry .image.registry) -}}
+{{- $ref := .image.repository -}}
+{{- if $registry }}{{ $ref = printf "%s/%s" $registry $ref }}{{ end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $ref .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $ref (.image.tag | default $g.tag | default .ctx.Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "bamf.hostname" -}}{{ .Values.gateway.hostname }}{{- end -}}
+{{- define "bamf.tunnelDomain" -}}{{ .Values.gateway.tunnelDomain }}{{- end -}}
+
+{{/* The public base URL of the API, as clients type it (the port only when not 443). */}}
+{{- define "bamf.publicApiUrl" -}}
+{{- if eq (int .Values.gateway.port) 443 -}}
+https://{{ .Values.gateway.hostname }}
+{{- else -}}
+https://{{ .Values.gateway.hostname }}:{{ .Values.gateway.port }}
+{{- end -}}
 {{- end -}}
 
 {{- define "bamf.postgresImage" -}}
@@ -79,33 +102,167 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- define "bamf.secrets.bridgeKey" -}}{{ if .Values.bridge.existingSecret }}{{ .Values.bridge.existingSecretKey }}{{ else }}BAMF_JOIN_TOKEN{{ end }}{{- end -}}
 {{- define "bamf.secrets.agent" -}}{{ default (printf "%s-agent-join" (include "bamf.fullname" .)) .Values.agent.existingSecret }}{{- end -}}
 {{- define "bamf.secrets.agentKey" -}}{{ if .Values.agent.existingSecret }}{{ .Values.agent.existingSecretKey }}{{ else }}BAMF_JOIN_TOKEN{{ end }}{{- end -}}
-{{- define "bamf.secrets.database" -}}{{ default (include "bamf.secrets.api" .) .Values.postgresql.external.existingSecret }}{{- end -}}
-{{- define "bamf.secrets.databaseKey" -}}{{ if .Values.postgresql.external.existingSecret }}{{ .Values.postgresql.external.existingSecretKey }}{{ else }}DATABASE_URL{{ end }}{{- end -}}
-{{- define "bamf.secrets.redis" -}}{{ default (include "bamf.secrets.api" .) .Values.redis.external.existingSecret }}{{- end -}}
-{{- define "bamf.secrets.redisKey" -}}{{ if .Values.redis.external.existingSecret }}{{ .Values.redis.external.existingSecretKey }}{{ else }}REDIS_URL{{ end }}{{- end -}}
 {{- define "bamf.secrets.admin" -}}{{ default (include "bamf.secrets.api" .) .Values.admin.existingSecret }}{{- end -}}
 {{- define "bamf.secrets.adminKey" -}}{{ if .Values.admin.existingSecret }}{{ .Values.admin.existingSecretKey }}{{ else }}BAMF_ADMIN_PASSWORD{{ end }}{{- end -}}
-{{- define "bamf.secrets.caEncryption" -}}{{ default (include "bamf.secrets.api" .) .Values.ca.encryptionKeyExistingSecret }}{{- end -}}
-{{- define "bamf.secrets.caEncryptionKey" -}}{{ if .Values.ca.encryptionKeyExistingSecret }}{{ .Values.ca.encryptionKeyExistingSecretKey }}{{ else }}BAMF_CA_ENCRYPTION_KEY{{ end }}{{- end -}}
-{{- define "bamf.caEncryptionEnabled" -}}{{ if or .Values.ca.encryptionKey .Values.ca.encryptionKeyExistingSecret }}true{{ end }}{{- end -}}
+{{/* The CA sealing key: the given Secret, else the chart's (from ca.encryptionKey, or generated). */}}
+{{- define "bamf.secrets.caSealing" -}}{{ default (printf "%s-ca-sealing" (include "bamf.fullname" .)) .Values.ca.encryptionKeyExistingSecret }}{{- end -}}
+{{- define "bamf.secrets.caSealingKey" -}}{{ if .Values.ca.encryptionKeyExistingSecret }}{{ .Values.ca.encryptionKeyExistingSecretKey }}{{ else }}BAMF_CA_ENCRYPTION_KEY{{ end }}{{- end -}}
 
-{{/* The Secret holding the CA certificate and key (tls.crt, tls.key). */}}
-{{- define "bamf.ca.secretName" -}}
-{{- if eq .Values.ca.provider "existing" -}}
-{{- .Values.ca.existingSecret -}}
+{{/*
+Where the PostgreSQL password comes from, as "<secret>/<key>" (empty: no password):
+bundled: the chart's <fullname>-postgresql; external: existingSecret, or <fullname>-database
+(made by the ExternalSecret, or by the chart from the inline password). (dict "ctx" $ "hook" bool):
+a pre-install hook cannot read chart objects, so an inline password comes from the hook's own
+Secret <fullname>-migrations.
+*/}}
+{{- define "bamf.database.passwordRef" -}}
+{{- $v := .ctx.Values.postgresql -}}
+{{- $fullname := include "bamf.fullname" .ctx -}}
+{{- if $v.bundled.enabled -}}
+{{ $fullname }}-postgresql/POSTGRES_PASSWORD
+{{- else if $v.external.existingSecret -}}
+{{ $v.external.existingSecret }}/{{ $v.external.existingSecretKey }}
+{{- else if $v.external.externalSecret.enabled -}}
+{{ $fullname }}-database/password
+{{- else if and $v.external.password .hook -}}
+{{ $fullname }}-migrations/password
+{{- else if $v.external.password -}}
+{{ $fullname }}-database/password
+{{- end -}}
+{{- end -}}
+
+{{/* Mount path of the external PostgreSQL's CA bundle, when one is given. */}}
+{{- define "bamf.database.caFile" -}}
+{{- $e := .Values.postgresql.external -}}
+{{- if and (not .Values.postgresql.bundled.enabled) (or $e.caSecret $e.caConfigMap) -}}
+/etc/bamf/database-ca/{{ $e.caKey }}
+{{- end -}}
+{{- end -}}
+
+{{/* A PostgreSQL URL for one host: (dict "ctx" $ "host" h "port" p); the password is
+$(BAMF_DATABASE_PASSWORD), which Kubernetes expands from the variable set before it. */}}
+{{- define "bamf.database.url" -}}
+{{- $v := .ctx.Values.postgresql -}}
+{{- $withPassword := include "bamf.database.passwordRef" (dict "ctx" .ctx "hook" false) -}}
+{{- if $v.bundled.enabled -}}
+postgres://{{ $v.bundled.auth.username }}:$(BAMF_DATABASE_PASSWORD)@{{ include "bamf.fullname" .ctx }}-postgresql:5432/{{ $v.bundled.auth.database }}?sslmode=disable
 {{- else -}}
-{{- include "bamf.fullname" . }}-ca
+{{- $e := $v.external -}}
+{{- $query := list (printf "sslmode=%s" $e.sslmode) -}}
+{{- with include "bamf.database.caFile" .ctx }}{{ $query = append $query (printf "sslrootcert=%s" .) }}{{ end -}}
+postgres://{{ $e.username }}{{ if $withPassword }}:$(BAMF_DATABASE_PASSWORD){{ end }}@{{ .host }}:{{ int .port }}/{{ $e.database }}?{{ join "&" $query }}
 {{- end -}}
 {{- end -}}
 
 {{/*
-The volume that gives bridges, agents and the API the CA *certificate* only, as ca.crt:
-the chart's ConfigMap for a generated CA, else the single key tls.crt projected from the CA
-Secret (the key, tls.key, is never projected).
+The database's environment, in order (a later value refers to an earlier variable):
+BAMF_DATABASE_PASSWORD from its Secret, DATABASE_URL, and for the API (dict ... "api" true)
+BAMF_DATABASE_READ_URL and BAMF_DATABASE_CA_FILE. (dict "ctx" $ "hook" bool "api" bool)
+*/}}
+{{- define "bamf.database.env" -}}
+{{- $v := .ctx.Values.postgresql -}}
+{{- $ref := include "bamf.database.passwordRef" (dict "ctx" .ctx "hook" .hook) -}}
+{{- if $ref }}
+- name: BAMF_DATABASE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ dir $ref }}
+      key: {{ base $ref }}
+{{- end }}
+- name: DATABASE_URL
+  value: {{ include "bamf.database.url" (dict "ctx" .ctx "host" $v.external.host "port" $v.external.port) | quote }}
+{{- if .api }}
+{{- if and (not $v.bundled.enabled) $v.external.readReplica.enabled }}
+- name: BAMF_DATABASE_READ_URL
+  value: {{ include "bamf.database.url" (dict "ctx" .ctx "host" $v.external.readReplica.host "port" $v.external.readReplica.port) | quote }}
+{{- end }}
+{{- with include "bamf.database.caFile" .ctx }}
+- name: BAMF_DATABASE_CA_FILE
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The CA bundle's volume and mount, for the pods that talk to PostgreSQL. */}}
+{{- define "bamf.database.caVolume" -}}
+{{- $e := .Values.postgresql.external -}}
+{{- if include "bamf.database.caFile" . }}
+- name: database-ca
+  {{- if $e.caSecret }}
+  secret:
+    secretName: {{ $e.caSecret }}
+    defaultMode: 0444
+    items:
+      - key: {{ $e.caKey }}
+        path: {{ $e.caKey }}
+  {{- else }}
+  configMap:
+    name: {{ $e.caConfigMap }}
+    items:
+      - key: {{ $e.caKey }}
+        path: {{ $e.caKey }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+{{- define "bamf.database.caMount" -}}
+{{- if include "bamf.database.caFile" . }}
+- name: database-ca
+  mountPath: /etc/bamf/database-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Where the Redis password comes from, as "<secret>/<key>" (empty: none). */}}
+{{- define "bamf.redis.passwordRef" -}}
+{{- $v := .Values.redis -}}
+{{- if $v.bundled.enabled -}}
+{{ include "bamf.fullname" . }}-redis/REDIS_PASSWORD
+{{- else if $v.external.existingSecret -}}
+{{ $v.external.existingSecret }}/{{ $v.external.existingSecretKey }}
+{{- else if $v.external.password -}}
+{{ include "bamf.fullname" . }}-redis-external/password
+{{- end -}}
+{{- end -}}
+
+{{/* BAMF_REDIS_PASSWORD (when there is one), then REDIS_URL. */}}
+{{- define "bamf.redis.env" -}}
+{{- $v := .Values.redis -}}
+{{- $ref := include "bamf.redis.passwordRef" . -}}
+{{- if $ref }}
+- name: BAMF_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ dir $ref }}
+      key: {{ base $ref }}
+{{- end }}
+{{- $auth := ternary ":$(BAMF_REDIS_PASSWORD)@" "" (not (empty $ref)) }}
+- name: REDIS_URL
+{{- if $v.bundled.enabled }}
+  value: "redis://{{ $auth }}{{ include "bamf.fullname" . }}-redis:6379/0?protocol=resp3"
+{{- else }}
+  value: "{{ ternary "rediss" "redis" $v.external.tls }}://{{ $auth }}{{ $v.external.host }}:{{ int $v.external.port }}/{{ int $v.external.database }}?protocol=resp3"
+{{- end }}
+{{- end -}}
+
+{{/* The Secret holding the CA certificate and key, and their keys in it. */}}
+{{- define "bamf.ca.secretName" -}}
+{{- if eq .Values.ca.provider "existing" -}}
+{{- .Values.ca.existing.secretName -}}
+{{- else -}}
+{{- include "bamf.fullname" . }}-ca
+{{- end -}}
+{{- end -}}
+{{- define "bamf.ca.certKey" -}}{{ if eq .Values.ca.provider "existing" }}{{ .Values.ca.existing.certKey }}{{ else }}tls.crt{{ end }}{{- end -}}
+{{- define "bamf.ca.keyKey" -}}{{ if eq .Values.ca.provider "existing" }}{{ .Values.ca.existing.keyKey }}{{ else }}tls.key{{ end }}{{- end -}}
+
+{{/*
+The volume that gives bridges, agents, tests and the API the CA *certificate* only, as
+ca.crt: the chart's ConfigMap for a helm-generated CA, else the certificate's single key
+projected from the CA Secret (the private key is never projected).
 */}}
 {{- define "bamf.ca.certVolume" -}}
 - name: ca-cert
-{{- if eq .Values.ca.provider "generated" }}
+{{- if eq .Values.ca.provider "helm" }}
   configMap:
     name: {{ include "bamf.fullname" . }}-ca-cert
     items:
@@ -116,10 +273,21 @@ Secret (the key, tls.key, is never projected).
     secretName: {{ include "bamf.ca.secretName" . }}
     defaultMode: 0444
     items:
-      - key: tls.crt
+      - key: {{ include "bamf.ca.certKey" . }}
         path: ca.crt
 {{- end }}
 {{- end -}}
+
+{{/* The Secrets with the public certificates (empty: none). */}}
+{{- define "bamf.tls.apiSecret" -}}
+{{- if .Values.tls.certManager.enabled -}}{{ include "bamf.fullname" . }}-api-tls{{- else -}}{{ .Values.tls.existingSecret }}{{- end -}}
+{{- end -}}
+{{- define "bamf.tls.tunnelSecret" -}}
+{{- if .Values.tls.certManager.enabled -}}{{ include "bamf.fullname" . }}-tunnel-tls{{- else -}}{{ .Values.tls.existingTunnelSecret }}{{- end -}}
+{{- end -}}
+
+{{/* Percent-encodes a value for the userinfo of a URL (what sqlx and redis decode). */}}
+{{- define "bamf.urlEncode" -}}{{ . | urlquery | replace "+" "%20" }}{{- end -}}
 
 {{/* Topology spread of one component: (dict "ctx" $ "component" "bridge") */}}
 {{- define "bamf.topologySpread" -}}
@@ -187,26 +355,51 @@ holds under that key (lookup; empty in `helm template`), else a new random one.
 
 {{/* Checks that make a bad combination of values fail the render with a clear message. */}}
 {{- define "bamf.validate" -}}
-{{- if not .Values.apiHost }}{{ fail "apiHost is required: the public host name of the API, e.g. --set apiHost=bamf.example.com" }}{{ end }}
-{{- if not .Values.tunnelDomain }}{{ fail "tunnelDomain is required: bridges are <n>.bridge.<tunnelDomain>, e.g. --set tunnelDomain=tunnel.example.com" }}{{ end }}
-{{- if hasSuffix (printf ".bridge.%s" .Values.tunnelDomain) .Values.apiHost }}{{ fail "apiHost may not be inside the bridge names (*.bridge.<tunnelDomain>)" }}{{ end }}
+{{- $gw := .Values.gateway }}
+{{- if not $gw.hostname }}{{ fail "gateway.hostname is required: the public host name of the API, e.g. --set gateway.hostname=bamf.example.com" }}{{ end }}
+{{- if not $gw.tunnelDomain }}{{ fail "gateway.tunnelDomain is required: bridges are <n>.bridge.<tunnelDomain>, e.g. --set gateway.tunnelDomain=tunnel.bamf.example.com" }}{{ end }}
+{{- if hasSuffix (printf ".bridge.%s" $gw.tunnelDomain) $gw.hostname }}{{ fail "gateway.hostname may not be inside the bridge names (*.bridge.<tunnelDomain>)" }}{{ end }}
+{{- /* Capabilities the values layout has but BAMF has not built yet: refuse, never ignore. */}}
+{{- if not .Values.auth.local.enabled }}{{ fail "auth.local.enabled=false needs single sign-on, which BAMF does not have yet (SSO is not built): keep auth.local.enabled=true" }}{{ end }}
+{{- if .Values.auth.sso.defaultProvider }}{{ fail (printf "auth.sso.defaultProvider=%s: single sign-on (SSO) is not built yet in BAMF; remove auth.sso" .Values.auth.sso.defaultProvider) }}{{ end }}
+{{- range $name, $p := .Values.auth.sso.oidc }}{{ if $p.enabled }}{{ fail (printf "auth.sso.oidc.%s.enabled: single sign-on (SSO, OIDC) is not built yet in BAMF; remove auth.sso" $name) }}{{ end }}{{ end }}
+{{- if .Values.web.standalone.enabled }}{{ fail "web.standalone.enabled: the web UI is not built yet in BAMF; set web.standalone.enabled=false (the CLI is the client)" }}{{ end }}
 {{- $pg := .Values.postgresql }}
-{{- if and $pg.bundled.enabled (or $pg.external.existingSecret $pg.external.url) }}{{ fail "postgresql: bundled.enabled and external.* are mutually exclusive" }}{{ end }}
-{{- if and (not $pg.bundled.enabled) (not $pg.external.existingSecret) (not $pg.external.url) }}{{ fail "postgresql: set external.existingSecret (or external.url), or bundled.enabled=true" }}{{ end }}
-{{- if and $pg.external.existingSecret $pg.external.url }}{{ fail "postgresql.external: existingSecret and url are mutually exclusive" }}{{ end }}
+{{- $pe := $pg.external }}
+{{- if and $pg.bundled.enabled $pe.enabled }}{{ fail "postgresql: bundled.enabled and external.enabled are mutually exclusive" }}{{ end }}
+{{- if and (not $pg.bundled.enabled) (not $pe.enabled) }}{{ fail "postgresql: set external.enabled=true (with external.host), or bundled.enabled=true" }}{{ end }}
+{{- if $pe.enabled }}
+{{- if not $pe.host }}{{ fail "postgresql.external.host is required with postgresql.external.enabled" }}{{ end }}
+{{- $sources := 0 }}
+{{- if $pe.existingSecret }}{{ $sources = add1 $sources }}{{ end }}
+{{- if $pe.password }}{{ $sources = add1 $sources }}{{ end }}
+{{- if $pe.externalSecret.enabled }}{{ $sources = add1 $sources }}{{ end }}
+{{- if gt (int $sources) 1 }}{{ fail "postgresql.external: existingSecret, password and externalSecret.enabled are mutually exclusive (pick one)" }}{{ end }}
+{{- if and $pe.externalSecret.enabled (or (not $pe.externalSecret.secretStoreRef.name) (not $pe.externalSecret.remoteRef.key)) }}{{ fail "postgresql.external.externalSecret needs secretStoreRef.name and remoteRef.key" }}{{ end }}
+{{- if and $pe.caSecret $pe.caConfigMap }}{{ fail "postgresql.external: caSecret and caConfigMap are mutually exclusive" }}{{ end }}
+{{- if and $pe.readReplica.enabled (not $pe.readReplica.host) }}{{ fail "postgresql.external.readReplica.host is required with readReplica.enabled" }}{{ end }}
+{{- end }}
 {{- $rd := .Values.redis }}
-{{- if and $rd.bundled.enabled (or $rd.external.existingSecret $rd.external.url) }}{{ fail "redis: bundled.enabled and external.* are mutually exclusive" }}{{ end }}
-{{- if and (not $rd.bundled.enabled) (not $rd.external.existingSecret) (not $rd.external.url) }}{{ fail "redis: set external.existingSecret (or external.url), or bundled.enabled=true" }}{{ end }}
-{{- if and $rd.external.existingSecret $rd.external.url }}{{ fail "redis.external: existingSecret and url are mutually exclusive" }}{{ end }}
-{{- if and (eq .Values.ca.provider "existing") (not .Values.ca.existingSecret) }}{{ fail "ca.provider=existing needs ca.existingSecret (a kubernetes.io/tls Secret)" }}{{ end }}
+{{- $re := $rd.external }}
+{{- if and $rd.bundled.enabled $re.enabled }}{{ fail "redis: bundled.enabled and external.enabled are mutually exclusive" }}{{ end }}
+{{- if and (not $rd.bundled.enabled) (not $re.enabled) }}{{ fail "redis: set external.enabled=true (with external.host), or bundled.enabled=true" }}{{ end }}
+{{- if and $re.enabled (not $re.host) }}{{ fail "redis.external.host is required with redis.external.enabled" }}{{ end }}
+{{- if and $re.existingSecret $re.password }}{{ fail "redis.external: existingSecret and password are mutually exclusive" }}{{ end }}
+{{- if and (eq .Values.ca.provider "existing") (not .Values.ca.existing.secretName) }}{{ fail "ca.provider=existing needs ca.existing.secretName (a Secret with the CA certificate and key)" }}{{ end }}
 {{- if and .Values.ca.encryptionKey .Values.ca.encryptionKeyExistingSecret }}{{ fail "ca: encryptionKey and encryptionKeyExistingSecret are mutually exclusive" }}{{ end }}
+{{- $tls := .Values.tls }}
+{{- if and $tls.certManager.enabled (or $tls.existingSecret $tls.existingTunnelSecret) }}{{ fail "tls: certManager.enabled and existingSecret/existingTunnelSecret are mutually exclusive" }}{{ end }}
+{{- if and $tls.certManager.enabled (not $tls.certManager.issuerRef.name) }}{{ fail "tls.certManager.enabled needs tls.certManager.issuerRef.name (e.g. a letsencrypt ClusterIssuer; the wildcard needs DNS-01)" }}{{ end }}
 {{- if and .Values.admin.password .Values.admin.existingSecret }}{{ fail "admin: password and existingSecret are mutually exclusive" }}{{ end }}
 {{- if and .Values.bridge.joinToken .Values.bridge.existingSecret }}{{ fail "bridge: joinToken and existingSecret are mutually exclusive" }}{{ end }}
+{{- if and .Values.bridge.apiRouteProxyProtocol (not .Values.api.trustedProxies) }}{{ fail "bridge.apiRouteProxyProtocol needs api.trustedProxies (the bridges' pod addresses or CIDR blocks)" }}{{ end }}
 {{- if and .Values.agent.enabled (not .Values.agent.joinToken) (not .Values.agent.existingSecret) }}{{ fail "agent.enabled needs agent.joinToken or agent.existingSecret (create a join token with the API first)" }}{{ end }}
 {{- if and .Values.agent.joinToken .Values.agent.existingSecret }}{{ fail "agent: joinToken and existingSecret are mutually exclusive" }}{{ end }}
-{{- if gt (int .Values.bridge.replicas) (int .Values.bridge.maxReplicas) }}{{ fail "bridge.replicas may not exceed bridge.maxReplicas" }}{{ end }}
-{{- if and .Values.bridge.autoscaling.enabled (gt (int .Values.bridge.autoscaling.minReplicas) (int .Values.bridge.maxReplicas)) }}{{ fail "bridge.autoscaling.minReplicas may not exceed bridge.maxReplicas" }}{{ end }}
+{{- $b := .Values.bridge }}
+{{- if gt (int $b.replicas) (int $b.maxReplicas) }}{{ fail "bridge.replicas may not exceed bridge.maxReplicas" }}{{ end }}
+{{- if and $b.autoscaling.enabled (gt (int $b.autoscaling.minReplicas) (int $b.autoscaling.maxReplicas)) }}{{ fail "bridge.autoscaling.minReplicas may not exceed bridge.autoscaling.maxReplicas" }}{{ end }}
+{{- if and $b.autoscaling.enabled (gt (int $b.autoscaling.maxReplicas) (int $b.maxReplicas)) }}{{ fail "bridge.autoscaling.maxReplicas may not exceed bridge.maxReplicas (the per-pod routes rendered)" }}{{ end }}
 {{- if and .Values.api.autoscaling.enabled (gt (int .Values.api.autoscaling.minReplicas) (int .Values.api.autoscaling.maxReplicas)) }}{{ fail "api.autoscaling.minReplicas may not exceed maxReplicas" }}{{ end }}
-{{- if and (eq .Values.gateway.provider "istio") (not .Values.gateway.istio.createGateway) (not .Values.gateway.istio.gatewayName) }}{{ fail "gateway.istio.createGateway=false needs gateway.istio.gatewayName" }}{{ end }}
+{{- if and (eq $gw.provider "istio") (not $gw.istio.createGateway) (not $gw.istio.gatewayName) }}{{ fail "gateway.istio.createGateway=false needs gateway.istio.gatewayName" }}{{ end }}
 {{- if and .Values.postgresql.backup.enabled (lt (int .Values.postgresql.backup.retentionDays) 1) }}{{ fail "postgresql.backup.retentionDays must be at least 1" }}{{ end }}
 {{- end -}}
