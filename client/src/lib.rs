@@ -9,7 +9,8 @@
 //!   certificate files written 0600, and when a certificate is due for renewal.
 //! - [`tunnel`]: dialling a bridge by its name (SNI) with a session or agent certificate.
 //! - [`e2e`]: the handover from the bridge's TLS to the end-to-end session between client and
-//!   agent, and that session's TLS configurations.
+//!   agent, and that session's TLS configurations; [`resume`]: carrying a connection through
+//!   a resumable stream over successive end-to-end sessions.
 
 pub mod api;
 pub mod backoff;
@@ -17,6 +18,7 @@ pub mod e2e;
 pub mod enroll;
 pub mod https;
 pub mod identity;
+pub mod resume;
 pub mod tunnel;
 
 /// Makes a rustls client configuration that trusts only `ca_pem` and, when given, presents

@@ -15,7 +15,9 @@
 //! - [`api`]: the API's contract, the JSON body of every request and answer.
 //! - [`resource`]: resource kinds.
 //! - [`rbac`]: roles' rules, and deciding access with them (deny wins, default deny).
-//! - [`tunnel`]: what an agent says to a bridge, the dial command, session events.
+//! - [`tunnel`]: what an agent says to a bridge, the handover, the dial command, session
+//!   events.
+//! - [`resume`]: the resumable stream's frames and offsets, inside the end-to-end session.
 //! - [`san`]: identities in certificates (`bamf://kind/…` SAN URIs): users, agents, bridges
 //!   and session clients, parsed strictly.
 #![warn(missing_docs)]
@@ -27,6 +29,7 @@ pub mod host;
 pub mod proxy_v2;
 pub mod rbac;
 pub mod resource;
+pub mod resume;
 pub mod san;
 pub mod sni;
 pub mod tunnel;
