@@ -13,7 +13,7 @@ corpus=fuzz/corpus/client_hello
 mkdir -p "$corpus" fuzz/corpus/proxy_v2 fuzz/corpus/san
 printf 'bamf://kind/user\nbamf://user/alice' > fuzz/corpus/san/user
 cp proto/testdata/client_hello/*.bin "$corpus/"
-for target in client_hello proxy_v2 san; do
+for target in client_hello proxy_v2 san resume; do
   echo "fuzz: $target for ${seconds}s"
   log="fuzz/$target.log"
   status=0

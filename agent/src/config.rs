@@ -32,7 +32,16 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     /// Kubernetes' default termination grace is 30 s; we leave it a margin to report.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+    /// A bridge restart or a client's network change heals in seconds; a minute covers a
+    /// slow one without holding a dead session's resource connection long.
+    pub const RESUME_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Enough to keep a fast link busy while acknowledgements travel; a full buffer only
+    /// slows the resource down.
+    pub const RESUME_BUFFER: usize = 4 * 1024 * 1024;
 }
+
+/// Bounds of `resume_buffer`.
+const RESUME_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 64 * 1024..=256 * 1024 * 1024;
 
 /// Most resources one agent may serve (the API refuses larger catalogs).
 pub const MAX_RESOURCES: usize = 1000;
@@ -72,6 +81,11 @@ pub struct RawConfig {
     pub connect_timeout: Option<String>,
     /// How long shutdown waits for open tunnels.
     pub shutdown_grace: Option<String>,
+    /// How long a tunnel whose path broke waits for the client to attach again.
+    pub resume_timeout: Option<String>,
+    /// Bytes from a resource kept per tunnel until the client acknowledges them; a resource
+    /// is not read beyond (a size in bytes).
+    pub resume_buffer: Option<usize>,
     /// What this agent serves.
     #[serde(default)]
     pub resources: Vec<RawResource>,
@@ -187,6 +201,10 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// How long shutdown waits for open tunnels before cutting them.
     pub shutdown_grace: Duration,
+    /// How long a tunnel whose path broke waits for the client to attach again.
+    pub resume_timeout: Duration,
+    /// Replay buffer per tunnel.
+    pub resume_buffer: usize,
 }
 
 /// The agent's configuration, every value parsed.
@@ -264,6 +282,22 @@ impl Config {
             raw.connect_timeout.as_deref(),
             defaults::CONNECT_TIMEOUT,
         );
+        let resume_timeout = p.duration(
+            "resume_timeout",
+            raw.resume_timeout.as_deref(),
+            defaults::RESUME_TIMEOUT,
+        );
+        let resume_buffer = p.check(
+            Some(raw.resume_buffer.unwrap_or(defaults::RESUME_BUFFER))
+                .filter(|n| RESUME_BUFFER_RANGE.contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "resume_buffer: must be between {} and {} bytes",
+                        RESUME_BUFFER_RANGE.start(),
+                        RESUME_BUFFER_RANGE.end()
+                    )
+                }),
+        );
         // Zero is meaningful here: cut open tunnels at once.
         let shutdown_grace = p.duration_or_zero(
             "shutdown_grace",
@@ -298,6 +332,8 @@ impl Config {
                 idle_timeout: idle_timeout?,
                 connect_timeout: connect_timeout?,
                 shutdown_grace: shutdown_grace?,
+                resume_timeout: resume_timeout?,
+                resume_buffer: resume_buffer?,
             })
         };
         let config = || {
@@ -408,6 +444,8 @@ bridge_address = "127.0.0.1:8443"
 api_address = "127.0.0.1:8444"
 max_tunnels = 8
 idle_timeout = "5m"
+resume_timeout = "30s"
+resume_buffer = 1048576
 connect_timeout = "2s"
 shutdown_grace = "0s"
 
@@ -442,6 +480,8 @@ address = "bastion.internal:22"
                 idle_timeout: Duration::from_secs(300),
                 connect_timeout: Duration::from_secs(2),
                 shutdown_grace: Duration::ZERO,
+                resume_timeout: Duration::from_secs(30),
+                resume_buffer: 1024 * 1024,
             }
         );
         let db = c.resource("db-1").unwrap();

@@ -7,7 +7,6 @@
 use std::io;
 use std::time::Duration;
 
-use bamf_relay::Meters;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 const DIALS: &str = "bamf_agent_dials_total";
@@ -141,10 +140,8 @@ impl Drop for ActiveTunnel {
     }
 }
 
-/// The tunnel byte counters: `up` into the resource, `down` towards the bridge (the client).
-pub(crate) fn tunnel_bytes() -> Meters {
-    Meters {
-        up: metrics::counter!(TUNNEL_BYTES, "direction" => "up"),
-        down: metrics::counter!(TUNNEL_BYTES, "direction" => "down"),
-    }
+/// Counts a finished tunnel's application bytes: `up` into the resource, `down` from it.
+pub(crate) fn tunnel_bytes_moved(up: u64, down: u64) {
+    metrics::counter!(TUNNEL_BYTES, "direction" => "up").increment(up);
+    metrics::counter!(TUNNEL_BYTES, "direction" => "down").increment(down);
 }

@@ -139,10 +139,11 @@ async fn fake_api(acceptor: TlsAcceptor) -> (std::net::SocketAddr, Arc<AtomicUsi
                     head.push(byte[0]);
                 }
                 let head = String::from_utf8(head).unwrap();
-                assert!(
-                    head.starts_with("GET /api/v1/agent/commands HTTP/1.1\r\n"),
-                    "{head}"
-                );
+                if !head.starts_with("GET /api/v1/agent/commands HTTP/1.1\r\n") {
+                    // E.g. the agent's account of a session's end.
+                    let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                    return;
+                }
                 tls.write_all(
                     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n: connected\n\n",
                 )
@@ -201,7 +202,7 @@ async fn fake_bridge(
         while let Ok((tcp, _)) = listener.accept().await {
             seen.fetch_add(1, Ordering::SeqCst);
             let mut tls = acceptor
-                .accept(bamf_client::e2e::Records::new(tcp))
+                .accept(bamf_client::tunnel::Records::new(tcp))
                 .await
                 .unwrap();
             let (_, conn) = tls.get_ref();
@@ -223,7 +224,19 @@ async fn fake_bridge(
             let raw = tls.into_inner().0.into_inner().unwrap();
             let inner =
                 bamf_client::e2e::client_config(&ca_pem, &session_cert.0, &session_cert.1).unwrap();
-            let mut tls = bamf_client::e2e::connect(raw, inner).await.unwrap();
+            let session = bamf_client::e2e::connect(raw, inner).await.unwrap();
+            // The client's side of the resumable stream, for an in-process application.
+            let (mut tls, local) = tokio::io::duplex(1024);
+            tokio::spawn(async move {
+                bamf_client::resume::carry(
+                    local,
+                    session,
+                    Never,
+                    &bamf_client::resume::Settings::default(),
+                    std::future::pending(),
+                )
+                .await
+            });
             tls.write_all(b"ping").await.unwrap();
             tls.flush().await.unwrap();
             let mut echoed = vec![0u8; 4];
@@ -243,6 +256,15 @@ async fn fake_bridge(
         }
     });
     (addr, count, rx)
+}
+
+/// A client that never attaches again.
+struct Never;
+
+impl bamf_client::resume::Reattach<bamf_client::e2e::ClientSession> for Never {
+    async fn reattach(&mut self) -> Option<bamf_client::e2e::ClientSession> {
+        None
+    }
 }
 
 /// A TCP echo server: the resource.

@@ -1,23 +1,33 @@
-//! Serving dial commands: one task per tunnel, from the resource's socket to a bridge.
+//! Serving dial commands: one task per session, from the resource's socket to a client,
+//! through one bridge after another.
 //!
 //! For a [`DialCommand`] the agent connects to the resource (under `connect_timeout`), dials
 //! the named bridge with its agent certificate, sends the preamble naming the session, is
 //! handed over to the client ([`bamf_client::e2e`]), accepts the end-to-end session as its
 //! TLS server (the client's session certificate must name this agent, the session and the
-//! resource), then relays bytes both ways until both sides finish, the tunnel sits idle for
-//! `idle_timeout`, or shutdown cuts it. At most `max_tunnels` run at once; a command beyond
-//! is dropped (the bridge gives up pairing the client after its own deadline).
-//!
-//! The relay copies through pooled buffers: the session is TLS on the bridge's side.
+//! resource), and carries the resource's bytes over a resumable stream
+//! ([`bamf_client::resume`]). When the path breaks, the session waits up to
+//! `resume_timeout` for a new dial command for it (the client attached again, through the
+//! API): the client must then present a certificate for the same key as at first. The
+//! session ends when both directions are done, the resource fails, it sits idle for
+//! `idle_timeout`, nobody attaches again in time, or shutdown cuts it; the agent then tells
+//! the API why, with the application's bytes each way. At most `max_tunnels` sessions run
+//! at once; a command beyond is dropped (the bridge gives up pairing the client after its
+//! own deadline).
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bamf_client::e2e::{AgentSession, HANDOVER_TIMEOUT, HandoverError};
+use bamf_client::resume::{self, Reattach};
+use bamf_client::tunnel::Outer;
+use bamf_proto::api::SessionEnd;
+use bamf_proto::san::{Identity, SessionId};
 use bamf_proto::tunnel::{DialCommand, agent_failure_preamble, agent_preamble};
-use bamf_relay::{Carriers, Meters, RelayEnd, Side, relay_streams};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, watch};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,7 +38,14 @@ use crate::metrics::{self, ActiveTunnel, DialOutcome};
 /// After the grace period, how long cut tunnels get to log their end.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
-/// The tunnels of one agent: the limit, the tasks, and the switch that cuts them.
+/// Dial commands for one session queued while it attaches.
+const ATTACH_QUEUE: usize = 4;
+
+/// Where a new dial command for a session already served goes.
+type Sessions = Arc<Mutex<HashMap<SessionId, mpsc::Sender<DialCommand>>>>;
+
+/// The tunnels of one agent: the limit, the tasks, the sessions being served, and the
+/// switch that cuts them.
 #[derive(Debug, Clone)]
 pub struct Tunnels {
     config: Arc<Config>,
@@ -36,6 +53,7 @@ pub struct Tunnels {
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
     cut: CancellationToken,
+    sessions: Sessions,
 }
 
 /// How a drain ended.
@@ -56,12 +74,25 @@ impl Tunnels {
             tls,
             tasks: TaskTracker::new(),
             cut: CancellationToken::new(),
+            sessions: Arc::default(),
         }
     }
 
     /// Starts serving `cmd` in its own task, unless its resource is unknown or the limit is
-    /// reached (both logged).
+    /// reached (both logged). A command for a session already served here is the client
+    /// attaching again: it goes to that session.
     pub fn dispatch(&self, cmd: DialCommand) {
+        let attaching = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&cmd.session).cloned());
+        if let Some(session) = attaching {
+            if session.try_send(cmd).is_err() {
+                tracing::warn!("a session's attach queue is full: dial command dropped");
+            }
+            return;
+        }
         let Some(resource) = self.config.resource(&cmd.resource).cloned() else {
             metrics::dial_skipped(DialOutcome::UnknownResource);
             tracing::warn!(
@@ -81,11 +112,21 @@ impl Tunnels {
             );
             return;
         };
-        let tls = self.tls.borrow().clone();
-        let config = self.config.clone();
-        let cut = self.cut.clone();
+        let (tx, rx) = mpsc::channel(ATTACH_QUEUE);
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.insert(cmd.session, tx);
+        }
+        let (config, tls, cut, sessions) = (
+            self.config.clone(),
+            self.tls.clone(),
+            self.cut.clone(),
+            self.sessions.clone(),
+        );
         self.tasks.spawn(async move {
-            serve(&config, &cmd, &resource, tls, &cut).await;
+            serve(&config, &cmd, &resource, tls, rx, &cut).await;
+            if let Ok(mut sessions) = sessions.lock() {
+                sessions.remove(&cmd.session);
+            }
             drop(slot);
         });
     }
@@ -112,12 +153,14 @@ impl Tunnels {
     }
 }
 
-/// Serves one dial command to its end, logging how it went and counting how the dial ended.
+/// Serves one session to its end, logging how it went and counting how the first dial
+/// ended; later dial commands for it arrive on `attach`.
 async fn serve(
     config: &Config,
     cmd: &DialCommand,
     resource: &Resource,
-    tls: Arc<Tls>,
+    tls: watch::Receiver<Arc<Tls>>,
+    attach: mpsc::Receiver<DialCommand>,
     cut: &CancellationToken,
 ) {
     let started = Instant::now();
@@ -145,13 +188,8 @@ async fn serve(
             format!("{}: connect timed out", resource.address),
         )),
     };
-    let dial = bamf_client::tunnel::dial(
-        &cmd.bridge_host,
-        cmd.bridge_port,
-        config.bridge_address,
-        tls.bridge.clone(),
-    );
-    let mut bridge = match cut.run_until_cancelled(dial).await {
+    let current = tls.borrow().clone();
+    let mut bridge = match cut.run_until_cancelled(dial(config, &current, cmd)).await {
         Some(Ok(stream)) => stream,
         Some(Err(e)) => return fail(DialOutcome::bridge(&e), "bridge", &e),
         None => return fail(DialOutcome::Shutdown, "bridge", &"cut by shutdown"),
@@ -169,8 +207,11 @@ async fn serve(
     if let Err(e) = write_preamble(&mut bridge, &agent_preamble(cmd.session)).await {
         return fail(DialOutcome::PreambleError, "preamble", &e);
     }
-    let session = match cut.run_until_cancelled(end_to_end(bridge, &tls, cmd)).await {
-        Some(Ok(session)) => session,
+    let (session, key) = match cut
+        .run_until_cancelled(end_to_end(bridge, &current, cmd, None))
+        .await
+    {
+        Some(Ok(attached)) => attached,
         Some(Err((outcome, e))) => return fail(outcome, "end_to_end", &e),
         None => return fail(DialOutcome::Shutdown, "end_to_end", &"cut by shutdown"),
     };
@@ -182,27 +223,163 @@ async fn serve(
         bridge = %cmd.bridge_host,
         "tunnel open"
     );
-    let relayed = relay(session, target, config.limits.idle_timeout, cut).await;
+    let settings = resume::Settings {
+        buffer: config.limits.resume_buffer,
+        resume_deadline: config.limits.resume_timeout,
+        idle: config.limits.idle_timeout,
+        ..resume::Settings::default()
+    };
+    let attaching = Attaching {
+        config,
+        tls: tls.clone(),
+        session: cmd.session,
+        resource: &cmd.resource,
+        key,
+        commands: attach,
+        next: None,
+    };
+    let report = resume::carry(target, session, attaching, &settings, cut.cancelled()).await;
+    let reason = match &report.end {
+        resume::End::LocalError(_) => "resource_error",
+        resume::End::PeerClosed(_) => "client_error",
+        resume::End::Stopped => "shutdown",
+        other => other.as_str(),
+    };
+    metrics::tunnel_bytes_moved(report.received, report.sent);
     tracing::info!(
         session = %cmd.session,
         resource = %cmd.resource,
-        bridge = %cmd.bridge_host,
-        outcome = relayed.end.as_str(),
-        bytes_from_resource = relayed.from_resource,
-        bytes_to_resource = relayed.to_resource,
+        outcome = reason,
+        bytes_to_resource = report.received,
+        bytes_from_resource = report.sent,
+        reattached = report.reattached,
+        paused_ms = millis(report.paused),
         duration_ms = millis(started.elapsed()),
         "tunnel closed"
     );
+    let end = SessionEnd {
+        session: cmd.session,
+        reason: reason.to_owned(),
+        bytes_up: report.received,
+        bytes_down: report.sent,
+        reattaches: report.reattached,
+        paused_ms: u64::try_from(report.paused.as_millis()).unwrap_or(u64::MAX),
+    };
+    // In the background: the tunnel's slot is free now, whatever the API does.
+    tokio::spawn(async move { tell_api(&tls, &end).await });
+}
+
+/// Keep telling the API a session ended for this long (it may be restarting); after that,
+/// the API's own deadline ends the session `resume_timeout`.
+const TELL_API_FOR: Duration = Duration::from_secs(120);
+
+/// Tells the API a session is over, retrying with back-off while it is unreachable.
+async fn tell_api(tls: &watch::Receiver<Arc<Tls>>, end: &SessionEnd) {
+    let mut backoff =
+        bamf_client::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    let started = Instant::now();
+    while started.elapsed() < TELL_API_FOR {
+        let api = tls.borrow().api.clone();
+        match api.session_ended(end).await {
+            Ok(()) => return,
+            Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
+                tracing::warn!(session = %end.session, error = %e, "the API refused the session's end");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(session = %end.session, error = %e, "telling the API a session ended failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+    tracing::warn!(session = %end.session, "the API never heard that this session ended");
+}
+
+/// Dials the bridge a command names, with the agent certificate.
+async fn dial(config: &Config, tls: &Tls, cmd: &DialCommand) -> io::Result<Outer> {
+    bamf_client::tunnel::dial(
+        &cmd.bridge_host,
+        cmd.bridge_port,
+        config.bridge_address,
+        tls.bridge.clone(),
+    )
+    .await
+}
+
+/// A session's later attachments: each new dial command for it (its client attached again
+/// through the API) is dialled, handed over and checked like the first, and the client must
+/// hold the same key.
+struct Attaching<'a> {
+    config: &'a Config,
+    tls: watch::Receiver<Arc<Tls>>,
+    session: SessionId,
+    resource: &'a str,
+    /// The client's public key at the first attachment.
+    key: Vec<u8>,
+    commands: mpsc::Receiver<DialCommand>,
+    /// A command that arrived while the current attachment still looked alive.
+    next: Option<DialCommand>,
+}
+
+impl Attaching<'_> {
+    async fn attach(&mut self, cmd: DialCommand) -> Result<AgentSession, String> {
+        if cmd.resource != self.resource {
+            return Err("a dial command for another resource".into());
+        }
+        let tls = self.tls.borrow().clone();
+        let mut bridge = dial(self.config, &tls, &cmd)
+            .await
+            .map_err(|e| e.to_string())?;
+        write_preamble(&mut bridge, &agent_preamble(self.session))
+            .await
+            .map_err(|e| e.to_string())?;
+        end_to_end(bridge, &tls, &cmd, Some(&self.key))
+            .await
+            .map(|(session, _)| session)
+            .map_err(|(_, e)| e)
+    }
+}
+
+impl Reattach<AgentSession> for Attaching<'_> {
+    async fn reattach(&mut self) -> Option<AgentSession> {
+        loop {
+            let cmd = match self.next.take() {
+                Some(cmd) => cmd,
+                None => self.commands.recv().await?,
+            };
+            match self.attach(cmd.clone()).await {
+                Ok(session) => {
+                    tracing::info!(session = %self.session, bridge = %cmd.bridge_host, "tunnel attached again");
+                    return Some(session);
+                }
+                Err(e) => {
+                    tracing::warn!(session = %self.session, bridge = %cmd.bridge_host, error = %e, "attaching again failed");
+                }
+            }
+        }
+    }
+
+    async fn superseded(&mut self) {
+        if self.next.is_none() {
+            match self.commands.recv().await {
+                Some(cmd) => self.next = Some(cmd),
+                None => std::future::pending().await,
+            }
+        }
+    }
 }
 
 /// The end-to-end session with the client: the handover, then this agent as TLS server; the
-/// client's certificate must name this agent, `cmd`'s session and its resource.
+/// client's certificate must name this agent, `cmd`'s session and its resource, and, when
+/// attaching again, certify `key` (the session's key at first). Returns the session and the
+/// client's key.
 async fn end_to_end(
-    bridge: bamf_client::e2e::Outer,
+    bridge: Outer,
     tls: &Tls,
     cmd: &DialCommand,
-) -> Result<bamf_client::e2e::AgentSession, (DialOutcome, String)> {
-    use bamf_client::e2e::{HANDOVER_TIMEOUT, HandoverError, accept, hand_over, peer_identity};
+    key: Option<&[u8]>,
+) -> Result<(AgentSession, Vec<u8>), (DialOutcome, String)> {
+    use bamf_client::e2e::{accept, hand_over, peer_identity, peer_key};
     let raw = hand_over(bridge, HANDOVER_TIMEOUT)
         .await
         .map_err(|e| match e {
@@ -217,18 +394,27 @@ async fn end_to_end(
             format!("end-to-end handshake: {e}"),
         )
     })?;
-    match peer_identity(session.get_ref().1) {
-        Some(bamf_proto::san::Identity::Client {
-            session: id,
-            agent,
-            resource,
-            ..
-        }) if id == cmd.session && agent == tls.agent_id && resource.as_str() == cmd.resource => {
-            Ok(session)
+    let state = session.get_ref().1;
+    let client_key = peer_key(state);
+    match (peer_identity(state), client_key) {
+        (
+            Some(Identity::Client {
+                session: id,
+                agent,
+                resource,
+                ..
+            }),
+            Some(client_key),
+        ) if id == cmd.session
+            && agent == tls.agent_id
+            && resource.as_str() == cmd.resource
+            && key.is_none_or(|k| k == client_key.as_slice()) =>
+        {
+            Ok((session, client_key))
         }
         _ => Err((
             DialOutcome::ClientRefused,
-            "the client's certificate is not for this session".to_owned(),
+            "the client's certificate is not for this session (or not its key)".to_owned(),
         )),
     }
 }
@@ -241,166 +427,4 @@ async fn write_preamble<S: AsyncWrite + Unpin>(bridge: &mut S, preamble: &[u8]) 
     tokio::time::timeout(bamf_client::tunnel::DIAL_TIMEOUT, write)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "writing the preamble timed out"))?
-}
-
-/// How a relay ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// Both sides finished.
-    Closed,
-    /// No bytes either way for the idle timeout.
-    IdleTimeout,
-    /// Shutdown's grace period ran out.
-    Cut,
-    /// A read or write towards the bridge failed (a reset, a TLS error).
-    BridgeError,
-    /// A read or write towards the resource failed.
-    ResourceError,
-}
-
-impl End {
-    /// The name logged.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::IdleTimeout => "idle_timeout",
-            Self::Cut => "cut",
-            Self::BridgeError => "bridge_error",
-            Self::ResourceError => "resource_error",
-        }
-    }
-}
-
-/// What a relay carried and how it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Relayed {
-    /// Bytes from the resource to the bridge.
-    pub from_resource: u64,
-    /// Bytes from the bridge to the resource.
-    pub to_resource: u64,
-    /// Why it ended.
-    pub end: End,
-}
-
-/// Copies both ways until both sides have finished (an end of stream on one side is passed
-/// on as a write shutdown of the other, so half-closed protocols work), one side fails,
-/// nothing moves for `idle`, or `cut` is cancelled. Bytes are counted into the agent's
-/// metrics while they flow.
-pub async fn relay<B, R>(bridge: B, resource: R, idle: Duration, cut: &CancellationToken) -> Relayed
-where
-    B: AsyncRead + AsyncWrite + Unpin,
-    R: AsyncRead + AsyncWrite + Unpin,
-{
-    // Borrowed only while bytes are in flight: idle tunnels hold no copy buffers.
-    static BUFFERS: std::sync::LazyLock<Carriers> =
-        std::sync::LazyLock::new(|| Carriers::new(false));
-    static BYTES: std::sync::LazyLock<Meters> = std::sync::LazyLock::new(metrics::tunnel_bytes);
-    // The bridge's side is the client's; the resource is the upstream.
-    let (end, moved) =
-        relay_streams(bridge, resource, idle, &BUFFERS, &BYTES, cut.cancelled()).await;
-    Relayed {
-        from_resource: moved.down,
-        to_resource: moved.up,
-        end: match end {
-            RelayEnd::Finished => End::Closed,
-            RelayEnd::Failed(Side::Client, _) => End::BridgeError,
-            RelayEnd::Failed(Side::Upstream, _) => End::ResourceError,
-            RelayEnd::IdleTimeout => End::IdleTimeout,
-            RelayEnd::Stopped => End::Cut,
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpStream};
-
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (b, _) = listener.accept().await.unwrap();
-        (a, b)
-    }
-
-    #[tokio::test]
-    async fn half_close_is_passed_on_and_bytes_are_counted() {
-        // client <-> [bridge side | relay | resource side] <-> server
-        let (mut client, bridge_side) = tcp_pair().await;
-        let (resource_side, mut server) = tcp_pair().await;
-        let cut = CancellationToken::new();
-        let relay = tokio::spawn(async move {
-            relay(bridge_side, resource_side, Duration::from_secs(10), &cut).await
-        });
-        client.write_all(b"request").await.unwrap();
-        client.shutdown().await.unwrap();
-        // The server sees the request and then end of stream, and can still answer.
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"request");
-        server.write_all(b"a longer response").await.unwrap();
-        server.shutdown().await.unwrap();
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.unwrap();
-        assert_eq!(answer, b"a longer response");
-        let relayed = relay.await.unwrap();
-        assert_eq!(
-            relayed,
-            Relayed {
-                from_resource: 17,
-                to_resource: 7,
-                end: End::Closed
-            }
-        );
-    }
-
-    #[tokio::test]
-    async fn idle_tunnels_time_out_and_cut_ones_end_at_once() {
-        let (_client, bridge_side) = tcp_pair().await;
-        let (resource_side, _server) = tcp_pair().await;
-        let cut = CancellationToken::new();
-        let started = Instant::now();
-        let relayed = relay(bridge_side, resource_side, Duration::from_millis(200), &cut).await;
-        assert_eq!(relayed.end, End::IdleTimeout);
-        assert!(started.elapsed() >= Duration::from_millis(200));
-
-        let (mut client, bridge_side) = tcp_pair().await;
-        let (resource_side, _server) = tcp_pair().await;
-        let cut = CancellationToken::new();
-        let trigger = cut.clone();
-        let task = tokio::spawn(async move {
-            relay(bridge_side, resource_side, Duration::from_secs(60), &cut).await
-        });
-        client.write_all(b"x").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        trigger.cancel();
-        let relayed = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((relayed.end, relayed.to_resource), (End::Cut, 1));
-    }
-
-    #[tokio::test]
-    async fn activity_keeps_a_tunnel_open_past_the_idle_timeout() {
-        let (mut client, bridge_side) = tcp_pair().await;
-        let (resource_side, mut server) = tcp_pair().await;
-        let cut = CancellationToken::new();
-        let task = tokio::spawn(async move {
-            relay(bridge_side, resource_side, Duration::from_millis(300), &cut).await
-        });
-        let mut buf = [0u8; 1];
-        for _ in 0..6 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            client.write_all(b"x").await.unwrap();
-            server.read_exact(&mut buf).await.unwrap();
-        }
-        assert!(!task.is_finished());
-        let relayed = task.await.unwrap();
-        assert_eq!((relayed.end, relayed.to_resource), (End::IdleTimeout, 6));
-    }
 }

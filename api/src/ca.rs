@@ -312,6 +312,26 @@ impl Authority {
     }
 }
 
+/// The key a CSR is for, as a session's **key id**: lower-case hex SHA-256 of the raw public
+/// key (the subject public key's bits). Parsing verifies the CSR's signature, so whoever
+/// sent it holds the private key.
+///
+/// # Errors
+///
+/// [`CaError::BadCsr`].
+pub fn csr_key_id(csr_pem: &str) -> Result<String, CaError> {
+    use rcgen::PublicKeyData;
+    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|_| CaError::BadCsr)?;
+    let csr = CertificateSigningRequestParams::from_der(&der).map_err(|_| CaError::BadCsr)?;
+    Ok(key_id(csr.public_key.der_bytes()))
+}
+
+/// A raw public key's key id (see [`csr_key_id`]).
+pub fn key_id(raw_public_key: &[u8]) -> String {
+    bamf_proto::hex::encode(ring::digest::digest(&ring::digest::SHA256, raw_public_key).as_ref())
+}
+
 /// SHA-256 of a DER certificate, lower-case hex.
 pub fn fingerprint(der: &[u8]) -> String {
     bamf_proto::hex::encode(ring::digest::digest(&ring::digest::SHA256, der).as_ref())

@@ -42,6 +42,10 @@ pub struct AppState {
     pub openapi: &'static str,
     /// Bridges whose control stream ended, for the reconciler.
     pub lost_bridges: Arc<crate::placement::LostBridges>,
+    /// How long a detached session waits for its sides to attach again before it ends
+    /// `resume_timeout` (the agent's own deadline; the API waits a little longer for the
+    /// agent's account).
+    pub resume_deadline: std::time::Duration,
 }
 
 /// What the router knows about a request besides the request itself.

@@ -61,6 +61,9 @@ pub enum ApiError {
     /// live); worth retrying.
     #[error("{0}")]
     Offline(&'static str),
+    /// It existed and is over for good (an ended session cannot resume).
+    #[error("{0}")]
+    Gone(&'static str),
     /// Anything else; details are in the log under the request id.
     #[error("internal error")]
     Internal,
@@ -80,6 +83,7 @@ impl ApiError {
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Offline(_) => (StatusCode::SERVICE_UNAVAILABLE, "offline"),
+            Self::Gone(_) => (StatusCode::GONE, "gone"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -96,6 +96,10 @@ struct Cli {
     /// PROXY v2 header naming the client, e.g. the bridges' front doors
     #[arg(long, env = "BAMF_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<bamf_api::connections::Cidr>,
+    /// How long a session whose path broke waits for its sides to attach again (as the
+    /// agents' `resume_timeout`); then it ends `resume_timeout`
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    resume_deadline: Duration,
     /// How long shutdown waits for open requests
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -231,6 +235,7 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         openapi: bamf_api::openapi::document_json(),
         lost_bridges: Arc::default(),
+        resume_deadline: cli.resume_deadline,
     });
     server::serve(listener, tls, state, policy, shutdown, cli.shutdown_grace).await;
     Ok(())

@@ -45,3 +45,46 @@ pub fn record(section: &str) -> std::io::Result<()> {
     text.push_str(section);
     std::fs::write(path, text)
 }
+
+/// Fields of /proc/PID/stat the benchmarks use: (ppid, utime + stime in clock ticks).
+///
+/// # Errors
+///
+/// The file cannot be read or does not parse.
+pub fn proc_stat(pid: u32) -> anyhow::Result<(u32, u64)> {
+    use anyhow::Context;
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    let after = s.rfind(')').context("malformed stat")?;
+    let rest: Vec<&str> = s
+        .get(after + 1..)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    // rest[0] is field 3 (state); ppid is field 4, utime 14, stime 15.
+    let field = |n: usize| -> anyhow::Result<u64> {
+        rest.get(n - 3)
+            .context("short stat")?
+            .parse::<u64>()
+            .context("stat field")
+    };
+    let ppid = u32::try_from(field(4)?)?;
+    Ok((ppid, field(14)? + field(15)?))
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 if that fails).
+pub fn clk_tck() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds; 0 when it cannot be read.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    proc_stat(pid).map_or(0.0, |(_, ticks)| ticks as f64 / clk_tck())
+}

@@ -112,26 +112,7 @@ impl Drop for Guard {
     }
 }
 
-/// Fields of /proc/PID/stat we use: (ppid, utime + stime in clock ticks).
-fn stat(pid: u32) -> Result<(u32, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("read /proc/{pid}/stat"))?;
-    let after = s.rfind(')').context("malformed stat")?;
-    let rest: Vec<&str> = s
-        .get(after + 1..)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    // rest[0] is field 3 (state); ppid is field 4, utime 14, stime 15.
-    let field = |n: usize| -> Result<u64> {
-        rest.get(n - 3)
-            .context("short stat")?
-            .parse::<u64>()
-            .context("stat field")
-    };
-    let ppid = u32::try_from(field(4)?)?;
-    Ok((ppid, field(14)? + field(15)?))
-}
+use bamf_benches::proc_stat as stat;
 
 /// (VmRSS, VmHWM) in KiB.
 fn status_mem(pid: u32) -> Result<(u64, u64)> {
@@ -201,13 +182,7 @@ impl Measure {
     }
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`, 100 if that fails).
-pub(crate) fn clk_tck() -> f64 {
-    command_line("getconf", &["CLK_TCK"])
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|v| *v > 0.0)
-        .unwrap_or(100.0)
-}
+pub(crate) use bamf_benches::clk_tck;
 
 /// First line of a command's combined output, if it ran.
 pub(crate) fn command_line(prog: &str, args: &[&str]) -> Option<String> {

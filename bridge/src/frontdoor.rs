@@ -170,7 +170,7 @@ fn tunnel_report(outcome: crate::tunnel::Outcome) -> Report {
             report.outcome = match end {
                 End::Closed | End::Killed => Outcome::Closed,
                 End::IdleTimeout => Outcome::IdleTimeout,
-                End::Shutdown => Outcome::Shutdown,
+                End::Shutdown | End::Drained => Outcome::Shutdown,
                 End::ClientError => Outcome::ClientError,
                 End::AgentError => Outcome::UpstreamError,
                 End::TargetUnreachable => Outcome::UpstreamUnreachable,

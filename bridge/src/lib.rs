@@ -296,13 +296,22 @@ pub async fn run(
     for l in accept_loops {
         let _ = l.await;
     }
+    // 3. Move tunnels: their clients and agents attach again through other bridges (the
+    //    API places nothing here any more), so none waits out the grace period.
+    if let Some(relay) = &shared.relay {
+        let moved = relay.move_tunnels();
+        tracing::info!(
+            tunnels = moved,
+            "shutdown: live tunnels closed to move elsewhere"
+        );
+    }
     let open_at_start = connections.len();
     tracing::info!(
         open = open_at_start,
         grace_ms = u64::try_from(config.limits.shutdown_grace.as_millis()).unwrap_or(u64::MAX),
         "shutdown: stopped accepting, draining"
     );
-    // 3. Drain under the grace timeout, 4. then cut what is left.
+    // 4. Drain under the grace timeout, 5. then cut what is left.
     connections.close();
     let mut cut_count = 0;
     if tokio::time::timeout(config.limits.shutdown_grace, connections.wait())
@@ -326,7 +335,7 @@ pub async fn run(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
-    // 5. Report.
+    // 6. Report.
     let report = ShutdownReport {
         open_at_start,
         cut: cut_count,

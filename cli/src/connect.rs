@@ -4,19 +4,21 @@
 //! never leaves this process), then TLS to the bridge the API chose with the session
 //! certificate, which is only valid for 60 s to *establish* the tunnel. Once the bridge has
 //! paired us with the agent it hands us over, and the session's bytes travel in TLS between
-//! this process and the agent (the bridge cannot read them). Bytes are then copied both
-//! ways, and a half-close on either side is passed on.
+//! this process and the agent (the bridge cannot read them), over a resumable stream: when
+//! the path breaks (the bridge dies or drains), the session asks the API to go on through a
+//! live bridge with a certificate for the same key, and continues where it stopped; the
+//! application sees a pause. A half-close on either side is passed on.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bamf_client::e2e::{HandoverError, OpenError};
+use bamf_client::e2e::{HandoverError, OpenError, Reopen};
 use bamf_client::https::HttpsError;
+use bamf_client::resume::{End, Report, Settings};
 use bamf_proto::api::{ConnectRequest, Resource};
-use bamf_relay::{Carriers, Meters, RelayEnd, Side, relay_streams};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -36,6 +38,16 @@ pub struct Tunnel {
     pub session: String,
     /// The bridge it runs through.
     pub bridge: String,
+    /// The session's private key (it never leaves this process): attaching again proves
+    /// possession of it.
+    key: String,
+}
+
+impl Tunnel {
+    /// The bridge's ordinal, from its name.
+    fn ordinal(&self) -> Option<u32> {
+        self.bridge.split('.').next()?.parse().ok()
+    }
 }
 
 /// Checks a resource name before it goes anywhere (and into an ssh command line).
@@ -124,6 +136,7 @@ pub async fn open(ctx: &Ctx, resource: &str) -> Result<Tunnel> {
             stream,
             session: session.clone(),
             bridge: host.clone(),
+            key,
         })
     }
     .await;
@@ -166,43 +179,60 @@ pub async fn preflight(ctx: &Ctx, resource: &str) -> Result<Option<Resource>> {
 /// like the bridge's own idle timeout.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Relays `local` (the client's side) and the tunnel (the upstream) with the one relay;
-/// `stop` ends it early.
-async fn relay<L>(local: L, tunnel: Tunnel, stop: impl Future<Output = ()>) -> RelayEnd
+/// Carries `local` through the tunnel over the resumable stream, attaching again through
+/// the API when its path breaks; `stop` ends it early.
+async fn carry<L>(ctx: &Ctx, local: L, tunnel: Tunnel, stop: impl Future<Output = ()>) -> Report
 where
     L: AsyncRead + AsyncWrite + Unpin,
 {
-    static BUFFERS: LazyLock<Carriers> = LazyLock::new(|| Carriers::new(false));
-    let meters = Meters::default();
-    let (end, _) = relay_streams(local, tunnel.stream, IDLE_TIMEOUT, &BUFFERS, &meters, stop).await;
-    end
+    let attaching = Reopen {
+        api: ctx.user(),
+        broken: tunnel.ordinal(),
+        session: tunnel.session,
+        key: tunnel.key,
+        via: ctx.via,
+        on_retry: |session, e| {
+            output::note(format!(
+                "session {session}: its path broke; attaching again ({e})…"
+            ));
+        },
+    };
+    let settings = Settings {
+        idle: IDLE_TIMEOUT,
+        ..Settings::default()
+    };
+    bamf_client::resume::carry(local, tunnel.stream, attaching, &settings, stop).await
 }
 
-/// Whether a relay's end is a normal one for the CLI: both sides done, or the tunnel's TLS
-/// ended without `close_notify` (the far side closed its socket), or the reader of our
-/// output went away.
-fn ended_well(end: &RelayEnd) -> Result<(), &std::io::Error> {
+/// Whether a stream's end is a normal one for the CLI: both sides done, stopped, idle, or
+/// the reader of our output went away.
+fn ended_well(end: &End) -> Result<(), String> {
     match end {
-        RelayEnd::Finished | RelayEnd::Stopped => Ok(()),
-        RelayEnd::Failed(Side::Upstream, e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Ok(())
-        }
-        RelayEnd::Failed(Side::Client, e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        RelayEnd::Failed(_, e) => Err(e),
-        RelayEnd::IdleTimeout => Ok(()),
+        End::Finished | End::Stopped | End::IdleTimeout => Ok(()),
+        End::LocalError(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        End::LocalError(e) => Err(e.to_string()),
+        End::PeerClosed(_) => Err("the agent closed it (the resource failed)".into()),
+        End::ResumeTimeout => Err("it could not be attached again through a live bridge".into()),
+        End::Protocol(e) => Err(format!("protocol error: {e}")),
     }
 }
 
 /// Carries a local TCP connection through a tunnel until both directions finish; a failure
 /// in either ends both.
-pub async fn splice_tcp(local: TcpStream, tunnel: Tunnel) {
-    let _ = relay(local, tunnel, std::future::pending()).await;
+pub async fn splice_tcp(ctx: &Ctx, local: TcpStream, tunnel: Tunnel) {
+    let (session, bridge) = (tunnel.session.clone(), tunnel.bridge.clone());
+    let report = carry(ctx, local, tunnel, std::future::pending()).await;
+    if let Err(e) = ended_well(&report.end) {
+        output::warn(format!(
+            "the tunnel was cut: {e} (session {session}, bridge {bridge})"
+        ));
+    }
 }
 
 /// Carries stdin and stdout through a tunnel (`bamf pipe`, ssh's ProxyCommand). Ends when
 /// the far side finishes sending (whatever stdin does); the end of stdin is passed on as a
 /// half-close.
-pub async fn splice_stdio(resource: &str, tunnel: Tunnel) -> Result<()> {
+pub async fn splice_stdio(ctx: &Ctx, resource: &str, tunnel: Tunnel) -> Result<()> {
     let (session, bridge) = (tunnel.session.clone(), tunnel.bridge.clone());
     let done = Arc::new(tokio::sync::Notify::new());
     let stdout = EndsWithShutdown {
@@ -210,8 +240,8 @@ pub async fn splice_stdio(resource: &str, tunnel: Tunnel) -> Result<()> {
         done: done.clone(),
     };
     let local = tokio::io::join(tokio::io::stdin(), stdout);
-    let end = relay(local, tunnel, done.notified()).await;
-    ended_well(&end).map_err(|e| {
+    let report = carry(ctx, local, tunnel, done.notified()).await;
+    ended_well(&report.end).map_err(|e| {
         Error::msg(format!(
             "the tunnel to '{resource}' was cut: {e} (session {session}, bridge {bridge})"
         ))

@@ -9,8 +9,8 @@ use bamf_proto::api::{
     AuditEvent, AuditQuery, BridgeCertificate, BridgeHeartbeat, BridgeHeartbeatAnswer,
     BridgeJoinRequest, BridgeRecord, ConnectRequest, Health, JoinTokenRecord, JoinTokenRequest,
     Login, LoginRequest, NewJoinToken, Page, PasswordRequest, RenewRequest, Reports, ReportsAnswer,
-    Resource, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest, SessionGrant,
-    SessionQuery, SessionRecord, UserRecord, UserRequest, Whoami,
+    Resource, ResumeRequest, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest,
+    SessionEnd, SessionGrant, SessionQuery, SessionRecord, UserRecord, UserRequest, Whoami,
 };
 use http::Method;
 
@@ -121,6 +121,8 @@ routes! {
         POST("/api/v1/bridges/heartbeat"), beat;
     /// `POST /api/v1/bridges/reports`.
     fn bridge_reports(reports: &Reports) -> ReportsAnswer: POST("/api/v1/bridges/reports"), reports;
+    /// `POST /api/v1/agent/sessions/end`.
+    fn session_ended(end: &SessionEnd) -> (): POST("/api/v1/agent/sessions/end"), end;
 }
 
 routes! {
@@ -138,6 +140,9 @@ routes! {
         GET("/api/v1/sessions{}", query.to_query());
     /// `DELETE /api/v1/sessions/{id}`.
     fn kill_session(id: &str) -> (): DELETE("/api/v1/sessions/{}", segment(id));
+    /// `POST /api/v1/sessions/{id}/resume`: the session again, on a live bridge.
+    fn resume(id: &str, request: &ResumeRequest) -> SessionGrant:
+        POST("/api/v1/sessions/{}/resume", segment(id)), request;
     /// `GET /api/v1/users`.
     fn users() -> Page<UserRecord>: GET("/api/v1/users");
     /// `POST /api/v1/users`.

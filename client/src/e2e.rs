@@ -10,12 +10,11 @@
 //!   names it, the session it dialled for and the resource ([`server_config`], then the
 //!   agent's own check of [`peer_identity`]).
 //!
-//! [`Records`] keeps the outer layer from reading one byte of the inner session.
+//! [`crate::tunnel::Records`] keeps the outer layer from reading one byte of the
+//! inner session.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bamf_proto::san::{AgentId, Identity};
@@ -23,7 +22,7 @@ use bamf_proto::tunnel::Handover;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::TlsError;
@@ -36,114 +35,7 @@ pub const INNER_SERVER_NAME: &str = "agent.bamf.invalid";
 /// match timeout (30 s by default) and a margin.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(40);
 
-/// Length of a TLS record header: type, version, length.
-const RECORD_HEADER_LEN: usize = 5;
-
-/// A stream whose reads never go past the end of the current TLS record, so that a TLS layer
-/// reading through it stops right after the record carrying `close_notify` and leaves what
-/// follows (the inner session) unread in the socket. Writes pass through.
-#[derive(Debug)]
-pub struct Records<S> {
-    inner: S,
-    header: [u8; RECORD_HEADER_LEN],
-    /// Bytes of the current record's header read so far.
-    header_read: usize,
-    /// Bytes of the current record's body still to come.
-    body_left: usize,
-}
-
-impl<S> Records<S> {
-    /// Wraps `inner`, positioned at a record boundary.
-    pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            header: [0; RECORD_HEADER_LEN],
-            header_read: 0,
-            body_left: 0,
-        }
-    }
-
-    /// The stream underneath, or `None` when it stopped inside a record (the TLS layer above
-    /// did not end where the handover says it ends).
-    pub fn into_inner(self) -> Option<S> {
-        (self.header_read == 0 && self.body_left == 0).then_some(self.inner)
-    }
-
-    /// The stream underneath.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Records<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let in_header = this.body_left == 0;
-        let want = if in_header {
-            RECORD_HEADER_LEN - this.header_read
-        } else {
-            this.body_left
-        };
-        let want = want.min(buf.remaining());
-        if want == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        let dst = buf.initialize_unfilled_to(want);
-        let mut limited = ReadBuf::new(dst);
-        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
-        let got = limited.filled();
-        let n = got.len();
-        if in_header {
-            this.header[this.header_read..this.header_read + n].copy_from_slice(got);
-            this.header_read += n;
-            if this.header_read == RECORD_HEADER_LEN {
-                this.header_read = 0;
-                this.body_left = usize::from(u16::from_be_bytes([this.header[3], this.header[4]]));
-            }
-        } else {
-            this.body_left -= n;
-        }
-        buf.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Records<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A side's outer layer to the bridge.
-pub type Outer = tokio_rustls::client::TlsStream<Records<TcpStream>>;
+use crate::tunnel::Outer;
 
 /// Why a side's handover did not give it the raw connection.
 #[derive(Debug, thiserror::Error)]
@@ -295,12 +187,96 @@ pub async fn open(
     connect(raw, inner_tls).await.map_err(OpenError::Inner)
 }
 
+/// A client's session opened again through the API after its path broke (see
+/// [`crate::resume::Reattach`]): `POST /api/v1/sessions/{id}/resume` with a CSR for the
+/// session's own key, then the bridge the API chose, retried with back-off until the
+/// stream's deadline. An answer that the session is over (ended, not ours, denied) stops it.
+pub struct Reopen<'a> {
+    /// The API, as the session's user.
+    pub api: crate::api::UserApi<'a>,
+    /// The session.
+    pub session: String,
+    /// The session's private key (PEM); it never leaves this process.
+    pub key: String,
+    /// Where to dial instead of resolving bridge names.
+    pub via: Option<std::net::SocketAddr>,
+    /// The bridge the path broke on, avoided when another is live.
+    pub broken: Option<u32>,
+    /// Told once per break, with the first failure, while it keeps trying.
+    pub on_retry: fn(&str, &str),
+}
+
+impl std::fmt::Debug for Reopen<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reopen")
+            .field("session", &self.session)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reopen<'_> {
+    /// One try: `Err(None)` when the session is over for good.
+    async fn once(&mut self) -> Result<ClientSession, Option<String>> {
+        use crate::https::HttpsError;
+        let csr = crate::identity::csr_for(&self.key).map_err(|e| Some(e.to_string()))?;
+        let request = bamf_proto::api::ResumeRequest {
+            csr,
+            broken_bridge: self.broken,
+        };
+        let grant = match self.api.resume(&self.session, &request).await {
+            Ok(grant) => grant,
+            Err(HttpsError::Status { status, .. })
+                if matches!(status.as_u16(), 401 | 403 | 404 | 410) =>
+            {
+                return Err(None);
+            }
+            Err(e) => return Err(Some(e.to_string())),
+        };
+        let (ca, cert) = (&grant.certificate.ca, &grant.certificate.certificate);
+        let host = &grant.bridge_host;
+        let opened = open(host, grant.bridge_port, self.via, ca, cert, &self.key).await;
+        self.broken = host.split('.').next().and_then(|n| n.parse().ok());
+        opened.map_err(|e| Some(format!("{host}: {e}")))
+    }
+}
+
+impl crate::resume::Reattach<ClientSession> for Reopen<'_> {
+    async fn reattach(&mut self) -> Option<ClientSession> {
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+        let mut told = false;
+        loop {
+            match self.once().await {
+                Ok(stream) => return Some(stream),
+                Err(None) => return None,
+                Err(Some(e)) => {
+                    if !told {
+                        (self.on_retry)(&self.session, &e);
+                        told = true;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+}
+
 /// The identity in the certificate a TLS peer presented (verified by the handshake).
 pub fn peer_identity(state: &rustls::CommonState) -> Option<Identity> {
     use x509_parser::prelude::FromDer;
     let leaf = state.peer_certificates()?.first()?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
     Identity::of_certificate(&cert).ok()
+}
+
+/// The raw public key (the subject public key's bits) of the certificate a TLS peer
+/// presented: a session's key, which it must keep when it attaches again.
+pub fn peer_key(state: &rustls::CommonState) -> Option<Vec<u8>> {
+    use x509_parser::prelude::FromDer;
+    let leaf = state.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
+    Some(cert.public_key().subject_public_key.data.to_vec())
 }
 
 /// The client's inner TLS configuration: presents the session certificate (`cert_pem`, with
@@ -463,57 +439,5 @@ impl ServerCertVerifier for AgentVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    /// A record-bounded reader over `bytes`, read with a large buffer: each read stops at the
-    /// next header or record boundary.
-    #[tokio::test]
-    async fn reads_stop_at_record_boundaries() {
-        let mut wire = Vec::new();
-        wire.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x03, b'a', b'b', b'c']);
-        wire.extend_from_slice(&[0x15, 0x03, 0x03, 0x00, 0x00]);
-        wire.extend_from_slice(b"inner bytes");
-        let (mut tx, rx) = tokio::io::duplex(1024);
-        tx.write_all(&wire).await.unwrap();
-        let mut records = Records::new(rx);
-        let mut buf = [0u8; 64];
-        let mut reads = Vec::new();
-        let mut total = 0;
-        while total < 13 {
-            let n = records.read(&mut buf).await.unwrap();
-            reads.push(buf[..n].to_vec());
-            total += n;
-        }
-        assert_eq!(
-            reads,
-            vec![
-                vec![0x17, 0x03, 0x03, 0x00, 0x03],
-                b"abc".to_vec(),
-                vec![0x15, 0x03, 0x03, 0x00, 0x00]
-            ]
-        );
-        let mut rest = records.into_inner().unwrap();
-        let mut inner = [0u8; 11];
-        rest.read_exact(&mut inner).await.unwrap();
-        assert_eq!(&inner, b"inner bytes");
-    }
-
-    #[tokio::test]
-    async fn a_stream_stopped_inside_a_record_is_not_handed_back() {
-        let (mut tx, rx) = tokio::io::duplex(1024);
-        tx.write_all(&[0x17, 0x03, 0x03, 0x00, 0x05, 1])
-            .await
-            .unwrap();
-        let mut records = Records::new(rx);
-        let mut buf = [0u8; 64];
-        assert_eq!(records.read(&mut buf).await.unwrap(), 5);
-        assert_eq!(records.read(&mut buf).await.unwrap(), 1);
-        assert!(records.into_inner().is_none());
     }
 }

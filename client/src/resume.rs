@@ -242,8 +242,8 @@ where
     report
 }
 
-/// One attachment: the `RESUME` exchange, then reading and writing until it breaks or the
-/// stream ends.
+/// One attachment: the `RESUME` exchange, then reading, delivering and writing until it
+/// breaks or the stream ends.
 #[allow(clippy::too_many_arguments)]
 async fn attachment<LR, LW, S>(
     lr: &mut LR,
@@ -262,25 +262,23 @@ where
 {
     let (mut tr, mut tw) = tokio::io::split(stream);
     // Say how much we have, learn how much they have.
-    if write_header(
-        &mut tw,
-        Header::Resume {
-            received: incoming.received,
-        },
-    )
-    .await
-    .is_err()
-    {
+    let window = u32::try_from(settings.buffer).unwrap_or(u32::MAX);
+    let hello = Header::Resume {
+        received: incoming.received,
+        window,
+    };
+    if write_header(&mut tw, hello).await.is_err() {
         return Step::Broken;
     }
-    let peer_has = match tokio::time::timeout(settings.silence, read_header(&mut tr)).await {
-        Ok(Ok(Header::Resume { received })) => received,
-        Ok(Ok(_)) => return Step::Ended(close(&mut tw, CloseReason::Protocol, None).await),
-        Ok(Err(ReadError::Protocol(e))) => {
-            return Step::Ended(close(&mut tw, CloseReason::Protocol, Some(e)).await);
-        }
-        Ok(Err(ReadError::Io)) | Err(_) => return Step::Broken,
-    };
+    let (peer_has, peer_window) =
+        match tokio::time::timeout(settings.silence, read_header(&mut tr)).await {
+            Ok(Ok(Header::Resume { received, window })) => (received, window),
+            Ok(Ok(_)) => return Step::Ended(close(&mut tw, CloseReason::Protocol, None).await),
+            Ok(Err(ReadError::Protocol(e))) => {
+                return Step::Ended(close(&mut tw, CloseReason::Protocol, Some(e)).await);
+            }
+            Ok(Err(ReadError::Io)) | Err(_) => return Step::Broken,
+        };
     match sender.out.on_resume(peer_has) {
         Ok(dropped) => drop_front(&mut sender.buf, dropped),
         Err(e) => return Step::Ended(close(&mut tw, CloseReason::Protocol, Some(e)).await),
@@ -291,20 +289,53 @@ where
     signals.peer_fin.store(incoming.fin, Ordering::Release);
     incoming.acked = incoming.received;
 
-    let reader = read_loop(&mut tr, lw, incoming, signals, settings);
+    // What arrived and is not delivered yet. A fresh one per attachment: after a break the
+    // peer sends again from what was delivered.
+    let inbox = Inbox {
+        bytes: std::sync::Mutex::new(BytesMut::new()),
+        fin: AtomicBool::new(incoming.fin),
+        ready: Notify::new(),
+    };
+    let reader = read_loop(
+        &mut tr,
+        &inbox,
+        peer_window,
+        incoming.fin,
+        signals,
+        settings,
+    );
+    let deliverer = deliver_loop(lw, &inbox, incoming, signals, settings);
     let writer = write_loop(&mut tw, lr, sender, signals, settings, idle_since);
     let mut reader = std::pin::pin!(reader);
+    let mut deliverer = std::pin::pin!(deliverer);
     let step = tokio::select! {
         step = &mut reader => step,
+        step = &mut deliverer => step,
         step = writer => step,
     };
     match step {
-        Step::WriterDone => match tokio::time::timeout(settings.silence, reader).await {
-            Ok(step) => step,
-            Err(_) => Step::Broken,
-        },
+        Step::WriterDone => {
+            let rest = async {
+                tokio::select! {
+                    step = reader => step,
+                    step = deliverer => step,
+                }
+            };
+            tokio::time::timeout(settings.silence, rest)
+                .await
+                .unwrap_or(Step::Broken)
+        }
         other => other,
     }
+}
+
+/// Bytes received in one attachment and not yet delivered to the application, and whether
+/// the peer's FIN follows them. The reader fills it without ever waiting for the
+/// application, so acknowledgements always get through; the peer's window bounds it.
+struct Inbox {
+    bytes: std::sync::Mutex<BytesMut>,
+    fin: AtomicBool,
+    ready: Notify,
 }
 
 enum ReadError {
@@ -360,27 +391,30 @@ fn drop_front(buf: &mut BytesMut, n: u64) {
     }
 }
 
-/// Reads the peer's frames: data to the application (the only place it waits on it, which
-/// is the backpressure), acknowledgements and the FIN to the writer.
-async fn read_loop<R, LW>(
+/// Reads the peer's frames, never waiting for the application: data and the FIN into the
+/// inbox (at most the peer's window of it), acknowledgements to the writer.
+async fn read_loop<R>(
     tr: &mut R,
-    lw: &mut LW,
-    incoming: &mut Incoming,
+    inbox: &Inbox,
+    window: u32,
+    mut fin_seen: bool,
     signals: &Signals,
     settings: &Settings,
 ) -> Step
 where
     R: AsyncRead + Unpin,
-    LW: AsyncWrite + Unpin,
 {
     let mut acked = signals.acked.load(Ordering::Acquire);
+    let most = usize::try_from(window)
+        .unwrap_or(usize::MAX)
+        .saturating_add(MAX_DATA);
     loop {
         let header = match tokio::time::timeout(settings.silence, read_header(tr)).await {
             Ok(Ok(h)) => h,
             Ok(Err(ReadError::Protocol(e))) => return Step::Ended(End::Protocol(e)),
             Ok(Err(ReadError::Io)) | Err(_) => {
                 // EOF after both ends were acknowledged is the normal end.
-                let finished = incoming.fin && signals.fin_total.load(Ordering::Acquire) == acked;
+                let finished = fin_seen && signals.fin_total.load(Ordering::Acquire) == acked;
                 return if finished {
                     Step::Ended(End::Finished)
                 } else {
@@ -390,43 +424,32 @@ where
         };
         match header {
             Header::Data { len } => {
-                if incoming.fin {
+                if fin_seen {
                     return Step::Ended(End::Protocol(StreamError::AfterFin));
                 }
-                let mut left = usize::from(len);
-                let mut chunk = BytesMut::with_capacity(left);
-                while left > 0 {
-                    match tr.read_buf(&mut (&mut chunk).limit(left)).await {
+                let len = usize::from(len);
+                let mut chunk = BytesMut::with_capacity(len);
+                while chunk.len() < len {
+                    let want = len - chunk.len();
+                    match tr.read_buf(&mut (&mut chunk).limit(want)).await {
                         Ok(0) | Err(_) => return Step::Broken,
-                        Ok(n) => left -= n,
-                    }
-                    while !chunk.is_empty() {
-                        match lw.write(&chunk).await {
-                            Ok(0) => {
-                                return Step::Ended(End::LocalError(
-                                    io::ErrorKind::WriteZero.into(),
-                                ));
-                            }
-                            Ok(n) => {
-                                chunk.advance(n);
-                                if let Err(e) = incoming.delivered(n) {
-                                    return Step::Ended(End::Protocol(e));
-                                }
-                            }
-                            Err(e) => return Step::Ended(End::LocalError(e)),
-                        }
-                    }
-                    if let Err(e) = lw.flush().await {
-                        return Step::Ended(End::LocalError(e));
+                        Ok(_) => {}
                     }
                 }
-                signals.active.store(true, Ordering::Release);
-                signals.received.store(incoming.received, Ordering::Release);
-                if incoming.received - incoming.acked >= (settings.buffer as u64 / 4).max(1) {
-                    incoming.acked = incoming.received;
-                    signals.ack_now.store(true, Ordering::Release);
+                {
+                    let Ok(mut bytes) = inbox.bytes.lock() else {
+                        return Step::Broken;
+                    };
+                    if bytes.len() + len > most {
+                        return Step::Ended(End::Protocol(StreamError::OverWindow));
+                    }
+                    if bytes.is_empty() {
+                        *bytes = chunk;
+                    } else {
+                        bytes.extend_from_slice(&chunk);
+                    }
                 }
-                signals.wake.notify_one();
+                inbox.ready.notify_one();
             }
             Header::Ack { received } => {
                 if received < acked || received > signals.sent.load(Ordering::Acquire) {
@@ -437,27 +460,88 @@ where
                 signals.wake.notify_one();
             }
             Header::Fin => {
-                if let Err(e) = incoming.on_fin() {
-                    return Step::Ended(End::Protocol(e));
+                if fin_seen {
+                    return Step::Ended(End::Protocol(StreamError::AfterFin));
                 }
-                if let Err(e) = lw.shutdown().await {
-                    return Step::Ended(End::LocalError(e));
-                }
-                signals.received.store(incoming.received, Ordering::Release);
-                signals.peer_fin.store(true, Ordering::Release);
-                incoming.acked = incoming.received;
-                signals.ack_now.store(true, Ordering::Release);
-                signals.wake.notify_one();
+                fin_seen = true;
+                inbox.fin.store(true, Ordering::Release);
+                inbox.ready.notify_one();
             }
             // Any frame shows the path is alive; a ping needs no answer.
             Header::Ping => {}
-            Header::Close { reason } => {
-                let _ = lw.shutdown().await;
-                return Step::Ended(End::PeerClosed(reason));
-            }
+            Header::Close { reason } => return Step::Ended(End::PeerClosed(reason)),
             Header::Resume { .. } => {
                 return Step::Ended(End::Protocol(StreamError::UnknownFrame(1)));
             }
+        }
+    }
+}
+
+/// Delivers the inbox to the application, in order, then the FIN as a write shutdown; what
+/// it delivered is what the writer acknowledges. Waiting for the application here is the
+/// backpressure: the peer's window fills, then its replay buffer, then it stops reading.
+async fn deliver_loop<LW>(
+    lw: &mut LW,
+    inbox: &Inbox,
+    incoming: &mut Incoming,
+    signals: &Signals,
+    settings: &Settings,
+) -> Step
+where
+    LW: AsyncWrite + Unpin,
+{
+    let ack_every = (settings.buffer as u64 / 4).max(1);
+    loop {
+        let ready = inbox.ready.notified();
+        let chunk = match inbox.bytes.lock() {
+            Ok(mut bytes) if !bytes.is_empty() => {
+                let n = bytes.len().min(64 * 1024);
+                Some(bytes.split_to(n))
+            }
+            Ok(_) => None,
+            Err(_) => return Step::Broken,
+        };
+        match chunk {
+            Some(mut chunk) => {
+                while !chunk.is_empty() {
+                    match lw.write(&chunk).await {
+                        Ok(0) => {
+                            return Step::Ended(End::LocalError(io::ErrorKind::WriteZero.into()));
+                        }
+                        Ok(n) => {
+                            chunk.advance(n);
+                            if let Err(e) = incoming.delivered(n) {
+                                return Step::Ended(End::Protocol(e));
+                            }
+                        }
+                        Err(e) => return Step::Ended(End::LocalError(e)),
+                    }
+                }
+                if let Err(e) = lw.flush().await {
+                    return Step::Ended(End::LocalError(e));
+                }
+                signals.active.store(true, Ordering::Release);
+                signals.received.store(incoming.received, Ordering::Release);
+                if incoming.received - incoming.acked >= ack_every {
+                    incoming.acked = incoming.received;
+                    signals.ack_now.store(true, Ordering::Release);
+                }
+                signals.wake.notify_one();
+            }
+            None if inbox.fin.load(Ordering::Acquire) && !incoming.fin => {
+                if let Err(e) = lw.shutdown().await {
+                    return Step::Ended(End::LocalError(e));
+                }
+                if let Err(e) = incoming.on_fin() {
+                    return Step::Ended(End::Protocol(e));
+                }
+                incoming.acked = incoming.received;
+                signals.received.store(incoming.received, Ordering::Release);
+                signals.peer_fin.store(true, Ordering::Release);
+                signals.ack_now.store(true, Ordering::Release);
+                signals.wake.notify_one();
+            }
+            None => ready.await,
         }
     }
 }
@@ -715,6 +799,52 @@ mod tests {
             client.reattached >= 2 && agent.reattached >= 2,
             "{client:?} {agent:?}"
         );
+    }
+
+    /// An application that echoes, behind full replay buffers both ways: acknowledgements
+    /// must never wait behind data, or the echo loop closes into a deadlock.
+    #[tokio::test]
+    async fn an_echo_through_full_buffers_does_not_deadlock() {
+        let (_cl, client_next) = mpsc::unbounded_channel();
+        let (_al, agent_next) = mpsc::unbounded_channel();
+        let (c, a, _task) = bridge();
+        let (client_app, client_local) = tokio::io::duplex(16 * 1024);
+        let (agent_app, agent_local) = tokio::io::duplex(16 * 1024);
+        let mut set = settings();
+        set.buffer = 64 * 1024;
+        tokio::spawn(async move {
+            carry(
+                client_local,
+                c,
+                Links(client_next),
+                &set,
+                std::future::pending(),
+            )
+            .await
+        });
+        tokio::spawn(async move {
+            carry(
+                agent_local,
+                a,
+                Links(agent_next),
+                &set,
+                std::future::pending(),
+            )
+            .await
+        });
+        tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(agent_app);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+        let data = pattern(3, 8 * 1024 * 1024);
+        let back = tokio::time::timeout(
+            Duration::from_secs(60),
+            application(client_app, data.clone()),
+        )
+        .await
+        .expect("deadlocked");
+        assert!(back == data);
     }
 
     #[tokio::test]

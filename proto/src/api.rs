@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rbac::Rule;
 pub use crate::resource::{ResourceKind, UnknownKind};
+use crate::san::SessionId;
 use crate::tunnel::SessionEvent;
 
 #[cfg(feature = "schema")]
@@ -258,6 +259,17 @@ contract! {
         pub csr: String,
     }
 
+    /// `POST /api/v1/sessions/{id}/resume`: the session's path broke; a certificate for
+    /// the same session on a live bridge. The CSR must be for the session's own key (the
+    /// one its first certificate certified): that is what proves the caller holds it.
+    #[serde(deny_unknown_fields)]
+    pub struct ResumeRequest {
+        /// PEM CSR for the session's key.
+        pub csr: String,
+        /// The bridge whose path broke, avoided when another is live.
+        pub broken_bridge: Option<u32>,
+    }
+
     /// A session, ready to dial: where, and with which certificate.
     pub struct SessionGrant {
         /// The session.
@@ -299,8 +311,14 @@ contract! {
         pub bytes_up: i64,
         /// Agent → client bytes.
         pub bytes_down: i64,
-        /// Why it ended, e.g. `closed`, `idle_timeout`, `killed`.
+        /// Why it ended, e.g. `closed`, `idle_timeout`, `killed`, `resume_timeout`.
         pub end_reason: Option<String>,
+        /// Attachments after the first (its path broke and both sides attached again).
+        pub reattaches: i64,
+        /// Every bridge it went through, in order.
+        pub bridges: Vec<u32>,
+        /// Since when its path is broken and it waits for both sides to attach again.
+        pub detached_at_ms: Option<i64>,
     }
 }
 
@@ -594,6 +612,24 @@ contract! {
     pub struct ReportsAnswer {
         /// How many events were applied (the others named unknown sessions).
         pub applied: u32,
+    }
+
+    /// `POST /api/v1/agent/sessions/end`: the agent's account of a session that is over
+    /// (only the ends know: a bridge sees its attachment end, not the session).
+    #[serde(deny_unknown_fields)]
+    pub struct SessionEnd {
+        /// The session.
+        pub session: SessionId,
+        /// Why: `closed`, `idle_timeout`, `resume_timeout`, `peer_closed`, `resource_error`…
+        pub reason: String,
+        /// Application bytes from the client to the resource.
+        pub bytes_up: u64,
+        /// Application bytes from the resource to the client.
+        pub bytes_down: u64,
+        /// Attachments after the first.
+        pub reattaches: u32,
+        /// Time spent detached, in all.
+        pub paused_ms: u64,
     }
 
     /// An agent, as administrators list it.

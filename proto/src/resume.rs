@@ -13,7 +13,7 @@
 //!
 //! | type | name | body | meaning |
 //! |---|---|---|---|
-//! | 1 | `RESUME` | version `u8`, received `u64` | first frame of every attachment |
+//! | 1 | `RESUME` | version `u8`, received `u64`, window `u32` | first frame of every attachment; the window is the most the sender keeps unacknowledged (what the receiver must be ready to hold) |
 //! | 2 | `DATA` | length `u16` (1 ..= [`MAX_DATA`]), then that many bytes | the next bytes of the sender's stream |
 //! | 3 | `ACK` | received `u64` | cumulative: the peer may forget everything before it |
 //! | 4 | `FIN` | — | the sender's stream ends here |
@@ -31,7 +31,7 @@ pub const VERSION: u8 = 1;
 pub const MAX_DATA: usize = 16 * 1024 - 16;
 
 /// Longest frame header.
-pub const MAX_HEADER_LEN: usize = 10;
+pub const MAX_HEADER_LEN: usize = 14;
 
 const RESUME: u8 = 1;
 const DATA: u8 = 2;
@@ -43,10 +43,13 @@ const CLOSE: u8 = 6;
 /// A frame's header (for `DATA`, the payload follows it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Header {
-    /// First frame of an attachment: bytes of the peer's stream received so far.
+    /// First frame of an attachment: bytes of the peer's stream received so far, and how
+    /// much of its own stream the sender may have in flight.
     Resume {
         /// Delivered to the application, FIN included.
         received: u64,
+        /// The sender's replay buffer: it never has more unacknowledged bytes than this.
+        window: u32,
     },
     /// `len` bytes of the stream follow.
     Data {
@@ -118,6 +121,9 @@ pub enum StreamError {
     /// A `RESUME` of another version.
     #[error("unsupported resume version {0}")]
     Version(u8),
+    /// More bytes in flight than the sender's window.
+    #[error("more data in flight than the window")]
+    OverWindow,
     /// An acknowledgement of bytes never sent, or going backwards.
     #[error("acknowledgement {0} outside what was sent")]
     BadAck(u64),
@@ -137,7 +143,7 @@ impl Header {
     /// [`StreamError::UnknownFrame`].
     pub const fn len_for(kind: u8) -> Result<usize, StreamError> {
         match kind {
-            RESUME => Ok(10),
+            RESUME => Ok(14),
             DATA => Ok(3),
             ACK => Ok(9),
             FIN | PING => Ok(1),
@@ -166,6 +172,7 @@ impl Header {
             RESUME if bytes[1] != VERSION => return Err(StreamError::Version(bytes[1])),
             RESUME => Self::Resume {
                 received: u64_at(2),
+                window: u32::from_be_bytes([bytes[10], bytes[11], bytes[12], bytes[13]]),
             },
             DATA => {
                 let len = u16::from_be_bytes([bytes[1], bytes[2]]);
@@ -188,11 +195,12 @@ impl Header {
     /// Writes the header into `out`; returns its length.
     pub fn write(self, out: &mut [u8; MAX_HEADER_LEN]) -> usize {
         match self {
-            Self::Resume { received } => {
+            Self::Resume { received, window } => {
                 out[0] = RESUME;
                 out[1] = VERSION;
                 out[2..10].copy_from_slice(&received.to_be_bytes());
-                10
+                out[10..14].copy_from_slice(&window.to_be_bytes());
+                14
             }
             Self::Data { len } => {
                 out[0] = DATA;
@@ -367,9 +375,13 @@ mod tests {
     #[test]
     fn every_header_round_trips_and_lengths_agree() {
         let headers = [
-            Header::Resume { received: 7 },
+            Header::Resume {
+                received: 7,
+                window: 4 << 20,
+            },
             Header::Resume {
                 received: u64::MAX - 1,
+                window: u32::MAX,
             },
             Header::Data { len: 1 },
             Header::Data {
@@ -403,7 +415,7 @@ mod tests {
             Err(StreamError::BadLength(0x4000))
         );
         assert_eq!(
-            Header::parse(&[RESUME, 2, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Header::parse(&[RESUME, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             Err(StreamError::Version(2))
         );
         assert_eq!(

@@ -12,6 +12,9 @@
 //! - [`Tap`]: an in-process TCP forwarder that records both directions byte for byte.
 //! - [`Recorder`]: an in-process TCP backend that records what it receives.
 //! - [`fixture`]: captured ClientHellos from `proto/testdata`.
+//! - [`User`]: a signed-in user calling the API, opening sessions and carrying them over the
+//!   resumable stream ([`Carried`]); [`Balancer`]: a TCP load balancer in front of bridges;
+//!   [`redis_db`]: a Redis database of one's own.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -942,4 +945,247 @@ pub fn echo_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A TCP load balancer on loopback, like the L4 load balancer in front of a bridge fleet:
+/// each connection goes to the first of its backends that accepts, starting from the next
+/// one in turn, so that a dead bridge is skipped. Backends can be added while it runs. It
+/// runs on the caller's tokio runtime.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    backends: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Balancer {
+    /// A balancer over `backends`.
+    ///
+    /// # Panics
+    ///
+    /// No loopback port can be bound, or there is no tokio runtime.
+    pub fn start(backends: Vec<SocketAddr>) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let listener = TcpListener::from_std(listener).expect("a tokio runtime");
+        let backends = Arc::new(Mutex::new(backends));
+        let all = backends.clone();
+        tokio::spawn(async move {
+            let mut turn = 0usize;
+            while let Ok((inbound, _)) = listener.accept().await {
+                turn = turn.wrapping_add(1);
+                let backends = all.lock().map(|b| b.clone()).unwrap_or_default();
+                tokio::spawn(forward(inbound, backends, turn));
+            }
+        });
+        Self { addr, backends }
+    }
+
+    /// One more backend.
+    pub fn add(&self, backend: SocketAddr) {
+        if let Ok(mut b) = self.backends.lock() {
+            b.push(backend);
+        }
+    }
+}
+
+async fn forward(mut inbound: TcpStream, backends: Vec<SocketAddr>, start: usize) {
+    for i in 0..backends.len() {
+        let to = backends[(start + i) % backends.len()];
+        let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(to));
+        if let Ok(Ok(mut outbound)) = connect.await {
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            return;
+        }
+    }
+}
+
+/// A Redis database of its own, emptied (presence keys of other tests' bridges must not mix
+/// in): its URL.
+///
+/// # Panics
+///
+/// Redis does not answer at 127.0.0.1:6379.
+pub fn redis_db(db: u8) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect("127.0.0.1:6379").expect("Redis at 127.0.0.1:6379");
+    s.write_all(format!("SELECT {db}\r\nFLUSHDB\r\n").as_bytes())
+        .expect("writing to Redis");
+    let mut answer = [0u8; 10];
+    s.read_exact(&mut answer).expect("reading from Redis");
+    assert_eq!(&answer, b"+OK\r\n+OK\r\n");
+    format!("redis://127.0.0.1:6379/{db}")
+}
+
+/// A session as an application sees it: one end of an in-memory pipe whose other end a
+/// task carries over the resumable stream, attaching again through the API (as the `bamf`
+/// CLI does) when the path breaks.
+#[derive(Debug)]
+pub struct Carried {
+    /// The application's end.
+    pub app: tokio::io::DuplexStream,
+    /// How the stream ended, once it did.
+    pub report: tokio::task::JoinHandle<bamf_client::resume::Report>,
+}
+
+/// Minimal JSON client for the API as a user.
+pub struct User {
+    /// The API client.
+    pub api: bamf_client::https::Api,
+    /// The API token.
+    pub token: String,
+    /// The user certificate from the login (PEM).
+    pub certificate: String,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User").finish_non_exhaustive()
+    }
+}
+
+#[allow(clippy::unwrap_used, clippy::missing_panics_doc)] // a test helper: a failure is a failed test
+impl User {
+    /// Signs in as `user` directly at the API.
+    pub async fn login(api: &Api, ca_pem: &str, user: &str, password: &str) -> Self {
+        let tls = bamf_client::tls_config(ca_pem, None, &[b"http/1.1"]).unwrap();
+        let client =
+            bamf_client::https::Api::new(&format!("https://localhost:{}", api.addr.port()), tls)
+                .unwrap()
+                .connect_to(Some(api.addr));
+        let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
+        let body = serde_json::json!({"user": user, "password": password, "csr": csr});
+        let answer: serde_json::Value = client
+            .call(http::Method::POST, "/api/v1/auth/login", Some(&body), None)
+            .await
+            .unwrap();
+        Self {
+            api: client,
+            token: answer["token"].as_str().unwrap().to_owned(),
+            certificate: answer["certificate"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Calls the API with the token.
+    ///
+    /// # Errors
+    ///
+    /// What the API answered.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, bamf_client::https::HttpsError> {
+        self.api
+            .call(method, path, body.as_ref(), Some(&self.token))
+            .await
+    }
+
+    /// Opens session `id` (from [`User::connect`]) through bridge `ordinal` (named under
+    /// the tunnel domain `domain`) entering at `via`, and carries it for an
+    /// application over the resumable stream.
+    pub async fn open(
+        &self,
+        via: SocketAddr,
+        domain: &str,
+        ordinal: u32,
+        id: &str,
+        cert: &(String, String),
+        ca_pem: &str,
+    ) -> Carried {
+        self.open_via(via, via, domain, ordinal, id, cert, ca_pem)
+            .await
+    }
+
+    /// As [`User::open`], entering at `first` and, when attaching again, at `then`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open_via(
+        &self,
+        first: SocketAddr,
+        then: SocketAddr,
+        domain: &str,
+        ordinal: u32,
+        id: &str,
+        cert: &(String, String),
+        ca_pem: &str,
+    ) -> Carried {
+        let via = first;
+        let host = format!("{ordinal}.bridge.{domain}");
+        let session = bamf_client::e2e::open(&host, 443, Some(via), ca_pem, &cert.0, &cert.1)
+            .await
+            .unwrap_or_else(|e| panic!("opening session {id}: {e}"));
+        let (app, local) = tokio::io::duplex(64 * 1024);
+        let (api, token, id, key) = (
+            self.api.clone(),
+            self.token.clone(),
+            id.to_owned(),
+            cert.1.clone(),
+        );
+        let report = tokio::spawn(async move {
+            let reopen = bamf_client::e2e::Reopen {
+                api: api.user(&token),
+                session: id,
+                key,
+                via: Some(then),
+                broken: Some(ordinal),
+                on_retry: |_, _| {},
+            };
+            let settings = bamf_client::resume::Settings {
+                resume_deadline: Duration::from_secs(20),
+                ..bamf_client::resume::Settings::default()
+            };
+            bamf_client::resume::carry(local, session, reopen, &settings, std::future::pending())
+                .await
+        });
+        Carried { app, report }
+    }
+
+    /// `/connect` for `resource`, expected to be refused: the refusal.
+    pub async fn connect_refused(&self, resource: &str) -> bamf_client::https::HttpsError {
+        let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
+        self.call(
+            http::Method::POST,
+            "/api/v1/connect",
+            Some(serde_json::json!({"resource": resource, "csr": csr})),
+        )
+        .await
+        .expect_err("connect was not refused")
+    }
+
+    /// `/connect` for `resource`: (session id, bridge ordinal, session certificate and key).
+    /// While the agent is reconnecting its command stream (503), it tries again for 30 s.
+    pub async fn connect(&self, resource: &str) -> (String, u32, (String, String)) {
+        let (key, csr) = bamf_client::identity::key_and_csr().unwrap();
+        let started = Instant::now();
+        let answer = loop {
+            match self
+                .call(
+                    http::Method::POST,
+                    "/api/v1/connect",
+                    Some(serde_json::json!({"resource": resource, "csr": csr})),
+                )
+                .await
+            {
+                Ok(answer) => break answer,
+                Err(e)
+                    if e.status().is_some_and(|s| s.as_u16() == 503)
+                        && started.elapsed() < Duration::from_secs(30) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        };
+        let host = answer["bridge_host"].as_str().unwrap();
+        let ordinal = host.split('.').next().unwrap().parse().unwrap();
+        (
+            answer["session_id"].as_str().unwrap().to_owned(),
+            ordinal,
+            (answer["certificate"].as_str().unwrap().to_owned(), key),
+        )
+    }
 }

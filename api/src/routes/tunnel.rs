@@ -6,7 +6,8 @@ use std::time::Duration;
 use bamf_proto::HostName;
 use bamf_proto::api::{
     BridgeHeartbeat, BridgeHeartbeatAnswer, ConnectRequest, DEFAULT_PAGE, Page, Reports,
-    ReportsAnswer, SessionGrant, SessionQuery, SessionRecord, SessionState,
+    ReportsAnswer, ResumeRequest, SessionEnd, SessionGrant, SessionQuery, SessionRecord,
+    SessionState,
 };
 use bamf_proto::san::{AgentId, Identity, Name, SessionId};
 use bamf_proto::tunnel::{DialCommand, SessionEvent};
@@ -98,6 +99,8 @@ pub(super) async fn connect(
     }
     let live = state.presence.live_bridges().await?;
     let bridge = placement::choose(live).ok_or(ApiError::Offline("no bridge is available"))?;
+    let client_key = crate::ca::csr_key_id(&body.csr)
+        .map_err(|_| ApiError::BadRequest("csr is not a valid PEM CSR".into()))?;
     let session = SessionId(new_uuid()?);
     let identity = Identity::Client {
         session,
@@ -125,23 +128,16 @@ pub(super) async fn connect(
             bytes_up: 0,
             bytes_down: 0,
             end_reason: None,
+            client_key: Some(client_key),
+            bridges: vec![bridge.ordinal],
+            reattaches: 0,
+            detached_at: None,
         })
         .await?;
     // After the row: a certificate revoked at once finds its session to end.
     let issued = super::issue(state, &body.csr, &identity, None).await?;
-    let bridge_host = HostName::bridge(bridge.ordinal, &state.tunnel_domain)
-        .map_err(|_| ApiError::Internal)?
-        .to_string();
-    let command = DialCommand {
-        session,
-        agent,
-        resource: resource.name.clone(),
-        bridge_host: bridge_host.clone(),
-        bridge_port: state.tunnel_port,
-    };
-    let text = serde_json::to_string(&command).map_err(|_| ApiError::Internal)?;
-    let delivered = state.presence.publish_command(agent, &text).await?;
-    if delivered == 0 {
+    let bridge_host = tell_agent(state, session, agent, &resource.name, bridge.ordinal).await?;
+    if bridge_host.is_none() {
         let _ = state
             .store
             .end_session(&session.to_string(), "agent_unreachable", now_ms())
@@ -161,10 +157,180 @@ pub(super) async fn connect(
         session_id: session.to_string(),
         kind: resource.kind.parse().map_err(|_| ApiError::Internal)?,
         resource: resource.name.clone(),
+        bridge_host: bridge_host.unwrap_or_default(),
+        bridge_port: state.tunnel_port,
+        certificate: certificate(state, issued),
+    })
+}
+
+/// Sends `agent` the dial command for `session` through bridge `ordinal`; the bridge's host
+/// name, or `None` when no replica holds the agent's command stream.
+async fn tell_agent(
+    state: &crate::context::AppState,
+    session: SessionId,
+    agent: AgentId,
+    resource: &str,
+    ordinal: u32,
+) -> Result<Option<String>, ApiError> {
+    let bridge_host = HostName::bridge(ordinal, &state.tunnel_domain)
+        .map_err(|_| ApiError::Internal)?
+        .to_string();
+    let command = DialCommand {
+        session,
+        agent,
+        resource: resource.to_owned(),
+        bridge_host: bridge_host.clone(),
+        bridge_port: state.tunnel_port,
+    };
+    let text = serde_json::to_string(&command).map_err(|_| ApiError::Internal)?;
+    let delivered = state.presence.publish_command(agent, &text).await?;
+    Ok((delivered > 0).then_some(bridge_host))
+}
+
+/// `POST /api/v1/sessions/{id}/resume`: the caller's session lost its path; it goes on
+/// through a live bridge (another than `broken_bridge` when there is one) with a certificate
+/// for the session's own key, and the agent is told to attach there too. Refused: another
+/// user's or an unknown session (404, alike), an ended one (410: killed, revoked, timed
+/// out), a CSR for another key (403: whoever asks must hold the session's key), a resource
+/// the caller may no longer reach (404), an offline agent or no bridge (503, worth
+/// retrying). Every attempt is audited.
+pub(super) async fn resume_session(
+    call: &Call<'_>,
+    body: ResumeRequest,
+) -> Result<SessionGrant, ApiError> {
+    let state = call.state;
+    let (user, roles) = call.principal.user()?;
+    let id = call.param(0).to_owned();
+    let refuse = |why: &'static str, error: ApiError| async move {
+        call.audit(
+            "session.resume",
+            "refused",
+            serde_json::json!({"session": id, "reason": why}),
+        )
+        .await;
+        Err(error)
+    };
+    let Some(session) = state
+        .store
+        .session(call.param(0))
+        .await?
+        .filter(|s| s.user == user)
+    else {
+        return refuse("unknown", ApiError::NotFound).await;
+    };
+    if session.state == "ended" {
+        return refuse("ended", ApiError::Gone("the session has ended")).await;
+    }
+    let key = crate::ca::csr_key_id(&body.csr)
+        .map_err(|_| ApiError::BadRequest("csr is not a valid PEM CSR".into()))?;
+    if session.client_key.as_deref() != Some(key.as_str()) {
+        return refuse("not_the_session_key", ApiError::Forbidden).await;
+    }
+    // Roles may have changed since the session began.
+    let resources = state.store.resources().await?;
+    let allowed = resources
+        .iter()
+        .find(|r| r.name == session.resource)
+        .filter(|r| {
+            rbac::decide(
+                roles.iter().map(|r| (r.name.as_str(), &r.rules)),
+                &rbac::Resource {
+                    name: &r.name,
+                    kind: &r.kind,
+                    labels: &r.labels,
+                },
+            )
+            .allowed()
+        });
+    let Some(resource) = allowed else {
+        return refuse("denied", ApiError::Inaccessible).await;
+    };
+    let agent: AgentId = session.agent_id.parse().map_err(|_| ApiError::Internal)?;
+    if !state.presence.agent_online(agent).await? {
+        return Err(ApiError::Offline("the resource's agent is offline"));
+    }
+    let live = state.presence.live_bridges().await?;
+    let others: Vec<_> = live
+        .iter()
+        .filter(|b| Some(b.ordinal) != body.broken_bridge)
+        .cloned()
+        .collect();
+    let bridge = placement::choose(if others.is_empty() { live } else { others })
+        .ok_or(ApiError::Offline("no bridge is available"))?;
+    if !state
+        .store
+        .reattach_session(&session.id, bridge.ordinal)
+        .await?
+    {
+        return refuse("ended", ApiError::Gone("the session has ended")).await;
+    }
+    let session_id: SessionId = session.id.parse().map_err(|_| ApiError::Internal)?;
+    let identity = Identity::Client {
+        session: session_id,
+        user: user.parse::<Name>().map_err(|_| ApiError::Internal)?,
+        resource: session
+            .resource
+            .parse::<Name>()
+            .map_err(|_| ApiError::Internal)?,
+        agent,
+        bridge: bridge.ordinal,
+    };
+    let issued = super::issue(state, &body.csr, &identity, None).await?;
+    let Some(bridge_host) =
+        tell_agent(state, session_id, agent, &session.resource, bridge.ordinal).await?
+    else {
+        return Err(ApiError::Offline(
+            "the resource's agent is not listening for commands",
+        ));
+    };
+    call.audit(
+        "session.resume",
+        "allowed",
+        serde_json::json!({"session": session.id, "bridge": bridge.ordinal,
+            "from": session.bridge, "reattaches": session.reattaches + 1}),
+    )
+    .await;
+    Ok(SessionGrant {
+        session_id: session.id,
+        kind: resource.kind.parse().map_err(|_| ApiError::Internal)?,
+        resource: resource.name.clone(),
         bridge_host,
         bridge_port: state.tunnel_port,
         certificate: certificate(state, issued),
     })
+}
+
+/// `POST /api/v1/agent/sessions/end`: the agent says one of its sessions is over.
+pub(super) async fn session_ended(call: &Call<'_>, body: SessionEnd) -> Result<(), ApiError> {
+    let Principal::Agent(agent) = call.principal else {
+        return Err(ApiError::Forbidden);
+    };
+    if body.reason.is_empty() || body.reason.len() > 64 {
+        return Err(ApiError::BadRequest(
+            "reason must be 1-64 characters".into(),
+        ));
+    }
+    let id = body.session.to_string();
+    let bytes = (
+        i64::try_from(body.bytes_up).unwrap_or(i64::MAX),
+        i64::try_from(body.bytes_down).unwrap_or(i64::MAX),
+    );
+    if !call
+        .state
+        .store
+        .end_session_by_agent(&id, &agent.to_string(), &body.reason, bytes, now_ms())
+        .await?
+    {
+        return Err(ApiError::NotFound);
+    }
+    call.audit(
+        "session.end",
+        "allowed",
+        serde_json::json!({"session": id, "reason": body.reason, "bytes_up": body.bytes_up,
+            "bytes_down": body.bytes_down, "reattaches": body.reattaches, "paused_ms": body.paused_ms}),
+    )
+    .await;
+    Ok(())
 }
 
 /// `GET /api/v1/agent/commands`: server-sent events, one `dial` event per command, comment
@@ -290,7 +456,7 @@ pub(super) async fn bridge_heartbeat(
             .end_sessions_before_restart(ordinal, started_at, &body.sessions, now_ms())
             .await?;
         if !lost.is_empty() {
-            tracing::warn!(bridge = ordinal, sessions = ?lost, "sessions ended: their bridge restarted");
+            tracing::warn!(bridge = ordinal, sessions = ?lost, "sessions lost their bridge (it restarted): detached");
         }
     }
     let mut kill = call.state.store.sessions_to_kill(&body.sessions).await?;
@@ -395,6 +561,9 @@ pub(super) async fn list_sessions(call: &Call<'_>) -> Result<Page<SessionRecord>
                 bytes_up: s.bytes_up,
                 bytes_down: s.bytes_down,
                 end_reason: s.end_reason,
+                reattaches: s.reattaches,
+                bridges: s.bridges,
+                detached_at_ms: s.detached_at,
             })
         },
     )

@@ -31,7 +31,20 @@ pub struct Session {
     pub bytes_down: i64,
     /// Why it ended.
     pub end_reason: Option<String>,
+    /// The session's key id (see `ca::csr_key_id`): a resume must be for this key.
+    pub client_key: Option<String>,
+    /// Every bridge it went through, in order.
+    pub bridges: Vec<u32>,
+    /// Attachments after the first.
+    pub reattaches: i64,
+    /// Since when its path is broken (it waits for both sides to attach again).
+    pub detached_at: Option<i64>,
 }
+
+/// End reasons a bridge reports that end the session itself, not just its attachment: every
+/// other end (a side's connection closed or failed, the bridge's shutdown, its idle timeout)
+/// may be a broken path that both sides attach again around.
+const FINAL_AT_BRIDGE: &[&str] = &["killed", "target_unreachable"];
 
 /// Which sessions to list; `None` means any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,7 +79,8 @@ pub enum Report {
 }
 
 pub(super) const COLUMNS: &str = "id, user_name, resource, agent_id, bridge, state, created_at, started_at, \
-                       ended_at, bytes_up, bytes_down, end_reason";
+                       ended_at, bytes_up, bytes_down, end_reason, client_key, bridges, reattaches, \
+                       detached_at";
 
 pub(super) fn session_row(r: &sqlx::any::AnyRow) -> Result<Session, StoreError> {
     Ok(Session {
@@ -82,6 +96,14 @@ pub(super) fn session_row(r: &sqlx::any::AnyRow) -> Result<Session, StoreError> 
         bytes_up: r.try_get(9)?,
         bytes_down: r.try_get(10)?,
         end_reason: r.try_get(11)?,
+        client_key: r.try_get(12)?,
+        bridges: r
+            .try_get::<String, _>(13)?
+            .split(',')
+            .filter_map(|b| b.parse().ok())
+            .collect(),
+        reattaches: r.try_get(14)?,
+        detached_at: r.try_get(15)?,
     })
 }
 
@@ -115,14 +137,15 @@ pub(super) async fn end_sessions_where(
     Ok(ids)
 }
 
-/// Ids of `bridge`'s open sessions created before `before`.
+/// Ids of `bridge`'s open, attached sessions created before `before`.
 pub(super) async fn open_sessions_on(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     bridge: u32,
     before: i64,
 ) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query(
-        "SELECT id FROM sessions WHERE bridge = $1 AND state <> 'ended' AND created_at < $2",
+        "SELECT id FROM sessions WHERE bridge = $1 AND state <> 'ended' AND created_at < $2 \
+         AND detached_at IS NULL",
     )
     .bind(i64::from(bridge))
     .bind(before)
@@ -154,6 +177,34 @@ pub(super) async fn end_by_id(
     Ok(())
 }
 
+/// The sessions `ids` lost their bridge: those that never paired end `bridge_lost`, the
+/// others are detached (their sides may attach again elsewhere).
+pub(super) async fn lose(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ids: &[String],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for id in ids {
+        sqlx::query(
+            "UPDATE sessions SET state = 'ended', ended_at = $2, end_reason = 'bridge_lost' \
+             WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE sessions SET detached_at = COALESCE(detached_at, $2) \
+             WHERE id = $1 AND state = 'active'",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Records a new, pending session.
     ///
@@ -162,8 +213,8 @@ impl Store {
     /// [`StoreError::Database`].
     pub async fn create_session(&self, s: &Session) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO sessions (id, user_name, resource, agent_id, bridge, state, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
+            "INSERT INTO sessions (id, user_name, resource, agent_id, bridge, state, created_at, \
+             client_key, bridges) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8)",
         )
         .bind(&s.id)
         .bind(&s.user)
@@ -171,6 +222,8 @@ impl Store {
         .bind(&s.agent_id)
         .bind(i64::from(s.bridge))
         .bind(s.created_at)
+        .bind(s.client_key.as_deref())
+        .bind(s.bridge.to_string())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -240,9 +293,12 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Applies a bridge's report about one of its own sessions; `false` when the session is
-    /// unknown or pinned to another bridge. An end report keeps an earlier end reason (a
-    /// kill stays a kill) but always records the byte counts.
+    /// Applies a bridge's report about a session it carried; `false` when the session is
+    /// unknown or never went through that bridge. A start attaches the session (no longer
+    /// detached). An end adds the bytes (until the agent gave its own account, whose
+    /// application byte counts replace the bridges' ciphertext ones) and, when it is the
+    /// session's current bridge, detaches it, unless the reason ends the session itself
+    /// (`killed`, `target_unreachable`). An earlier end reason stays (a kill stays a kill).
     ///
     /// # Errors
     ///
@@ -253,11 +309,14 @@ impl Store {
         bridge: u32,
         report: &Report,
     ) -> Result<bool, StoreError> {
+        let through = format!("%,{bridge},%");
         let done = match report {
             Report::Started { at } => {
                 sqlx::query(
                     "UPDATE sessions SET state = CASE WHEN state = 'pending' THEN 'active' ELSE state END, \
-                     started_at = COALESCE(started_at, $3) WHERE id = $1 AND bridge = $2",
+                     started_at = COALESCE(started_at, $3), \
+                     detached_at = CASE WHEN state = 'ended' THEN detached_at ELSE NULL END \
+                     WHERE id = $1 AND bridge = $2",
                 )
                 .bind(id)
                 .bind(i64::from(bridge))
@@ -272,10 +331,17 @@ impl Store {
                 bytes_down,
                 reason,
             } => {
+                let last = i64::from(FINAL_AT_BRIDGE.contains(&reason.as_str()));
                 sqlx::query(
-                    "UPDATE sessions SET state = 'ended', started_at = COALESCE(started_at, $3), \
-                     ended_at = COALESCE(ended_at, $4), bytes_up = $5, bytes_down = $6, \
-                     end_reason = COALESCE(end_reason, $7) WHERE id = $1 AND bridge = $2",
+                    "UPDATE sessions SET started_at = COALESCE(started_at, $3), \
+                     bytes_up = CASE WHEN agent_reported = 1 THEN bytes_up ELSE bytes_up + $5 END, \
+                     bytes_down = CASE WHEN agent_reported = 1 THEN bytes_down ELSE bytes_down + $6 END, \
+                     detached_at = CASE WHEN state <> 'ended' AND bridge = $2 AND $8 = 0 \
+                       THEN COALESCE(detached_at, $4) ELSE detached_at END, \
+                     end_reason = CASE WHEN $8 = 1 THEN COALESCE(end_reason, $7) ELSE end_reason END, \
+                     ended_at = CASE WHEN $8 = 1 THEN COALESCE(ended_at, $4) ELSE ended_at END, \
+                     state = CASE WHEN $8 = 1 THEN 'ended' ELSE state END \
+                     WHERE id = $1 AND (bridge = $2 OR ',' || bridges || ',' LIKE $9)",
                 )
                 .bind(id)
                 .bind(i64::from(bridge))
@@ -284,11 +350,90 @@ impl Store {
                 .bind(*bytes_up)
                 .bind(*bytes_down)
                 .bind(reason)
+                .bind(last)
+                .bind(&through)
                 .execute(&self.pool)
                 .await?
             }
         };
         Ok(done.rows_affected() == 1)
+    }
+
+    /// The session's path broke and its client asked to go on through `bridge`: it is
+    /// pinned there now. `false` when it has ended.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn reattach_session(&self, id: &str, bridge: u32) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET bridge = $2, bridges = bridges || ',' || $3, \
+             reattaches = reattaches + 1 WHERE id = $1 AND state <> 'ended'",
+        )
+        .bind(id)
+        .bind(i64::from(bridge))
+        .bind(bridge.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The agent's account of a session of its own that is over: it ends (an earlier reason
+    /// stays) and its byte counts become the application's. `false` when the session is
+    /// unknown or another agent's.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn end_session_by_agent(
+        &self,
+        id: &str,
+        agent_id: &str,
+        reason: &str,
+        bytes: (i64, i64),
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET state = 'ended', ended_at = COALESCE(ended_at, $3), \
+             end_reason = COALESCE(end_reason, $4), bytes_up = $5, bytes_down = $6, \
+             detached_at = NULL, agent_reported = 1 WHERE id = $1 AND agent_id = $2",
+        )
+        .bind(id)
+        .bind(agent_id)
+        .bind(now_ms)
+        .bind(reason)
+        .bind(bytes.0)
+        .bind(bytes.1)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends `resume_timeout` the sessions detached before `detached_before` (neither side
+    /// attached again in time); returns their ids.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn end_detached(
+        &self,
+        detached_before: i64,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query(
+            "SELECT id FROM sessions WHERE state <> 'ended' AND detached_at IS NOT NULL \
+             AND detached_at < $1",
+        )
+        .bind(detached_before)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        end_by_id(&mut tx, &ids, "resume_timeout", now_ms).await?;
+        tx.commit().await?;
+        Ok(ids)
     }
 
     /// Of the live tunnels a bridge reports, those that must close now: the session is
@@ -326,8 +471,9 @@ impl Store {
         Ok(kill)
     }
 
-    /// Sessions pinned to `bridge` that ended before they paired, in the last `within_ms`
-    /// (killed or revoked while pending): the bridge must refuse to pair them.
+    /// Sessions pinned to `bridge` that ended since `since_ms` (killed or revoked, possibly
+    /// before they paired or while a resume was on its way): the bridge must refuse to pair
+    /// them.
     ///
     /// # Errors
     ///
@@ -339,7 +485,7 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
             "SELECT id FROM sessions WHERE bridge = $1 AND state = 'ended' \
-             AND started_at IS NULL AND ended_at >= $2 ORDER BY ended_at DESC LIMIT 1000",
+             AND ended_at >= $2 ORDER BY ended_at DESC LIMIT 1000",
         )
         .bind(i64::from(bridge))
         .bind(since_ms)
@@ -351,7 +497,7 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Ends `bridge_lost` the open sessions on bridges that have not heartbeated since
+    /// Loses (see [`lose`]) the open sessions on bridges that have not heartbeated since
     /// `silent_since` (and were created before it); returns their ids.
     ///
     /// # Errors
@@ -365,7 +511,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<String> = sqlx::query(
             "SELECT s.id FROM sessions s JOIN bridges b ON b.ordinal = s.bridge \
-             WHERE s.state <> 'ended' AND s.created_at < $1 \
+             WHERE s.state <> 'ended' AND s.created_at < $1 AND s.detached_at IS NULL \
              AND (b.last_seen_at IS NULL OR b.last_seen_at < $1)",
         )
         .bind(silent_since)
@@ -374,12 +520,12 @@ impl Store {
         .iter()
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
-        end_by_id(&mut tx, &ids, "bridge_lost", now_ms).await?;
+        lose(&mut tx, &ids, now_ms).await?;
         tx.commit().await?;
         Ok(ids)
     }
 
-    /// Ends `bridge_lost` the open sessions of `bridge` created before `lost_at`, unless the
+    /// Loses (see [`lose`]) the open sessions of `bridge` created before `lost_at`, unless the
     /// bridge has heartbeated since; returns their ids.
     ///
     /// # Errors
@@ -403,13 +549,13 @@ impl Store {
             return Ok(Vec::new());
         }
         let ids = open_sessions_on(&mut tx, bridge, lost_at).await?;
-        end_by_id(&mut tx, &ids, "bridge_lost", now_ms).await?;
+        lose(&mut tx, &ids, now_ms).await?;
         tx.commit().await?;
         Ok(ids)
     }
 
     /// A bridge came back as a new process started at `started_at`: its open sessions
-    /// created before then, other than the `live` ones it reports, end `bridge_lost`.
+    /// created before then, other than the `live` ones it reports, are lost (see [`lose`]).
     ///
     /// # Errors
     ///
@@ -424,7 +570,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut ids = open_sessions_on(&mut tx, bridge, started_at).await?;
         ids.retain(|id| !live.contains(id));
-        end_by_id(&mut tx, &ids, "bridge_lost", now_ms).await?;
+        lose(&mut tx, &ids, now_ms).await?;
         tx.commit().await?;
         Ok(ids)
     }

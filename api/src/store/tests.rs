@@ -489,6 +489,10 @@ fn session(id: &str, user: &str, agent: &str, bridge: u32) -> Session {
         bytes_up: 0,
         bytes_down: 0,
         end_reason: None,
+        client_key: None,
+        bridges: vec![bridge],
+        reattaches: 0,
+        detached_at: None,
     }
 }
 

@@ -2,9 +2,12 @@
 //! with the relay, one `bamf-agent`, and an echo target.
 //!
 //! - session setup: `POST /api/v1/connect` → dial the bridge with the session certificate →
-//!   first byte echoed back (the agent dials after the command reaches it), p50/p99;
-//! - throughput through the relay (TLS on both sides, agent → target plain TCP) against the
-//!   front door's passthrough of one TLS connection to a TLS echo server, same client;
+//!   handover → end-to-end TLS with the agent → first byte echoed back (the agent dials after
+//!   the command reaches it), p50/p99;
+//! - throughput through a tunnel (end-to-end TLS and the resumable stream between the client
+//!   and the agent, spliced by the bridge; agent → target plain TCP) against the front door's
+//!   passthrough of one TLS connection to a TLS echo server, same client, and the bridge's
+//!   CPU time per GB for each;
 //! - memory per established idle tunnel: bridge and agent RSS growth over N open tunnels.
 //!
 //! Prints a Markdown section; `--record` appends it to benches/RESULTS.md.
@@ -130,7 +133,12 @@ async fn main() -> Result<()> {
             csr,
         };
         let grant = client.user(&token).connect(&request).await?;
-        anyhow::Ok((grant.certificate.certificate, key, grant.bridge_host))
+        anyhow::Ok((
+            grant.certificate.certificate,
+            key,
+            grant.bridge_host,
+            grant.session_id,
+        ))
     };
     // Wait for the agent's command stream: connect answers 503 until then.
     let started = Instant::now();
@@ -143,9 +151,25 @@ async fn main() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // the warm-up session's pending side expires
 
+    // As the CLI does: the end-to-end session, carried over the resumable stream for a local
+    // connection (here an in-process pipe).
     let open = |client: ApiClient, token: String, ca: String, front: SocketAddr| async move {
-        let (cert, key, host) = connect(client, token).await?;
-        let mut s = bamf_client::e2e::open(&host, 443, Some(front), &ca, &cert, &key).await?;
+        let (cert, key, host, session) = connect(client.clone(), token.clone()).await?;
+        let stream = bamf_client::e2e::open(&host, 443, Some(front), &ca, &cert, &key).await?;
+        let (mut s, local) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(async move {
+            let reopen = bamf_client::e2e::Reopen {
+                api: client.user(&token),
+                session,
+                key,
+                via: Some(front),
+                broken: None,
+                on_retry: |_, _| {},
+            };
+            let settings = bamf_client::resume::Settings::default();
+            bamf_client::resume::carry(local, stream, reopen, &settings, std::future::pending())
+                .await
+        });
         s.write_all(b"x").await?;
         s.flush().await?;
         let mut one = [0u8; 1];
@@ -165,13 +189,19 @@ async fn main() -> Result<()> {
     let pct = |p: f64| setup[((setup.len() as f64 * p) as usize).min(setup.len() - 1)];
     let (p50, p99) = (pct(0.50), pct(0.99));
 
-    // 2. Throughput: relay vs passthrough, interleaved.
+    // 2. Throughput and the bridge's CPU time: tunnel vs passthrough, interleaved.
     let bytes = cli.mib * 1024 * 1024;
     let mut relay_rates = Vec::new();
     let mut pass_rates = Vec::new();
+    let (mut relay_cpu, mut pass_cpu) = (Vec::new(), Vec::new());
+    let bridge_pid = bridge.pid();
+    // CPU seconds per GB carried (both directions counted).
+    let per_gb = |cpu: f64| cpu / (2.0 * bytes as f64 / 1e9);
     for _ in 0..cli.runs.max(1) {
         let mut s = open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?;
+        let cpu = bamf_benches::cpu_seconds(bridge_pid);
         relay_rates.push(pump(&mut s, bytes).await?);
+        relay_cpu.push(per_gb(bamf_benches::cpu_seconds(bridge_pid) - cpu));
         let tls = bamf_client::tls_config(&tls_echo_ca, None, &[])?;
         let tcp = tokio::net::TcpStream::connect(bridge.front).await?;
         tcp.set_nodelay(true)?;
@@ -186,6 +216,7 @@ async fn main() -> Result<()> {
         v[v.len() / 2]
     };
     let (relay, pass) = (median(&mut relay_rates), median(&mut pass_rates));
+    let (relay_cpu, pass_cpu) = (median(&mut relay_cpu), median(&mut pass_cpu));
 
     // 3. Memory per established idle tunnel.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -211,6 +242,7 @@ async fn main() -> Result<()> {
          - processes: `bamf-api` (SQLite, in-process presence), one `bamf-bridge` (relay), one `bamf-agent`, an echo target; client in process (rustls, ECDSA P-256)\n\
          - session setup, `POST /connect` → dial with the session certificate → first byte echoed, {n} sessions one after another: **p50 {p50:.1} ms, p99 {p99:.1} ms**\n\
          - throughput, {mib} MiB each way on one connection, median of {runs}: tunnel (TLS end to end client→agent, spliced by the bridge; TCP agent→target) **{relay:.2} Gbit/s**; front-door passthrough of one TLS connection to a TLS echo server **{pass:.2} Gbit/s**; ratio tunnel ÷ passthrough **{ratio:.2}×**\n\
+         - bridge CPU per GB carried (both directions counted), median: tunnel **{relay_cpu:.3} s**, passthrough **{pass_cpu:.3} s**, ratio **{cpu_ratio:.2}×**\n\
          - memory per established idle tunnel ({idle} tunnels): bridge **{bridge_per:.0} B**, agent **{agent_per:.0} B** (RSS growth ÷ tunnels)\n",
         date = bamf_benches::today(),
         smoke = if cli.smoke {
@@ -226,6 +258,7 @@ async fn main() -> Result<()> {
         mib = cli.mib,
         runs = relay_rates.len(),
         ratio = relay / pass,
+        cpu_ratio = relay_cpu / pass_cpu,
         idle = cli.idle,
     );
     println!("{report}");

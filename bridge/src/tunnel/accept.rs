@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bamf_client::e2e::{Records, peer_identity};
+use bamf_client::e2e::peer_identity;
+use bamf_client::tunnel::Records;
 use bamf_proto::san::{AgentId, Identity, SessionId};
 use bamf_proto::tunnel::{AGENT_PREAMBLE_LEN, Handover, Target, parse_agent_preamble};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -98,6 +99,9 @@ pub fn server_config(
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Claim {
     pub(crate) session: SessionId,
+    /// Which certificate a client side presented (a hash of it; 0 for agents): a session
+    /// pairs once per certificate, and attaches again only with a new one.
+    pub(crate) certificate: u64,
     pub(crate) agent: AgentId,
     pub(crate) client_side: bool,
     pub(crate) bridge: Option<u32>,
@@ -129,6 +133,7 @@ pub(crate) async fn accept(
                 ..
             } => Claim {
                 session,
+                certificate: certificate_id(tls.get_ref().1),
                 agent,
                 client_side: true,
                 bridge: Some(bridge),
@@ -140,6 +145,7 @@ pub(crate) async fn accept(
                 let (session, target) = parse_agent_preamble(&preamble).ok()?;
                 Claim {
                     session,
+                    certificate: 0,
                     agent,
                     client_side: false,
                     bridge: None,
@@ -161,6 +167,16 @@ pub(crate) async fn accept(
         Ok(None) => Err("handshake_failed"),
         Err(_) => Err("handshake_timeout"),
     }
+}
+
+/// A hash of the peer's certificate, to tell two certificates for one session apart.
+fn certificate_id(state: &rustls::CommonState) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    if let Some(leaf) = state.peer_certificates().and_then(|c| c.first()) {
+        leaf.as_ref().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// The bridge's half of the handover once a side is paired (or not): writes `answer` and

@@ -46,6 +46,9 @@ pub enum End {
     Killed,
     /// The bridge shut down before it finished.
     Shutdown,
+    /// The bridge drains: the tunnel was closed so that its sides attach again through
+    /// another bridge.
+    Drained,
     /// A read or write on the client's side failed.
     ClientError,
     /// A read or write on the agent's side failed.
@@ -62,6 +65,7 @@ impl End {
             Self::IdleTimeout => "idle_timeout",
             Self::Killed => "killed",
             Self::Shutdown => "shutdown",
+            Self::Drained => "drained",
             Self::ClientError => "client_error",
             Self::AgentError => "agent_error",
             Self::TargetUnreachable => "target_unreachable",
@@ -100,6 +104,8 @@ pub struct Pairing {
     events: mpsc::Sender<Event>,
     /// Ended by the bridge's shutdown cut.
     cut: CancellationToken,
+    /// Ends live tunnels when the bridge drains, so that they move.
+    drain: CancellationToken,
     /// Pipes and buffers, borrowed only while bytes are in flight (shared with the front door).
     carriers: Arc<Carriers>,
     /// Tunnel byte counters, taken once.
@@ -147,6 +153,7 @@ impl Pairing {
             sessions: Registry::new(settings.max_pending),
             events,
             cut,
+            drain: CancellationToken::new(),
             carriers: settings.carriers,
             bytes: crate::metrics::tunnel_bytes(),
         }
@@ -155,6 +162,15 @@ impl Pairing {
     /// Ids of the live tunnels.
     pub fn live_sessions(&self) -> Vec<SessionId> {
         self.sessions.live_sessions()
+    }
+
+    /// The bridge drains: every live tunnel closes now (reported `drained`), so that its
+    /// client and agent attach again through another bridge; waiting sides are closed too.
+    /// Returns how many tunnels were live.
+    pub fn move_tunnels(&self) -> usize {
+        let live = self.sessions.live_sessions().len();
+        self.drain.cancel();
+        live
     }
 
     /// Ends `session` as the API asked: its live tunnel closes, a side waiting for its
@@ -226,6 +242,7 @@ impl Pairing {
         let partner = tokio::select! {
             p = tokio::time::timeout(self.match_timeout, arrival) => p.ok().and_then(Result::ok),
             () = self.cut.cancelled() => None,
+            () = self.drain.cancelled() => None,
         };
         crate::metrics::tunnels_waiting(-1.0);
         let Some(partner) = partner else {
@@ -291,7 +308,7 @@ impl Pairing {
             (_, Err(e)) => return self.handover_failed(session, Side::Upstream, &e),
         };
         let kill = CancellationToken::new();
-        self.sessions.go_live(session, kill.clone());
+        let attachment = self.sessions.go_live(session, kill.clone());
         let started = now_ms();
         crate::metrics::tunnel_started();
         self.report(Event::Start {
@@ -303,6 +320,7 @@ impl Pairing {
             tokio::select! {
                 () = kill.cancelled() => {}
                 () = self.cut.cancelled() => {}
+                () = self.drain.cancelled() => {}
             }
         };
         let (relayed, moved) = relay_sockets(
@@ -320,9 +338,10 @@ impl Pairing {
             RelayEnd::Failed(Side::Upstream, _) => End::AgentError,
             RelayEnd::IdleTimeout => End::IdleTimeout,
             RelayEnd::Stopped if kill.is_cancelled() => End::Killed,
-            RelayEnd::Stopped => End::Shutdown,
+            RelayEnd::Stopped if self.cut.is_cancelled() => End::Shutdown,
+            RelayEnd::Stopped => End::Drained,
         };
-        self.sessions.ended(session);
+        self.sessions.ended(session, attachment);
         let (up, down) = (moved.up, moved.down);
         crate::metrics::tunnel_ended(end.as_str());
         self.report(Event::End {

@@ -1,6 +1,11 @@
-//! The registry of sessions on this bridge: sides waiting for their partner, sessions that
-//! may not pair (again), and live tunnels (for heartbeats and kills). Every decision about a
-//! session is taken under its locks, so two sides arriving together cannot both wait.
+//! The registry of sessions on this bridge: sides waiting for their partner, certificates
+//! that paired already, sessions the API ended, and live tunnels (for heartbeats and
+//! kills). Every decision about a session is taken under its locks, so two sides arriving
+//! together cannot both wait.
+//!
+//! A session pairs once per client certificate: attaching again after its path broke takes
+//! a new certificate from the API (which checks the session's key), so a copied certificate
+//! cannot open a second tunnel, and a session the API ended never pairs again here.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::accept::{Claim, Stream};
 
-/// A session id that has paired is refused again for this long (session certificates live
-/// 60 s by default, so a copied one cannot open a second tunnel).
+/// A certificate that has paired, or a session the API ended, is refused again for this
+/// long (session certificates live 60 s by default).
 const USED_MEMORY: Duration = Duration::from_secs(600);
 
 /// What the second side hands the waiting first side.
@@ -25,17 +30,20 @@ pub(crate) struct Partner {
     pub(crate) done: oneshot::Sender<()>,
 }
 
-/// Which side is waiting, and for which agent.
+/// Which side is waiting, and for which agent (with the client's certificate).
 struct Waiting {
     client_side: bool,
+    certificate: u64,
     agent: AgentId,
     deliver: oneshot::Sender<Partner>,
 }
 
-/// A live tunnel, for heartbeats and kills.
+/// A live tunnel, for heartbeats and kills; `attachment` tells a newer one of the same
+/// session apart.
 #[derive(Debug)]
 struct Live {
     kill: CancellationToken,
+    attachment: u64,
 }
 
 impl std::fmt::Debug for Waiting {
@@ -59,9 +67,13 @@ pub(crate) enum Decision {
 pub(crate) struct Registry {
     max_pending: usize,
     pending: Mutex<HashMap<SessionId, Waiting>>,
-    /// Sessions that may not pair (again): when, and the refusal's reason.
-    used: Mutex<HashMap<SessionId, (Instant, &'static str)>>,
+    /// Client certificates that paired (session, certificate): since when.
+    used: Mutex<HashMap<(SessionId, u64), Instant>>,
+    /// Sessions the API ended: since when.
+    ended: Mutex<HashMap<SessionId, Instant>>,
     live: Mutex<HashMap<SessionId, Live>>,
+    /// Attachments numbered as they go live.
+    attachments: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -79,25 +91,32 @@ impl Registry {
     #[allow(clippy::map_entry)]
     pub(crate) fn decide(&self, claim: &Claim) -> Decision {
         let session = claim.session;
-        let (Ok(mut pending), Ok(mut used)) = (self.pending.lock(), self.used.lock()) else {
+        let (Ok(mut pending), Ok(mut used), Ok(mut ended)) =
+            (self.pending.lock(), self.used.lock(), self.ended.lock())
+        else {
             return Decision::Refuse("internal_error");
         };
         let now = Instant::now();
-        used.retain(|_, (at, _)| now.duration_since(*at) < USED_MEMORY);
+        used.retain(|_, at| now.duration_since(*at) < USED_MEMORY);
+        ended.retain(|_, at| now.duration_since(*at) < USED_MEMORY);
         let wait = |pending: &mut HashMap<SessionId, Waiting>| {
             let (deliver, arrival) = oneshot::channel();
             pending.insert(
                 session,
                 Waiting {
                     client_side: claim.client_side,
+                    certificate: claim.certificate,
                     agent: claim.agent,
                     deliver,
                 },
             );
             Decision::Wait(arrival)
         };
-        if let Some((_, reason)) = used.get(&session) {
-            return Decision::Refuse(reason);
+        if ended.contains_key(&session) {
+            return Decision::Refuse("session_ended");
+        }
+        if claim.client_side && used.contains_key(&(session, claim.certificate)) {
+            return Decision::Refuse("session_already_used");
         }
         match pending.remove(&session) {
             Some(w) if w.deliver.is_closed() => {
@@ -113,7 +132,12 @@ impl Registry {
                 Decision::Refuse("agent_mismatch")
             }
             Some(w) => {
-                used.insert(session, (now, "session_already_used"));
+                let certificate = if claim.client_side {
+                    claim.certificate
+                } else {
+                    w.certificate
+                };
+                used.insert((session, certificate), now);
                 Decision::Deliver(w.deliver)
             }
             None if pending.len() >= self.max_pending => Decision::Refuse("too_many_waiting"),
@@ -139,16 +163,25 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// A paired tunnel goes live; `kill` ends it.
-    pub(crate) fn go_live(&self, session: SessionId, kill: CancellationToken) {
+    /// A paired tunnel goes live; `kill` ends it. Returns its attachment number, for
+    /// [`Registry::ended`].
+    pub(crate) fn go_live(&self, session: SessionId, kill: CancellationToken) -> u64 {
+        let attachment = self
+            .attachments
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut live) = self.live.lock() {
-            live.insert(session, Live { kill });
+            live.insert(session, Live { kill, attachment });
         }
+        attachment
     }
 
-    /// A live tunnel ended.
-    pub(crate) fn ended(&self, session: SessionId) {
-        if let Ok(mut live) = self.live.lock() {
+    /// A live tunnel ended (unless a newer attachment of its session went live since).
+    pub(crate) fn ended(&self, session: SessionId, attachment: u64) {
+        if let Ok(mut live) = self.live.lock()
+            && live
+                .get(&session)
+                .is_some_and(|l| l.attachment == attachment)
+        {
             live.remove(&session);
         }
     }
@@ -156,9 +189,9 @@ impl Registry {
     /// Ends `session`: its live tunnel closes, a side waiting for its partner is dropped, and
     /// the session can never pair here again. Returns whether a live tunnel was closed.
     pub(crate) fn kill(&self, session: SessionId) -> bool {
-        if let (Ok(mut pending), Ok(mut used)) = (self.pending.lock(), self.used.lock()) {
+        if let (Ok(mut pending), Ok(mut ended)) = (self.pending.lock(), self.ended.lock()) {
             pending.remove(&session);
-            used.insert(session, (Instant::now(), "session ended by the API"));
+            ended.insert(session, Instant::now());
         }
         let live = self.live.lock().ok();
         match live.as_ref().and_then(|l| l.get(&session)) {

@@ -12,5 +12,5 @@ use crate::session::Ctx;
 pub async fn run(ctx: &Ctx, resource: &str) -> Result<()> {
     connect::check_name(resource)?;
     let tunnel = connect::open(ctx, resource).await?;
-    connect::splice_stdio(resource, tunnel).await
+    connect::splice_stdio(ctx, resource, tunnel).await
 }

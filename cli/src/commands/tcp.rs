@@ -77,7 +77,7 @@ pub async fn listen(ctx: SharedCtx, resource: &str, port: u16) -> Result<Forward
             let (ctx, resource) = (ctx.clone(), resource.clone());
             Some(async move {
                 match connect::open(&ctx, &resource).await {
-                    Ok(tunnel) => connect::splice_tcp(local, tunnel).await,
+                    Ok(tunnel) => connect::splice_tcp(&ctx, local, tunnel).await,
                     Err(e) => output::error(format!("connection from {peer}: {e}")),
                 }
             })
