@@ -648,3 +648,5 @@ fn the_builtin_rules_parse() {
         }
     }
 }
+
+mod retention;
