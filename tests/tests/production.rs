@@ -170,21 +170,26 @@ fn the_api_host_gets_the_public_certificate_reloaded_from_disk_and_mtls_stays_in
 
     // The Secret is filled: picked up without a restart.
     install_secret(&secret, 1, &public.server(&[HOST], 0x1001));
-    wait_for("the first public certificate", Duration::from_secs(15), || {
-        served_serial(&api, HOST) == "1001"
-    });
+    wait_for(
+        "the first public certificate",
+        Duration::from_secs(15),
+        || served_serial(&api, HOST) == "1001",
+    );
     let (code, status, body) = curl_as(&api, HOST, &public_ca, "/health", &[]);
     assert_eq!((code, status), (0, 200), "{body}");
     // Only the public host: curl trusting the internal CA now fails there (60: peer
     // certificate cannot be authenticated), and the other names keep the internal one.
     assert_eq!(curl_as(&api, HOST, &internal_ca, "/health", &[]).0, 60);
-    assert_eq!(curl_as(&api, "localhost", &internal_ca, "/health", &[]).1, 200);
+    assert_eq!(
+        curl_as(&api, "localhost", &internal_ca, "/health", &[]).1,
+        200
+    );
 
     // A bridge joins over the internal CA (it dials `localhost`), and its certificate from
     // the internal CA still authenticates it on the publicly certified host.
     let data = dir.path().join("bridge-0");
-    let _bridge = Bridge::start_tunnel(0, DOMAIN, &api, &internal_ca, &data, BRIDGE_TOKEN, &[])
-        .unwrap();
+    let _bridge =
+        Bridge::start_tunnel(0, DOMAIN, &api, &internal_ca, &data, BRIDGE_TOKEN, &[]).unwrap();
     wait_for("the bridge's certificate", Duration::from_secs(15), || {
         data.join("bridge.crt").exists()
     });
@@ -266,7 +271,12 @@ fn admin_bearer(api: &Api, ca: &Path, password: &str) -> String {
         "localhost",
         ca,
         "/api/v1/auth/login",
-        &["-H", "content-type: application/json", "--data-binary", &body],
+        &[
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body,
+        ],
     );
     assert_eq!(status, 200, "{answer}");
     let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
@@ -295,10 +305,18 @@ fn audit_and_session_listings_read_from_the_read_replica() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("auth.login"), "{body}");
     // The connection named by the read URL ran the listing.
-    assert!(last_queries().contains("FROM audit_events"), "{}", last_queries());
+    assert!(
+        last_queries().contains("FROM audit_events"),
+        "{}",
+        last_queries()
+    );
     let (_, status, body) = curl_as(&api, "localhost", &ca, "/api/v1/sessions", &["-H", &auth]);
     assert_eq!(status, 200, "{body}");
-    assert!(last_queries().contains("FROM sessions"), "{}", last_queries());
+    assert!(
+        last_queries().contains("FROM sessions"),
+        "{}",
+        last_queries()
+    );
     // Writes never go there.
     assert!(!last_queries().contains("INSERT"), "{}", last_queries());
     // A read URL for a SQLite store is a configuration error, reported before starting.
@@ -416,7 +434,10 @@ impl TlsPostgres {
     }
 
     fn url(&self, query: &str) -> String {
-        format!("postgres://postgres@localhost:{}/postgres?{query}", self.port)
+        format!(
+            "postgres://postgres@localhost:{}/postgres?{query}",
+            self.port
+        )
     }
 }
 
@@ -458,7 +479,10 @@ fn the_api_uses_a_postgresql_that_requires_tls() {
     drop(api);
     // verify-full without that CA: the server's certificate is refused.
     let err = Api::start(&["--database-url", &pg.url("sslmode=verify-full")]).unwrap_err();
-    assert!(format!("{err:#}").contains("connecting to the store"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("connecting to the store"),
+        "{err:#}"
+    );
     // A CA file that does not exist: a clear message before anything is touched.
     let err = Api::start_with_env(
         &["--database-url", &pg.url("sslmode=verify-full")],
@@ -586,7 +610,10 @@ fn the_api_uses_redis_over_tls() {
     // Without trusting that CA, the server's certificate is refused.
     let api = Api::start_with_env(
         &["--database-url", &url, "--redis-url", &redis_url],
-        &[("SSL_CERT_FILE", "/dev/null"), ("SSL_CERT_DIR", "/nonexistent")],
+        &[
+            ("SSL_CERT_FILE", "/dev/null"),
+            ("SSL_CERT_DIR", "/nonexistent"),
+        ],
     )
     .unwrap();
     ready_becomes(&api, &api_ca, 503);
