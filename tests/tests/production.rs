@@ -154,6 +154,8 @@ fn the_api_host_gets_the_public_certificate_reloaded_from_disk_and_mtls_stays_in
             "localhost",
             "--tunnel-domain",
             DOMAIN,
+            "--admin-password",
+            "pw-admin-1",
         ],
         &[
             ("BAMF_API_TLS_CERT_FILE", &cert_file),
@@ -215,6 +217,53 @@ fn the_api_host_gets_the_public_certificate_reloaded_from_disk_and_mtls_stays_in
     });
     assert_eq!(api.pid(), pid);
     assert_eq!(curl_as(&api, HOST, &public_ca, "/health", &[]).1, 200);
+
+    // The CLI on the public host: it verifies the API through the system roots (here the
+    // public CA, as SSL_CERT_FILE), with the BAMF CA for everything else, as before.
+    let home = dir.path().join("cli-home");
+    let bamf = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(bamf_tests::binary("bamf"))
+            .env("BAMF_HOME", &home)
+            .env("SSL_CERT_FILE", &public_ca)
+            .env_remove("BAMF_API")
+            .env_remove("BAMF_VIA")
+            .env_remove("BAMF_USER")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let public_url = format!("https://{HOST}:{}", api.addr.port());
+    let via = api.addr.to_string();
+    let internal = internal_ca.display().to_string();
+    let login = bamf(
+        &[
+            "login",
+            "--api",
+            &public_url,
+            "--via",
+            &via,
+            "--ca-file",
+            &internal,
+            "--user",
+            "admin",
+            "--password-stdin",
+        ],
+        "pw-admin-1\n",
+    );
+    assert!(login.status.success(), "{login:?}");
+    let listed = bamf(&["ls"], "");
+    assert!(listed.status.success(), "{listed:?}");
 
     // A bad pair (the key of another certificate) is logged and the previous one kept.
     let (cert, _) = public.server(&[HOST], 0x1003);
