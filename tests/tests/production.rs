@@ -340,7 +340,10 @@ fn audit_and_session_listings_read_from_the_read_replica() {
     let dir = TempDir::new("prod-read");
     let api = Api::start_with_env(
         &["--database-url", &pg.url, "--admin-password", "pw-admin-1"],
-        &[("BAMF_DATABASE_READ_URL", &read_url)],
+        &[
+            ("BAMF_DATABASE_READ_URL", &read_url),
+            ("BAMF_AUDIT_RETENTION_DAYS", "30"),
+        ],
     )
     .unwrap();
     let ca = api.fetch_ca(dir.path());
@@ -368,6 +371,9 @@ fn audit_and_session_listings_read_from_the_read_replica() {
     );
     // Writes never go there.
     assert!(!last_queries().contains("INSERT"), "{}", last_queries());
+    // The retention schedule started, and its first run (at start) found nothing to purge.
+    assert_eq!(count_logs(&api, "purged hourly"), 1);
+    assert_eq!(count_logs(&api, "purge failed"), 0, "{:?}", api.logs());
     // A read URL for a SQLite store is a configuration error, reported before starting.
     let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
     let err = Api::start_with_env(
