@@ -126,7 +126,7 @@ pub enum Refusal {
     Full,
     /// This client holds its share.
     PerAddress,
-    /// A trusted proxy did not send a valid PROXY header in time.
+    /// A trusted proxy sent a malformed PROXY header, or nothing in time.
     ProxyHeader,
 }
 
@@ -136,7 +136,7 @@ impl Refusal {
         match self {
             Self::Full => "connection limit",
             Self::PerAddress => "per-address connection limit",
-            Self::ProxyHeader => "missing or malformed PROXY header from a trusted proxy",
+            Self::ProxyHeader => "malformed or late PROXY header from a trusted proxy",
         }
     }
 }
@@ -241,15 +241,29 @@ impl Drop for Slot {
 /// address (the proxy's own for a LOCAL header, e.g. a health check). Reads exactly the
 /// header's bytes, so what follows (the TLS ClientHello) stays in the socket.
 ///
+/// A connection from a trusted proxy may also come without a header: one the proxy makes
+/// on its own behalf (a bridge calling the API from the same address its front door
+/// forwards from). Its first byte tells: a PROXY v2 header starts with `\r`, a TLS
+/// handshake with `0x16`; without a header the client is the proxy itself. Trust is
+/// unchanged: the proxy is trusted either way, and a proxy that forwards clients must send
+/// the header on each of their connections (a client's own header would otherwise be read).
+///
 /// # Errors
 ///
-/// [`Refusal::ProxyHeader`] when it is missing, malformed or late.
+/// [`Refusal::ProxyHeader`] when it is malformed or nothing arrives in time.
 pub async fn read_proxy_header(
     tcp: &mut TcpStream,
     peer: SocketAddr,
     deadline: Duration,
 ) -> Result<SocketAddr, Refusal> {
     let read = async {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await.ok()? == 0 {
+            return None;
+        }
+        if first[0] != proxy_v2::SIGNATURE[0] {
+            return Some(peer);
+        }
         // The fixed part says how long the rest is.
         let mut head = [0u8; 16];
         tcp.read_exact(&mut head).await.ok()?;
@@ -376,9 +390,31 @@ mod tests {
         let late = read_proxy_header(&mut tcp, peer, Duration::from_millis(100)).await;
         assert_eq!(late.unwrap_err(), Refusal::ProxyHeader);
         let mut garbage = TcpStream::connect(addr).await.unwrap();
-        garbage.write_all(&[0x16; 32]).await.unwrap();
+        let mut broken = proxy_v2::SIGNATURE.to_vec();
+        broken.extend_from_slice(&[0x99; 20]);
+        garbage.write_all(&broken).await.unwrap();
         let (mut tcp, peer) = listener.accept().await.unwrap();
         let bad = read_proxy_header(&mut tcp, peer, Duration::from_secs(1)).await;
         assert_eq!(bad.unwrap_err(), Refusal::ProxyHeader);
+        let mut cut = TcpStream::connect(addr).await.unwrap();
+        cut.write_all(b"\r\n\r\nnope").await.unwrap();
+        cut.shutdown().await.unwrap();
+        let (mut tcp, peer) = listener.accept().await.unwrap();
+        let bad = read_proxy_header(&mut tcp, peer, Duration::from_secs(1)).await;
+        assert_eq!(bad.unwrap_err(), Refusal::ProxyHeader);
+
+        // The proxy's own connection, without a header: the client is the proxy, and the
+        // ClientHello is left untouched.
+        let mut own = TcpStream::connect(addr).await.unwrap();
+        own.write_all(b"\x16\x03\x01hello").await.unwrap();
+        let (mut tcp, peer) = listener.accept().await.unwrap();
+        let got = read_proxy_header(&mut tcp, peer, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(got, peer);
+        let mut rest = [0u8; 8];
+        tcp.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"\x16\x03\x01hello");
+        drop(own);
     }
 }

@@ -22,6 +22,9 @@
 //! - [`placement`] and [`reconcile`]: which bridge a session goes to, and ending the sessions
 //!   of bridges that are gone. [`metrics`]: the API's Prometheus metrics.
 //! - [`auth`]: argon2id password hashes, opaque API tokens (kept as hashes), login limits.
+//! - [`tls`]: the certificate the API presents: the internal CA's, or a public one from
+//!   files for its public host, reloaded when they change. [`retention`]: the hourly purge
+//!   of audit events and ended sessions past the retention period.
 
 pub mod access;
 pub mod auth;
@@ -34,10 +37,12 @@ pub mod openapi;
 pub mod placement;
 pub mod presence;
 pub mod reconcile;
+pub mod retention;
 pub mod routes;
 pub mod seal;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use bamf_proto::rbac;
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 use bamf_api::context::AppState;
 use bamf_api::presence::{MemoryPresence, Presence, RedisPresence};
 use bamf_api::server;
-use bamf_api::store::Store;
+use bamf_api::store::{Store, StoreOptions};
 use bamf_proto::HostName;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,14 @@ struct Cli {
         default_value = "sqlite://bamf.db?mode=rwc"
     )]
     database_url: String,
+    /// A read replica of the PostgreSQL store for read-heavy listings (audit log, sessions);
+    /// default: the primary
+    #[arg(long, env = "BAMF_DATABASE_READ_URL", hide_env_values = true)]
+    database_read_url: Option<String>,
+    /// CA bundle (PEM) verifying PostgreSQL's server certificate, for the primary and the
+    /// read replica (added to their URLs as `sslrootcert` unless they name one)
+    #[arg(long, env = "BAMF_DATABASE_CA_FILE")]
+    database_ca_file: Option<std::path::PathBuf>,
     /// redis://…; without it, presence lives in this process (single node only)
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
@@ -48,6 +56,14 @@ struct Cli {
     /// More names for the API's TLS certificate, comma-separated (e.g. in-cluster names)
     #[arg(long, env = "BAMF_API_ALT_NAMES", value_delimiter = ',')]
     api_alt_names: Vec<HostName>,
+    /// A publicly trusted certificate chain (PEM) for the API host, served instead of the
+    /// internal CA's for that name only; reloaded when the file changes. Until it exists,
+    /// the internal certificate is served. Client certificates stay the internal CA's.
+    #[arg(long, env = "BAMF_API_TLS_CERT_FILE", requires = "api_tls_key_file")]
+    api_tls_cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --api-tls-cert-file
+    #[arg(long, env = "BAMF_API_TLS_KEY_FILE", requires = "api_tls_cert_file")]
+    api_tls_key_file: Option<std::path::PathBuf>,
     /// Bring your own CA: its certificate (PEM), used when the store has no CA yet
     #[arg(long, env = "BAMF_CA_CERT_FILE", requires = "ca_key_file")]
     ca_cert_file: Option<std::path::PathBuf>,
@@ -71,6 +87,11 @@ struct Cli {
     /// Session certificate lifetime: the time a tunnel has to be established
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     session_cert_lifetime: Duration,
+    /// Audit events and ended sessions older than this many days are purged (hourly, by
+    /// one replica at a time, itself audited); 0 keeps them forever
+    #[arg(long, env = "BAMF_AUDIT_RETENTION_DAYS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    audit_retention_days: u32,
     /// Apply the store's migrations and exit (for a deployment hook)
     #[arg(long)]
     migrate_only: bool,
@@ -165,9 +186,32 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         .map(RedisPresence::new)
         .transpose()
         .context("REDIS_URL")?;
-    let store = Store::connect(&cli.database_url)
+    if let Some(ca) = &cli.database_ca_file {
+        std::fs::File::open(ca)
+            .with_context(|| format!("BAMF_DATABASE_CA_FILE: cannot read {}", ca.display()))?;
+    }
+    let public_files = match (cli.api_tls_cert_file.take(), cli.api_tls_key_file.take()) {
+        (Some(cert), Some(key)) => Some(bamf_api::tls::PublicFiles { cert, key }),
+        _ => None,
+    };
+    let options = StoreOptions {
+        read_url: cli.database_read_url.take(),
+        ca_file: cli.database_ca_file.clone(),
+    };
+    let has_replica = options.read_url.is_some();
+    let store = Store::open(&cli.database_url, &options)
         .await
         .context("connecting to the store")?;
+    if has_replica {
+        match store.ping_read().await {
+            Ok(()) => {
+                tracing::info!("read replica connected: audit and session listings read from it")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the read replica does not answer yet: audit and session listings fail until it does")
+            }
+        }
+    }
     if cli.migrate_only {
         tracing::info!("migrations applied");
         return Ok(());
@@ -204,13 +248,27 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
     }
     let mut hosts = vec![cli.api_host.clone()];
     hosts.extend(cli.api_alt_names.iter().cloned());
-    let tls = server::tls_config(&ca, &hosts).context("setting up TLS")?;
+    let (tls, certificates) = server::tls_config(&ca, &hosts).context("setting up TLS")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    if let Some(files) = &public_files {
+        bamf_api::tls::initial(&certificates, files, &cli.api_host, &provider)
+            .context("BAMF_API_TLS_CERT_FILE / BAMF_API_TLS_KEY_FILE")?;
+    }
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
     let metrics = bamf_api::metrics::install().context("installing the metrics recorder")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(bamf_runtime::shutdown_on_signals(shutdown.clone()));
+    if let Some(files) = public_files {
+        tokio::spawn(bamf_api::tls::watch(
+            certificates,
+            files,
+            cli.api_host.clone(),
+            provider,
+            shutdown.clone(),
+        ));
+    }
     let presence = match presence {
         // Connected on first use: while Redis is down, /ready says so.
         Some(redis) => Presence::Redis(redis),
@@ -219,6 +277,18 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
             Presence::Memory(MemoryPresence::default())
         }
     };
+    if cli.audit_retention_days > 0 {
+        let days = Duration::from_secs(u64::from(cli.audit_retention_days) * 86_400);
+        tracing::info!(
+            days = cli.audit_retention_days,
+            "audit retention: events and ended sessions older than this are purged hourly"
+        );
+        tokio::spawn(bamf_api::retention::run(
+            store.clone(),
+            days,
+            shutdown.clone(),
+        ));
+    }
     let state = Arc::new(AppState {
         store,
         presence,

@@ -29,6 +29,7 @@ use crate::ca::{Authority, CaError};
 use crate::connections::{Admission, Limits};
 use crate::context::{AppState, Caller, RequestContext};
 use crate::routes;
+use crate::tls::ServerCertificates;
 
 /// TLS handshake deadline: a client that has not finished by then is not coming.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,13 +64,21 @@ pub enum ServerError {
 
 /// Builds the TLS configuration: a fresh key and a certificate for `hosts` issued by our CA
 /// (the key never leaves this process), and client certificates optional but, when
-/// presented, required to chain to our CA.
+/// presented, required to chain to our CA. The certificate presented is chosen per handshake
+/// by the returned [`ServerCertificates`]: the internal one, or for the first of `hosts` a
+/// public one once it is given (see [`crate::tls`]).
 ///
 /// # Errors
 ///
 /// [`ServerError`] when the certificate or the rustls configuration cannot be made.
-pub fn tls_config(ca: &Authority, hosts: &[HostName]) -> Result<Arc<ServerConfig>, ServerError> {
+pub fn tls_config(
+    ca: &Authority,
+    hosts: &[HostName],
+) -> Result<(Arc<ServerConfig>, Arc<ServerCertificates>), ServerError> {
     let tls_err = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let public_host = hosts
+        .first()
+        .ok_or(ServerError::Tls("no host name".into()))?;
     let key = rcgen::KeyPair::generate().map_err(|e| tls_err(&e))?;
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
@@ -90,6 +99,9 @@ pub fn tls_config(ca: &Authority, hosts: &[HostName]) -> Result<Arc<ServerConfig
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(chain[1].clone()).map_err(|e| tls_err(&e))?;
+    let internal =
+        rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| tls_err(&e))?;
+    let certificates = Arc::new(ServerCertificates::new(Arc::new(internal), public_host));
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()
@@ -98,10 +110,9 @@ pub fn tls_config(ca: &Authority, hosts: &[HostName]) -> Result<Arc<ServerConfig
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| tls_err(&e))?;
+        .with_cert_resolver(certificates.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), certificates))
 }
 
 /// How the server treats connections.

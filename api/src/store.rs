@@ -7,7 +7,7 @@
 //!
 //! One file per entity: `users`, `roles`, `tokens` (API tokens), `join_tokens` (and the joins
 //! that spend them), `agents` (and their resources), `bridges`, `certificates` (issued and
-//! revoked), `sessions`, `audit`, `ca`.
+//! revoked), `sessions`, `audit`, `retention` (the audit purge), `ca`.
 
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ mod bridges;
 mod ca;
 mod certificates;
 mod join_tokens;
+mod retention;
 mod roles;
 mod sessions;
 mod tokens;
@@ -32,6 +33,7 @@ pub use bridges::Bridge;
 pub use ca::StoredCa;
 pub use certificates::{CertificateRef, CertificateSubject, Revocation, Revoked};
 pub use join_tokens::{JoinKind, JoinOutcome, JoinToken};
+pub use retention::{Checkpoint, PURGE_ACTOR, PurgeBatch, PurgeOutcome};
 pub use roles::{Role, RoleChange};
 pub use sessions::{Report, Session, SessionFilter};
 pub use users::User;
@@ -65,6 +67,12 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store's options do not fit its URL.
+    #[error("{0}")]
+    Options(&'static str),
+    /// The audit events a purge selected changed before it deleted them (rolled back).
+    #[error("audit events changed during the retention purge; retried at the next run")]
+    PurgeRace,
     /// The random source failed (making an id).
     #[error("random source failed")]
     Random,
@@ -154,7 +162,44 @@ pub(super) fn restrict_sqlite_file(file: &std::path::Path, create: bool) -> Resu
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// For read-heavy listings (audit log, sessions): a read replica's pool, or `pool`.
+    read: AnyPool,
     backend: Backend,
+}
+
+/// Where the store is, beyond its URL.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// A read replica (PostgreSQL) for read-heavy listings: the audit log and sessions.
+    pub read_url: Option<String>,
+    /// CA bundle verifying PostgreSQL's server certificate (`sslmode=verify-ca`,
+    /// `verify-full`): added to each PostgreSQL URL as `sslrootcert` unless it names one.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// `url` with `sslrootcert=<ca_file>` added when it names none.
+fn with_root_cert(url: &str, ca_file: Option<&std::path::Path>) -> String {
+    let Some(ca) = ca_file else {
+        return url.to_owned();
+    };
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let named = query.split('&').any(|p| {
+        let key = p.split_once('=').map_or(p, |(k, _)| k);
+        matches!(key, "sslrootcert" | "ssl-root-cert" | "ssl-ca")
+    });
+    if named {
+        return url.to_owned();
+    }
+    let mut encoded = String::new();
+    for b in ca.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(b) {
+            encoded.push(char::from(*b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslrootcert={encoded}")
 }
 
 impl Store {
@@ -165,7 +210,32 @@ impl Store {
     /// [`StoreError`] if the URL is not supported, the database is unreachable, or a
     /// migration fails.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, &StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with a read replica and a CA bundle for PostgreSQL's TLS. The
+    /// replica is connected on first use (an unreachable replica fails the listings that
+    /// use it, not the start).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::connect`]; [`StoreError::Options`] when a read replica or CA file is
+    /// given for SQLite, or the read URL is not PostgreSQL.
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        let is_postgres = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
+        if !is_postgres(url) && (options.read_url.is_some() || options.ca_file.is_some()) {
+            return Err(StoreError::Options(
+                "a read replica and a database CA file apply to PostgreSQL only",
+            ));
+        }
+        if options.read_url.as_deref().is_some_and(|u| !is_postgres(u)) {
+            return Err(StoreError::Options(
+                "the read replica URL must be postgres://… or postgresql://…",
+            ));
+        }
+        let ca = options.ca_file.as_deref();
+        let url = &with_root_cert(url, ca);
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
         } else if url.starts_with("sqlite:") {
@@ -189,7 +259,18 @@ impl Store {
             Backend::Postgres => POSTGRES.run(&pool).await?,
             Backend::Sqlite => SQLITE.run(&pool).await?,
         }
-        Ok(Self { pool, backend })
+        let read = match &options.read_url {
+            Some(read_url) => AnyPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy(&with_root_cert(read_url, ca))?,
+            None => pool.clone(),
+        };
+        Ok(Self {
+            pool,
+            read,
+            backend,
+        })
     }
 
     /// Which database this is.
@@ -204,6 +285,16 @@ impl Store {
     /// [`StoreError::Database`] when it does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether the read pool answers (a read replica is connected on first use).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`] when it does not.
+    pub async fn ping_read(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
     }
 

@@ -32,7 +32,10 @@ tunnels (`--via`), because not every resolver answers for `*.localhost` names.
   machine. A second login replaces the first (the old token is revoked).
 - **Trust.** The API is verified against the BAMF CA. With `--ca-file` that is the file; on
   the first login without it, the CLI fetches the CA from the API (trust on first use),
-  prints its SHA-256 fingerprint for you to compare, and pins it for later logins.
+  prints its SHA-256 fingerprint for you to compare, and pins it for later logins. An API
+  host served with a publicly trusted certificate is also accepted through the system's
+  trust store (`SSL_CERT_FILE` / `SSL_CERT_DIR` name another); bridges and agents are only
+  ever verified against the BAMF CA.
 - **Sessions.** Every TCP connection is its own session: the CLI asks the API
   (`POST /api/v1/connect`) with a CSR for a fresh key, receives a session certificate valid
   for 60 s to *establish* the tunnel, and dials the bridge the API chose. The agent next to

@@ -80,9 +80,10 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// The API endpoint for `url`, trusting `ca_pem`, connecting at `via` when given.
+/// The API endpoint for `url`, trusting `ca_pem` and the system roots (a publicly certified
+/// API host), connecting at `via` when given.
 fn api_endpoint(url: &str, ca_pem: &str, via: Option<SocketAddr>) -> Result<Api> {
-    let tls = bamf_client::tls_config(ca_pem, None, HTTP1)?;
+    let tls = bamf_client::api_tls_config(ca_pem, None, HTTP1)?;
     Ok(Api::new(url, tls)
         .map_err(|e| Error::msg(format!("{url}: {e}")))?
         .connect_to(via))

@@ -4,7 +4,8 @@
 //! - [`enroll`]: the identity's files (crash-safe), checking what the API issued, renewal at
 //!   half-life; [`backoff`]: jittered exponential back-off for every retry.
 //! - [`https`]: a small JSON-over-HTTPS client for the API, with the CA as the only trust
-//!   root and an optional client certificate (agents and bridges authenticate by it).
+//!   root (the CLI adds the system's roots: [`api_tls_config`]) and an optional client
+//!   certificate (agents and bridges authenticate by it).
 //! - [`identity`]: private keys and CSRs made locally (the key never leaves the host),
 //!   certificate files written 0600, and when a certificate is due for renewal.
 //! - [`tunnel`]: dialling a bridge by its name (SNI) with a session or agent certificate.
@@ -32,9 +33,38 @@ pub fn tls_config(
     client: Option<(&str, &str)>,
     alpn: &[&[u8]],
 ) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
+    config_with_roots(roots(ca_pem)?, client, alpn)
+}
+
+/// [`tls_config`] for calling the API: trusts `ca_pem` and also the system's trust store
+/// (`SSL_CERT_FILE` / `SSL_CERT_DIR` name another), since the API may present a publicly
+/// trusted certificate for its public host. Never for dialling bridges or agents, which
+/// only the internal CA may certify.
+///
+/// # Errors
+///
+/// As [`tls_config`]; an unreadable system store only means fewer roots.
+pub fn api_tls_config(
+    ca_pem: &str,
+    client: Option<(&str, &str)>,
+    alpn: &[&[u8]],
+) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = roots(ca_pem)?;
+    let system = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(system.certs);
+    if added == 0 {
+        tracing::debug!("no system trust roots: trusting the BAMF CA only");
+    }
+    config_with_roots(roots, client, alpn)
+}
+
+fn config_with_roots(
+    roots: rustls::RootCertStore,
+    client: Option<(&str, &str)>,
+    alpn: &[&[u8]],
+) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let roots = roots(ca_pem)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -80,7 +80,8 @@ impl Store {
     }
 
     /// Audit events matching `filter`, newest first, at most `limit` (capped at
-    /// [`MAX_AUDIT_PAGE`]), strictly older than the cursor `before` (an event id).
+    /// [`MAX_AUDIT_PAGE`]), strictly older than the cursor `before` (an event id). Read from
+    /// the read replica when there is one.
     ///
     /// # Errors
     ///
@@ -104,7 +105,7 @@ impl Store {
         .bind(filter.until)
         .bind(before)
         .bind(i64::from(limit.clamp(1, MAX_AUDIT_PAGE)))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(audit_event).collect()
     }

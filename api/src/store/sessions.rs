@@ -245,7 +245,7 @@ impl Store {
     }
 
     /// Sessions matching `filter`, newest first, created before `before` (Unix ms), at most
-    /// `limit`.
+    /// `limit`. Read from the read replica when there is one.
     ///
     /// # Errors
     ///
@@ -265,7 +265,7 @@ impl Store {
         .bind(filter.user.as_deref())
         .bind(before)
         .bind(i64::from(limit.clamp(1, super::MAX_AUDIT_PAGE)))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(session_row).collect()
     }

@@ -652,3 +652,5 @@ fn the_builtin_rules_parse() {
         }
     }
 }
+
+mod retention;
