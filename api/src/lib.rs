@@ -23,7 +23,7 @@
 //!   of bridges that are gone. [`metrics`]: the API's Prometheus metrics.
 //! - [`auth`]: argon2id password hashes, opaque API tokens (kept as hashes), login limits.
 //! - [`tls`]: the certificate the API presents: the internal CA's, or a public one from
-//!   files for its public host, reloaded when they change. [`retention`]: the hourly purge
+//!   files for its public host, reloaded when they change. [`purge`]: the hourly purge
 //!   of audit events and ended sessions past the retention period.
 
 pub mod access;
@@ -36,8 +36,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod placement;
 pub mod presence;
+pub mod purge;
 pub mod reconcile;
-pub mod retention;
 pub mod routes;
 pub mod seal;
 pub mod server;

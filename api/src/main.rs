@@ -283,11 +283,7 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
             days = cli.audit_retention_days,
             "audit retention: events and ended sessions older than this are purged hourly"
         );
-        tokio::spawn(bamf_api::retention::run(
-            store.clone(),
-            days,
-            shutdown.clone(),
-        ));
+        tokio::spawn(bamf_api::purge::run(store.clone(), days, shutdown.clone()));
     }
     let state = Arc::new(AppState {
         store,

@@ -1189,3 +1189,103 @@ impl User {
         )
     }
 }
+
+/// A real OpenSSH server on loopback with a throwaway host key, accepting one user key.
+#[derive(Debug)]
+pub struct Sshd {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The private key the server accepts.
+    pub user_key: PathBuf,
+}
+
+#[allow(clippy::unwrap_used)] // a test helper: a failure is a failed test
+impl Sshd {
+    /// Starts `sshd` with its files in `dir`.
+    ///
+    /// # Panics
+    ///
+    /// `sshd` or `ssh` is missing, or it does not start.
+    pub fn start(dir: &Path) -> Self {
+        let sshd = Path::new("/usr/sbin/sshd");
+        let has_ssh = Command::new("ssh").arg("-V").output().is_ok();
+        assert!(
+            sshd.exists() && has_ssh,
+            "these tests need /usr/sbin/sshd and ssh: scripts/test installs openssh-server \
+             and openssh-client (apt-get install openssh-server openssh-client)"
+        );
+        let keygen = |path: &Path| {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(path)
+                .status()
+                .unwrap();
+            assert!(status.success(), "ssh-keygen");
+        };
+        let (host_key, user_key) = (dir.join("ssh_host_key"), dir.join("user_key"));
+        keygen(&host_key);
+        keygen(&user_key);
+        let authorized = dir.join("authorized_keys");
+        std::fs::copy(dir.join("user_key.pub"), &authorized).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nHostKey {host}\nPidFile none\n\
+                 AuthorizedKeysFile {auth}\nStrictModes no\nUsePAM no\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
+                 Subsystem sftp internal-sftp\n",
+                host = host_key.display(),
+                auth = authorized.display(),
+            ),
+        )
+        .unwrap();
+        // Run as root, sshd wants its privilege-separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                let mut banner = [0u8; 7];
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                if std::io::Read::read_exact(&mut s, &mut banner).is_ok() && &banner == b"SSH-2.0" {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start:\n{}",
+                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            addr,
+            user_key,
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -8,10 +8,10 @@
 #![allow(clippy::unwrap_used)] // a test binary: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bamf_tests::{Agent, Api, Bridge, TempDir, binary, echo_server, workspace};
@@ -240,98 +240,6 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-/// A real OpenSSH server on loopback with a throwaway host key, accepting one user key.
-struct Sshd {
-    child: Child,
-    addr: SocketAddr,
-    /// The private key the server accepts.
-    user_key: PathBuf,
-}
-
-impl Sshd {
-    fn start(dir: &Path) -> Self {
-        let sshd = Path::new("/usr/sbin/sshd");
-        let has_ssh = Command::new("ssh").arg("-V").output().is_ok();
-        assert!(
-            sshd.exists() && has_ssh,
-            "these tests need /usr/sbin/sshd and ssh: scripts/test installs openssh-server \
-             and openssh-client (apt-get install openssh-server openssh-client)"
-        );
-        let keygen = |path: &Path| {
-            let status = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(path)
-                .status()
-                .unwrap();
-            assert!(status.success(), "ssh-keygen");
-        };
-        let (host_key, user_key) = (dir.join("ssh_host_key"), dir.join("user_key"));
-        keygen(&host_key);
-        keygen(&user_key);
-        let authorized = dir.join("authorized_keys");
-        std::fs::copy(dir.join("user_key.pub"), &authorized).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "ListenAddress 127.0.0.1:{port}\nHostKey {host}\nPidFile none\n\
-                 AuthorizedKeysFile {auth}\nStrictModes no\nUsePAM no\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
-                 Subsystem sftp internal-sftp\n",
-                host = host_key.display(),
-                auth = authorized.display(),
-            ),
-        )
-        .unwrap();
-        // Run as root, sshd wants its privilege-separation directory.
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(addr) {
-                let mut banner = [0u8; 7];
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                if s.read_exact(&mut banner).is_ok() && &banner == b"SSH-2.0" {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not start:\n{}",
-                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            addr,
-            user_key,
-        }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// 20 concurrent connections, each sending its own random bytes and a half-close, each
 /// expecting exactly those bytes back; exit 3 with the failures otherwise.
 const ECHO_CLIENT: &str = r#"
@@ -375,7 +283,7 @@ print(f"{n} connections echoed byte for byte")
 #[test]
 fn users_reach_ssh_postgres_and_tcp_through_the_cli() {
     let stack = Stack::start("cli-access");
-    let sshd = Sshd::start(stack.dir.path());
+    let sshd = bamf_tests::Sshd::start(stack.dir.path());
     let echo = echo_server();
     let admin = stack.home("admin");
     stack.login(&admin, "admin", ADMIN_PASSWORD).ok();

@@ -127,9 +127,15 @@ impl Fleet {
         self.bridges.push(bridge);
     }
 
-    /// Starts the agent (through the load balancer) serving `resources`; waits until they
-    /// are online.
+    /// Starts the agent (through the load balancer) serving TCP `resources`; waits until
+    /// they are online.
     async fn start_agent(&mut self, resources: &[(&str, SocketAddr)]) {
+        let typed: Vec<_> = resources.iter().map(|(n, a)| (*n, "tcp", *a)).collect();
+        self.start_agent_with(&typed).await;
+    }
+
+    /// Starts the agent serving `resources` (name, kind, address).
+    async fn start_agent_with(&mut self, resources: &[(&str, &str, SocketAddr)]) {
         let token = self
             .admin
             .call(
@@ -152,9 +158,9 @@ impl Fleet {
             data = self.dir.path().join("agent").display(),
             lb = self.lb.addr,
         );
-        for (name, addr) in resources {
+        for (name, kind, addr) in resources {
             config.push_str(&format!(
-                "[[resources]]\nname = \"{name}\"\nkind = \"tcp\"\naddress = \"{addr}\"\n"
+                "[[resources]]\nname = \"{name}\"\nkind = \"{kind}\"\naddress = \"{addr}\"\n"
             ));
         }
         let path = self.dir.path().join("agent.toml");
@@ -633,4 +639,165 @@ async fn resuming_takes_the_session_key_and_a_killed_session_stays_dead() {
         .await
         .unwrap_err();
     assert_eq!(gone.status().map(|s| s.as_u16()), Some(410), "{gone}");
+}
+
+/// A terminal (tmux on its own socket) running `command`; read by capturing its pane.
+struct Terminal {
+    socket: PathBuf,
+}
+
+impl Terminal {
+    fn start(dir: &Path, home: &Path, command: &str) -> Self {
+        let socket = dir.join("tmux.sock");
+        let status = Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args(["new-session", "-d", "-s", "t", "-x", "160", "-y", "50"])
+            .arg(format!("env BAMF_HOME={} {command}", home.display()))
+            .status()
+            .expect("tmux (scripts/test installs it)");
+        assert!(status.success());
+        Self { socket }
+    }
+
+    fn window(&self, name: &str, home: &Path, command: &str) {
+        let status = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["new-window", "-t", "t", "-n", name])
+            .arg(format!("env BAMF_HOME={} {command}", home.display()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn type_line(&self, target: &str, line: &str) {
+        // tmux reads an argument ending in `;` as a command separator unless escaped.
+        let line = match line.strip_suffix(';') {
+            Some(rest) => format!("{rest}\\;"),
+            None => line.to_owned(),
+        };
+        let status = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["send-keys", "-t", target, "-l", &line])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["send-keys", "-t", target, "Enter"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn screen(&self, target: &str) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["capture-pane", "-p", "-t", target])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Waits until `target`'s screen shows `text`.
+    async fn wait_for(&self, target: &str, text: &str, limit: Duration) {
+        let started = Instant::now();
+        while !self.screen(target).contains(text) {
+            assert!(
+                started.elapsed() < limit,
+                "{text:?} never showed:\n{}",
+                self.screen(target)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .status();
+    }
+}
+
+/// The active session to `resource`, as the API lists it: (id, bridge).
+async fn active_session(fleet: &Fleet, resource: &str) -> (String, usize) {
+    let listed = fleet
+        .admin
+        .call(Method::GET, "/api/v1/sessions?state=active", None)
+        .await
+        .unwrap();
+    let session = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["resource"] == resource)
+        .unwrap_or_else(|| panic!("no active {resource} session: {listed}"))
+        .clone();
+    (
+        session["id"].as_str().unwrap().to_owned(),
+        usize::try_from(session["bridge"].as_u64().unwrap()).unwrap(),
+    )
+}
+
+/// An interactive `bamf ssh` in a terminal, and `bamf psql` inside an open transaction, each
+/// survive `kill -9` of the bridge carrying them: the shell answers the next command, and the
+/// transaction (a temporary table, so the same server connection) commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_and_psql_sessions_survive_kill_9_of_their_bridge() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::start("resume-pty", 15, 3).await;
+    let sshd = bamf_tests::Sshd::start(fleet.dir.path());
+    fleet
+        .start_agent_with(&[
+            ("box", "ssh", sshd.addr),
+            ("pg", "postgres", "127.0.0.1:5432".parse().unwrap()),
+        ])
+        .await;
+    let home = fleet.cli_home();
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let bamf = bamf_tests::binary("bamf");
+    let ssh = format!(
+        "{} ssh {user}@box -F /dev/null -i {} -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+        bamf.display(),
+        sshd.user_key.display()
+    );
+    let term = Terminal::start(fleet.dir.path(), &home, &ssh);
+    term.type_line("t:0", "echo before-$((6*7))");
+    term.wait_for("t:0", "before-42", Duration::from_secs(30))
+        .await;
+    let (_, on) = active_session(&fleet, "box").await;
+    fleet.bridges[on].signal("KILL");
+    term.type_line("t:0", "echo after-$((6*7))");
+    term.wait_for("t:0", "after-42", Duration::from_secs(30))
+        .await;
+
+    let psql = format!("{} psql pg -- -U postgres -d test", bamf.display());
+    term.window("pg", &home, &psql);
+    term.type_line("t:pg", "BEGIN;");
+    term.type_line("t:pg", "CREATE TEMP TABLE survivor (x int);");
+    term.type_line("t:pg", "INSERT INTO survivor VALUES (1000+337);");
+    term.wait_for("t:pg", "INSERT 0 1", Duration::from_secs(30))
+        .await;
+    let (id, on) = active_session(&fleet, "pg").await;
+    fleet.bridges[on].signal("KILL");
+    term.type_line("t:pg", "SELECT x FROM survivor;");
+    term.wait_for("t:pg", "1337", Duration::from_secs(30)).await;
+    term.type_line("t:pg", "COMMIT;");
+    term.wait_for("t:pg", "COMMIT", Duration::from_secs(30))
+        .await;
+    fleet
+        .wait_session(&id, |s| s["reattaches"].as_i64() >= Some(1))
+        .await;
 }

@@ -1,7 +1,7 @@
 //! Audit retention on both backends, with the purge's clock injected.
 
 use super::*;
-use crate::retention::purge;
+use crate::purge::purge;
 
 const DAY: i64 = 86_400_000;
 
