@@ -64,7 +64,11 @@ impl Fleet {
                 "--tunnel-domain",
                 DOMAIN,
             ],
-            &[("BAMF_BRIDGE_JOIN_TOKEN", BRIDGE_TOKEN)],
+            // A front door on another port than 443, as the chart's `gateway.port` sets it.
+            &[
+                ("BAMF_BRIDGE_JOIN_TOKEN", BRIDGE_TOKEN),
+                ("BAMF_TUNNEL_PORT", "8443"),
+            ],
         )
         .unwrap();
         let ca_pem = bamf_tests::stored_ca(&pg.url)
@@ -588,6 +592,19 @@ async fn resuming_takes_the_session_key_and_a_killed_session_stays_dead() {
         .await;
     let (id, _, mut carried) = fleet.open("echo").await;
     assert_eq!(echo(&mut carried.app, b"mine").await, b"mine");
+    // The tunnel port the deployment sets (BAMF_TUNNEL_PORT, the chart's gateway port) is
+    // the one `/connect` and resumes tell clients to dial.
+    let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
+    let grant = fleet
+        .admin
+        .call(
+            Method::POST,
+            "/api/v1/connect",
+            Some(serde_json::json!({"resource": "echo", "csr": csr})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(grant["bridge_port"], 8443, "{grant}");
     let (_, other_csr) = bamf_client::identity::key_and_csr().unwrap();
     let refused = fleet
         .admin
