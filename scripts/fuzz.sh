@@ -10,8 +10,11 @@ ensure_cargo_fuzz
 
 export RUSTC_BOOTSTRAP=1
 corpus=fuzz/corpus/client_hello
-mkdir -p "$corpus" fuzz/corpus/proxy_v2 fuzz/corpus/san
+mkdir -p "$corpus" fuzz/corpus/proxy_v2 fuzz/corpus/san fuzz/corpus/resume
 printf 'bamf://kind/user\nbamf://user/alice' > fuzz/corpus/san/user
+# Frame headers: RESUME (received 0, window 4 MiB), DATA (length 3), ACK 3, FIN, PING, CLOSE.
+printf '\001\001\000\000\000\000\000\000\000\000\000\100\000\000\002\000\003\003\000\000\000\000\000\000\000\003\004\005\006\001' \
+  > fuzz/corpus/resume/frames
 cp proto/testdata/client_hello/*.bin "$corpus/"
 for target in client_hello proxy_v2 san resume; do
   echo "fuzz: $target for ${seconds}s"

@@ -209,7 +209,9 @@ async fn main() -> Result<()> {
         let mut p = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await?;
+        let cpu = bamf_benches::cpu_seconds(bridge_pid);
         pass_rates.push(pump(&mut p, bytes).await?);
+        pass_cpu.push(per_gb(bamf_benches::cpu_seconds(bridge_pid) - cpu));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -239,7 +241,7 @@ async fn main() -> Result<()> {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let report = format!(
         "\n## Tunnels, {date}{smoke}\n\n- commit: {commit}; machine: {machine}; everything on loopback, debug logging off\n\
-         - processes: `bamf-api` (SQLite, in-process presence), one `bamf-bridge` (relay), one `bamf-agent`, an echo target; client in process (rustls, ECDSA P-256)\n\
+         - processes: `bamf-api` (SQLite, in-process presence), one `bamf-bridge` (pairing and splice), one `bamf-agent`, an echo target; client in process (the CLI's code: end-to-end TLS and the resumable stream, rustls, ECDSA P-256)\n\
          - session setup, `POST /connect` → dial with the session certificate → first byte echoed, {n} sessions one after another: **p50 {p50:.1} ms, p99 {p99:.1} ms**\n\
          - throughput, {mib} MiB each way on one connection, median of {runs}: tunnel (TLS end to end client→agent, spliced by the bridge; TCP agent→target) **{relay:.2} Gbit/s**; front-door passthrough of one TLS connection to a TLS echo server **{pass:.2} Gbit/s**; ratio tunnel ÷ passthrough **{ratio:.2}×**\n\
          - bridge CPU per GB carried (both directions counted), median: tunnel **{relay_cpu:.3} s**, passthrough **{pass_cpu:.3} s**, ratio **{cpu_ratio:.2}×**\n\
