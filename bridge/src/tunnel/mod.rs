@@ -184,7 +184,9 @@ impl Pairing {
     /// door read while detecting (the ClientHello), replayed into the TLS handshake.
     pub async fn serve(&self, stream: TcpStream, buffered: Vec<u8>, peer: SocketAddr) -> Outcome {
         let _ = stream.set_nodelay(true);
-        let (tls, claim) = match accept(&self.acceptor, stream, buffered).await {
+        // Boxed, as are the handovers: their TLS state is large and lives only for a moment;
+        // inline, it would size every tunnel's task for its whole life.
+        let (tls, claim) = match Box::pin(accept(&self.acceptor, stream, buffered)).await {
             Ok(accepted) => accepted,
             Err(reason) => return self.refused(peer, None, reason),
         };
@@ -272,7 +274,7 @@ impl Pairing {
 
     /// The agent could not reach the target: tell the client's side and close it.
     async fn unreachable(&self, session: SessionId, agent: AgentId, client: Stream) -> Outcome {
-        let _ = hand_over(client, Handover::TargetUnreachable).await;
+        let _ = Box::pin(hand_over(client, Handover::TargetUnreachable)).await;
         crate::metrics::tunnel_refused("target_unreachable");
         self.report(Event::End {
             session,
@@ -299,10 +301,13 @@ impl Pairing {
         client: Stream,
         agent_side: Stream,
     ) -> Outcome {
-        let (client, agent_side) = match tokio::join!(
-            hand_over(client, Handover::Paired),
-            hand_over(agent_side, Handover::Paired)
-        ) {
+        let handovers = Box::pin(async {
+            tokio::join!(
+                hand_over(client, Handover::Paired),
+                hand_over(agent_side, Handover::Paired)
+            )
+        });
+        let (client, agent_side) = match handovers.await {
             (Ok(c), Ok(a)) => (c, a),
             (Err(e), _) => return self.handover_failed(session, Side::Client, &e),
             (_, Err(e)) => return self.handover_failed(session, Side::Upstream, &e),
