@@ -27,7 +27,7 @@ use bamf_proto::api::SessionEnd;
 use bamf_proto::san::{Identity, SessionId};
 use bamf_proto::tunnel::{DialCommand, agent_failure_preamble, agent_preamble};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -38,11 +38,35 @@ use crate::metrics::{self, ActiveTunnel, DialOutcome};
 /// After the grace period, how long cut tunnels get to log their end.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
-/// Dial commands for one session queued while it attaches.
-const ATTACH_QUEUE: usize = 4;
-
 /// Where a new dial command for a session already served goes.
-type Sessions = Arc<Mutex<HashMap<SessionId, mpsc::Sender<DialCommand>>>>;
+type Sessions = Arc<Mutex<HashMap<SessionId, Arc<Mailbox>>>>;
+
+/// The newest dial command for a session already served: a later one supersedes it (the API
+/// placed the session again). One slot, not a queue: every open tunnel holds one.
+#[derive(Debug, Default)]
+struct Mailbox {
+    next: Mutex<Option<DialCommand>>,
+    arrived: Notify,
+}
+
+impl Mailbox {
+    fn put(&self, cmd: DialCommand) {
+        if let Ok(mut next) = self.next.lock() {
+            *next = Some(cmd);
+        }
+        // Stores a permit when nobody waits, so a command put before `take` is not missed.
+        self.arrived.notify_one();
+    }
+
+    async fn take(&self) -> DialCommand {
+        loop {
+            if let Some(cmd) = self.next.lock().ok().and_then(|mut next| next.take()) {
+                return cmd;
+            }
+            self.arrived.notified().await;
+        }
+    }
+}
 
 /// The tunnels of one agent: the limit, the tasks, the sessions being served, and the
 /// switch that cuts them.
@@ -88,9 +112,7 @@ impl Tunnels {
             .ok()
             .and_then(|s| s.get(&cmd.session).cloned());
         if let Some(session) = attaching {
-            if session.try_send(cmd).is_err() {
-                tracing::warn!("a session's attach queue is full: dial command dropped");
-            }
+            session.put(cmd);
             return;
         }
         let Some(resource) = self.config.resource(&cmd.resource).cloned() else {
@@ -112,9 +134,9 @@ impl Tunnels {
             );
             return;
         };
-        let (tx, rx) = mpsc::channel(ATTACH_QUEUE);
+        let mailbox = Arc::new(Mailbox::default());
         if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.insert(cmd.session, tx);
+            sessions.insert(cmd.session, mailbox.clone());
         }
         let (config, tls, cut, sessions) = (
             self.config.clone(),
@@ -123,7 +145,7 @@ impl Tunnels {
             self.sessions.clone(),
         );
         self.tasks.spawn(async move {
-            serve(&config, &cmd, &resource, tls, rx, &cut).await;
+            serve(&config, &cmd, &resource, tls, mailbox, &cut).await;
             if let Ok(mut sessions) = sessions.lock() {
                 sessions.remove(&cmd.session);
             }
@@ -160,60 +182,16 @@ async fn serve(
     cmd: &DialCommand,
     resource: &Resource,
     tls: watch::Receiver<Arc<Tls>>,
-    attach: mpsc::Receiver<DialCommand>,
+    attach: Arc<Mailbox>,
     cut: &CancellationToken,
 ) {
     let started = Instant::now();
-    let fail = |outcome: DialOutcome, stage: &'static str, error: &dyn std::fmt::Display| {
-        metrics::dialled(outcome, started.elapsed());
-        tracing::warn!(
-            session = %cmd.session,
-            resource = %cmd.resource,
-            bridge = %cmd.bridge_host,
-            stage,
-            outcome = outcome.as_str(),
-            error = %error,
-            "tunnel failed"
-        );
-    };
-    let connect = resource.address.connect();
-    let target = match tokio::time::timeout(config.limits.connect_timeout, connect).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err((
-            DialOutcome::resource(&e),
-            format!("{}: {e}", resource.address),
-        )),
-        Err(_) => Err((
-            DialOutcome::ResourceTimeout,
-            format!("{}: connect timed out", resource.address),
-        )),
-    };
-    let current = tls.borrow().clone();
-    let mut bridge = match cut.run_until_cancelled(dial(config, &current, cmd)).await {
-        Some(Ok(stream)) => stream,
-        Some(Err(e)) => return fail(DialOutcome::bridge(&e), "bridge", &e),
-        None => return fail(DialOutcome::Shutdown, "bridge", &"cut by shutdown"),
-    };
-    let target = match target {
-        Ok(stream) => stream,
-        Err((outcome, e)) => {
-            // Tell the bridge, so the client is closed now rather than at the match timeout.
-            let _ = write_preamble(&mut bridge, &agent_failure_preamble(cmd.session)).await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), bridge.shutdown()).await;
-            return fail(outcome, "resource", &e);
-        }
-    };
-    let _ = target.set_nodelay(true);
-    if let Err(e) = write_preamble(&mut bridge, &agent_preamble(cmd.session)).await {
-        return fail(DialOutcome::PreambleError, "preamble", &e);
-    }
-    let (session, key) = match cut
-        .run_until_cancelled(end_to_end(bridge, &current, cmd, None))
-        .await
-    {
-        Some(Ok(attached)) => attached,
-        Some(Err((outcome, e))) => return fail(outcome, "end_to_end", &e),
-        None => return fail(DialOutcome::Shutdown, "end_to_end", &"cut by shutdown"),
+    // Boxed: the dial and handshakes' state is large and lives only for a moment; inline, it
+    // would size the tunnel's task for its whole life.
+    let Some((target, session, key)) =
+        Box::pin(open(config, cmd, resource, &tls, cut, started)).await
+    else {
+        return;
     };
     metrics::dialled(DialOutcome::Ok, started.elapsed());
     let _active = ActiveTunnel::new();
@@ -295,6 +273,77 @@ async fn tell_api(tls: &watch::Receiver<Arc<Tls>>, end: &SessionEnd) {
     tracing::warn!(session = %end.session, "the API never heard that this session ended");
 }
 
+/// A tunnel's first attachment: the target, and the end-to-end session with the client's key.
+type Opened = (tokio::net::TcpStream, AgentSession, Vec<u8>);
+
+/// Connects to the target and dials the bridge at once, then runs the handover and the
+/// end-to-end handshake. Logs and counts a failure, and returns `None` then.
+async fn open(
+    config: &Config,
+    cmd: &DialCommand,
+    resource: &Resource,
+    tls: &watch::Receiver<Arc<Tls>>,
+    cut: &CancellationToken,
+    started: Instant,
+) -> Option<Opened> {
+    let fail = |outcome: DialOutcome,
+                stage: &'static str,
+                error: &dyn std::fmt::Display|
+     -> Option<Opened> {
+        metrics::dialled(outcome, started.elapsed());
+        tracing::warn!(
+            session = %cmd.session,
+            resource = %cmd.resource,
+            bridge = %cmd.bridge_host,
+            stage,
+            outcome = outcome.as_str(),
+            error = %error,
+            "tunnel failed"
+        );
+        None
+    };
+    let connect = resource.address.connect();
+    let target = match tokio::time::timeout(config.limits.connect_timeout, connect).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err((
+            DialOutcome::resource(&e),
+            format!("{}: {e}", resource.address),
+        )),
+        Err(_) => Err((
+            DialOutcome::ResourceTimeout,
+            format!("{}: connect timed out", resource.address),
+        )),
+    };
+    let current = tls.borrow().clone();
+    let mut bridge = match cut.run_until_cancelled(dial(config, &current, cmd)).await {
+        Some(Ok(stream)) => stream,
+        Some(Err(e)) => return fail(DialOutcome::bridge(&e), "bridge", &e),
+        None => return fail(DialOutcome::Shutdown, "bridge", &"cut by shutdown"),
+    };
+    let target = match target {
+        Ok(stream) => stream,
+        Err((outcome, e)) => {
+            // Tell the bridge, so the client is closed now rather than at the match timeout.
+            let _ = write_preamble(&mut bridge, &agent_failure_preamble(cmd.session)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), bridge.shutdown()).await;
+            return fail(outcome, "resource", &e);
+        }
+    };
+    let _ = target.set_nodelay(true);
+    if let Err(e) = write_preamble(&mut bridge, &agent_preamble(cmd.session)).await {
+        return fail(DialOutcome::PreambleError, "preamble", &e);
+    }
+    let (session, key) = match cut
+        .run_until_cancelled(end_to_end(bridge, &current, cmd, None))
+        .await
+    {
+        Some(Ok(attached)) => attached,
+        Some(Err((outcome, e))) => return fail(outcome, "end_to_end", &e),
+        None => return fail(DialOutcome::Shutdown, "end_to_end", &"cut by shutdown"),
+    };
+    Some((target, session, key))
+}
+
 /// Dials the bridge a command names, with the agent certificate.
 async fn dial(config: &Config, tls: &Tls, cmd: &DialCommand) -> io::Result<Outer> {
     bamf_client::tunnel::dial(
@@ -316,7 +365,7 @@ struct Attaching<'a> {
     resource: &'a str,
     /// The client's public key at the first attachment.
     key: Vec<u8>,
-    commands: mpsc::Receiver<DialCommand>,
+    commands: Arc<Mailbox>,
     /// A command that arrived while the current attachment still looked alive.
     next: Option<DialCommand>,
 }
@@ -345,7 +394,7 @@ impl Reattach<AgentSession> for Attaching<'_> {
         loop {
             let cmd = match self.next.take() {
                 Some(cmd) => cmd,
-                None => self.commands.recv().await?,
+                None => self.commands.take().await,
             };
             match self.attach(cmd.clone()).await {
                 Ok(session) => {
@@ -361,10 +410,7 @@ impl Reattach<AgentSession> for Attaching<'_> {
 
     async fn superseded(&mut self) {
         if self.next.is_none() {
-            match self.commands.recv().await {
-                Some(cmd) => self.next = Some(cmd),
-                None => std::future::pending().await,
-            }
+            self.next = Some(self.commands.take().await);
         }
     }
 }
@@ -427,4 +473,32 @@ async fn write_preamble<S: AsyncWrite + Unpin>(bridge: &mut S, preamble: &[u8]) 
     tokio::time::timeout(bamf_client::tunnel::DIAL_TIMEOUT, write)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "writing the preamble timed out"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without running it.
+    fn future_size<A, B, F: std::future::Future>(_: impl Fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn an_open_tunnel_keeps_a_small_future() {
+        let serve =
+            future_size(
+                |(config, cmd, resource): (Arc<Config>, DialCommand, Resource),
+                 (tls, mailbox, cut): (
+                    watch::Receiver<Arc<Tls>>,
+                    Arc<Mailbox>,
+                    CancellationToken,
+                )| async move {
+                    serve(&config, &cmd, &resource, tls, mailbox, &cut).await
+                },
+            );
+        // What every open tunnel's task holds for its whole life: 9 152 bytes before the dial
+        // and re-attach were boxed and the session split onto the heap, 2 960 after (debug).
+        assert!(serve < 4096, "serve future is {serve} bytes");
+    }
 }

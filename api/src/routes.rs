@@ -33,6 +33,10 @@ pub use call::Call;
 
 /// Largest request body: requests are small JSON documents (a CSR is about 500 bytes).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest body on a bridge's routes: its heartbeat lists every live session (up to
+/// `MAX_LIVE`, 20 000, at about 40 bytes each). Only holders of a bridge certificate get
+/// past authentication, and the body is read before it, so this stays a few times `MAX_BODY`.
+pub const MAX_BRIDGE_BODY: usize = 1024 * 1024;
 /// Deadline for receiving a request body (slow senders).
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -385,7 +389,11 @@ pub async fn route(state: &AppState, ctx: &RequestContext, req: Request<Incoming
     let reply = async {
         // The (bounded) body is read before answering, so a refusal never races an unread
         // upload.
-        let body = read_body(body).await?;
+        let limit = match route.access {
+            Access::Bridge => MAX_BRIDGE_BODY,
+            _ => MAX_BODY,
+        };
+        let body = read_body(body, limit).await?;
         let principal = authenticate(state, ctx, &parts, route.access, route.path).await?;
         let call = Call {
             state,
@@ -405,9 +413,9 @@ pub async fn route(state: &AppState, ctx: &RequestContext, req: Request<Incoming
     }
 }
 
-/// Reads a body of at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
-    let body = Limited::new(body, MAX_BODY);
+/// Reads a body of at most `limit` bytes within [`BODY_TIMEOUT`].
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let body = Limited::new(body, limit);
     match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e))

@@ -22,7 +22,7 @@ use bamf_proto::resume::{
     CloseReason, Header, Incoming, MAX_DATA, MAX_HEADER_LEN, Outgoing, StreamError,
 };
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -160,9 +160,33 @@ const ACK_DELAY: Duration = Duration::from_millis(100);
 
 /// Carries `local` through `first` and the attachments `reattach` makes, until the stream
 /// ends, `stop` fires, or it cannot attach again in time.
-pub async fn carry<L, S, R>(
+///
+/// Not an `async fn`: both streams are split (moved to the heap) before the future is
+/// made, so a carried stream's future never holds a second copy of the session's TLS state.
+pub fn carry<'a, L, S, R>(
     local: L,
     first: S,
+    reattach: R,
+    settings: &'a Settings,
+    stop: impl Future<Output = ()> + 'a,
+) -> impl Future<Output = Report> + 'a
+where
+    L: AsyncRead + AsyncWrite + Unpin + 'a,
+    S: AsyncRead + AsyncWrite + Unpin + 'a,
+    R: Reattach<S> + 'a,
+{
+    carry_split(
+        tokio::io::split(local),
+        tokio::io::split(first),
+        reattach,
+        settings,
+        stop,
+    )
+}
+
+async fn carry_split<L, S, R>(
+    (mut lr, mut lw): (ReadHalf<L>, WriteHalf<L>),
+    first: (ReadHalf<S>, WriteHalf<S>),
     mut reattach: R,
     settings: &Settings,
     stop: impl Future<Output = ()>,
@@ -172,7 +196,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     R: Reattach<S>,
 {
-    let (mut lr, mut lw) = tokio::io::split(local);
     let mut sender = Sender {
         out: Outgoing::default(),
         buf: BytesMut::new(),
@@ -215,7 +238,9 @@ where
             Step::Broken | Step::WriterDone => {
                 let detached = Instant::now();
                 let next = tokio::select! {
-                    s = tokio::time::timeout(settings.resume_deadline, reattach.reattach()) => {
+                    // Boxed: a re-attach (dial, handshakes) is large and rare; inline, it
+                    // would size every carried stream for its whole life.
+                    s = tokio::time::timeout(settings.resume_deadline, Box::pin(reattach.reattach())) => {
                         s.ok().flatten()
                     }
                     () = &mut stop => {
@@ -226,7 +251,7 @@ where
                 report.paused += detached.elapsed();
                 match next {
                     Some(s) => {
-                        stream = s;
+                        stream = tokio::io::split(s);
                         report.reattached += 1;
                     }
                     None => {
@@ -248,7 +273,7 @@ where
 async fn attachment<LR, LW, S>(
     lr: &mut LR,
     lw: &mut LW,
-    stream: S,
+    (mut tr, mut tw): (ReadHalf<S>, WriteHalf<S>),
     sender: &mut Sender,
     incoming: &mut Incoming,
     signals: &Signals,
@@ -260,7 +285,6 @@ where
     LW: AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut tr, mut tw) = tokio::io::split(stream);
     // Say how much we have, learn how much they have.
     let window = u32::try_from(settings.buffer).unwrap_or(u32::MAX);
     let hello = Header::Resume {

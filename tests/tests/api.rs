@@ -584,6 +584,28 @@ async fn agents_and_bridges_join_with_tokens_that_expire_run_out_and_can_be_revo
     assert_eq!(joined["name"], "2.bridge.tunnel.test");
     let (_, body) = whoami_with(&api, &ca, dir.path(), "bridge", &joined, &bridge_key);
     assert!(body.contains("bamf://bridge/2"), "{body}");
+    // A busy bridge's heartbeat lists its 9 000 live sessions (about 350 KB): accepted,
+    // although anyone else's body of that size is not.
+    let sessions: Vec<String> = (0..9000u32)
+        .map(|n| format!("00000000-0000-4000-8000-{n:012}"))
+        .collect();
+    let beat =
+        serde_json::json!({"load": 9000, "draining": false, "sessions": sessions}).to_string();
+    let (cert, key) = (dir.path().join("bridge.crt"), dir.path().join("bridge.key"));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let (status, body, _) = post(
+        &api,
+        &ca,
+        "/api/v1/bridges/heartbeat",
+        &beat,
+        &["--cert", &cert, "--key", &key],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = post(&api, &ca, "/api/v1/auth/login", &beat, &[]);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (413, "payload_too_large")
+    );
     // The listing shows uses and revocation, never a token secret.
     let (_, status, listing) = curl(&api, &ca, "/api/v1/join-tokens", &["-H", &auth]);
     assert_eq!(status, 200);

@@ -14,7 +14,6 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -92,12 +91,12 @@ impl Fleet {
         Ok(())
     }
 
-    /// A session to `echo` through the load balancer, carried for an in-process
-    /// application: (its bridge, the application's end).
-    async fn open(&self) -> Result<(u32, DuplexStream)> {
+    /// A session to `resource` entering through `via` (the load balancer or a bridge's front
+    /// door), carried for an in-process application: (its bridge, the application's end).
+    async fn open(&self, resource: &str, via: SocketAddr) -> Result<(u32, DuplexStream)> {
         let (key, csr) = bamf_client::identity::key_and_csr()?;
         let request = wire::ConnectRequest {
-            resource: "echo".into(),
+            resource: resource.into(),
             csr,
         };
         let grant = self.client.user(&self.token).connect(&request).await?;
@@ -107,7 +106,6 @@ impl Fleet {
             .next()
             .and_then(|n| n.parse().ok())
             .context("bridge name")?;
-        let via = self.lb.addr;
         let stream = bamf_client::e2e::open(
             &grant.bridge_host,
             443,
@@ -232,13 +230,12 @@ async fn main() -> Result<()> {
     fleet.start_bridge(0)?;
     fleet.start_bridge(1)?;
     let echo = echo_target().await?;
-    let agent = start_agent(&fleet, echo, cli.tunnels + 100).await?;
-    let agent_pid = agent.pid();
+    let agent = start_agent(&fleet, "bench", "echo", echo, fleet.lb.addr, 100).await?;
 
     // 1. Pause across kill -9 of the hosting bridge.
     let mut pauses = Vec::with_capacity(cli.trials);
     for trial in 0..cli.trials {
-        let (on, mut app) = fleet.open().await?;
+        let (on, mut app) = fleet.open("echo", fleet.lb.addr).await?;
         let mut last = Instant::now();
         for _ in 0..50 {
             echo_once(&mut app, Duration::from_secs(5)).await?;
@@ -269,11 +266,17 @@ async fn main() -> Result<()> {
     let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
     let (pause_p50, pause_p99) = (pct(&pauses, 0.5), pct(&pauses, 0.99));
 
-    // 2. Many tunnels on one bridge: bridge 1 drains away, so every session lands on 0.
+    // 2. Many tunnels on one bridge: bridge 1 drains away, so every session lands on 0;
+    // client and a second agent dial bridge 0 directly, as the balancer (in this process)
+    // would need four descriptors per tunnel on top of the client's and the echo's.
     if let Some(mut one) = fleet.bridges[1].take() {
         one.signal("TERM");
         let _ = one.wait(Duration::from_secs(30));
     }
+    drop(agent);
+    let front = fleet.bridges[0].as_ref().context("bridge 0")?.front;
+    let agent = start_agent(&fleet, "many", "echo-many", echo, front, cli.tunnels + 100).await?;
+    let agent_pid = agent.pid();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let bridge = fleet.bridges[0].as_ref().context("bridge 0")?;
     let bridge_pid = bridge.pid();
@@ -287,14 +290,26 @@ async fn main() -> Result<()> {
     let mut held: Vec<DuplexStream> = Vec::with_capacity(cli.tunnels);
     let mut pending = futures_util::stream::iter(0..cli.tunnels)
         .map(|_| async move {
-            let (on, mut app) = fleet_ref.open().await?;
+            let (on, mut app) = fleet_ref.open("echo-many", front).await?;
             anyhow::ensure!(on == 0, "a session landed on bridge {on}");
             echo_once(&mut app, Duration::from_secs(30)).await?;
             anyhow::Ok(app)
         })
         .buffer_unordered(32);
     while let Some(app) = pending.next().await {
-        held.push(app?);
+        match app {
+            Ok(app) => held.push(app),
+            Err(e) => {
+                // What the processes said last, to tell which side gave up.
+                for line in bridge.logs().iter().rev().take(15).rev() {
+                    eprintln!("bridge 0: {line}");
+                }
+                for line in agent.logs().iter().rev().take(15).rev() {
+                    eprintln!("agent: {line}");
+                }
+                return Err(e.context(format!("after {} tunnels", held.len())));
+            }
+        }
     }
     drop(pending);
     let opened_in = opening.elapsed();
@@ -350,7 +365,15 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn start_agent(fleet: &Fleet, echo: SocketAddr, max: usize) -> Result<bamf_tests::Agent> {
+/// An agent named `name` offering `resource` (the echo target), dialing bridges at `bridge`.
+async fn start_agent(
+    fleet: &Fleet,
+    name: &str,
+    resource: &str,
+    echo: SocketAddr,
+    bridge: SocketAddr,
+    max: usize,
+) -> Result<bamf_tests::Agent> {
     let join = fleet
         .client
         .user(&fleet.token)
@@ -361,13 +384,25 @@ async fn start_agent(fleet: &Fleet, echo: SocketAddr, max: usize) -> Result<bamf
         })
         .await?
         .token;
-    let config = fleet.dir.path().join("agent.toml");
-    write_agent_config(&config, fleet, echo, max)?;
+    let config = fleet.dir.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"{name}\"\napi_url = \"https://localhost:{port}\"\napi_address = \"{api}\"\n\
+             api_ca_file = \"{ca}\"\ndata_dir = \"{data}\"\nbridge_address = \"{bridge}\"\n\
+             max_tunnels = {max}\n\
+             [[resources]]\nname = \"{resource}\"\nkind = \"tcp\"\naddress = \"{echo}\"\n",
+            port = fleet.api.addr.port(),
+            api = fleet.api.addr,
+            ca = fleet.ca_file.display(),
+            data = fleet.dir.path().join(name).display(),
+        ),
+    )?;
     let agent = bamf_tests::Agent::spawn(&config, &[("BAMF_JOIN_TOKEN", &join)])?;
     let started = Instant::now();
     loop {
         let listed = fleet.client.user(&fleet.token).resources().await?;
-        if listed.items.iter().any(|r| r.online) {
+        if listed.items.iter().any(|r| r.name == resource && r.online) {
             return Ok(agent);
         }
         anyhow::ensure!(
@@ -376,22 +411,4 @@ async fn start_agent(fleet: &Fleet, echo: SocketAddr, max: usize) -> Result<bamf
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn write_agent_config(path: &Path, fleet: &Fleet, echo: SocketAddr, max: usize) -> Result<()> {
-    std::fs::write(
-        path,
-        format!(
-            "name = \"bench\"\napi_url = \"https://localhost:{port}\"\napi_address = \"{api}\"\n\
-             api_ca_file = \"{ca}\"\ndata_dir = \"{data}\"\nbridge_address = \"{lb}\"\n\
-             max_tunnels = {max}\n\
-             [[resources]]\nname = \"echo\"\nkind = \"tcp\"\naddress = \"{echo}\"\n",
-            port = fleet.api.addr.port(),
-            api = fleet.api.addr,
-            ca = fleet.ca_file.display(),
-            data = fleet.dir.path().join("agent").display(),
-            lb = fleet.lb.addr,
-        ),
-    )?;
-    Ok(())
 }

@@ -93,6 +93,26 @@ pub enum Outcome {
     Joined,
 }
 
+/// Where a connection stands once the short-lived part (TLS, pairing, handover) is over.
+enum Prepared {
+    /// Done: refused, timed out, or ended before any byte moved.
+    Ended(Outcome),
+    /// This side joined a waiting partner; told when the partner's relay is over.
+    Joined(oneshot::Receiver<()>),
+    /// Both sides handed over: this connection's task splices them.
+    Paired(Paired),
+}
+
+/// A handed-over pair: the raw connections to splice, and the partner's slot.
+struct Paired {
+    session: SessionId,
+    agent: AgentId,
+    client: TcpStream,
+    agent_side: TcpStream,
+    /// Dropped when the relay ends: releases the partner's connection.
+    _done: oneshot::Sender<()>,
+}
+
 /// The pairing service: accepts tunnel sides, pairs a client with its agent through the
 /// registry, and copies bytes between them with the one relay.
 pub struct Pairing {
@@ -184,18 +204,49 @@ impl Pairing {
     /// door read while detecting (the ClientHello), replayed into the TLS handshake.
     pub async fn serve(&self, stream: TcpStream, buffered: Vec<u8>, peer: SocketAddr) -> Outcome {
         let _ = stream.set_nodelay(true);
-        // Boxed, as are the handovers: their TLS state is large and lives only for a moment;
-        // inline, it would size every tunnel's task for its whole life.
-        let (tls, claim) = match Box::pin(accept(&self.acceptor, stream, buffered)).await {
+        // Everything up to the splice is boxed: the TLS state is large and lives only for a
+        // moment; inline, it would size every tunnel's two tasks for their whole life.
+        match Box::pin(self.prepare(stream, buffered, peer)).await {
+            Prepared::Ended(outcome) => outcome,
+            Prepared::Joined(finished) => {
+                // Hold this connection's slot until the partner's relay is over.
+                let _ = finished.await;
+                Outcome::Joined
+            }
+            Prepared::Paired(paired) => self.relay(paired).await,
+        }
+    }
+
+    /// Accepts, authorizes and pairs one side; for the side that relays, hands both over.
+    async fn prepare(&self, stream: TcpStream, buffered: Vec<u8>, peer: SocketAddr) -> Prepared {
+        let (tls, claim) = match accept(&self.acceptor, stream, buffered).await {
             Ok(accepted) => accepted,
-            Err(reason) => return self.refused(peer, None, reason),
+            Err(reason) => return Prepared::Ended(self.refused(peer, None, reason)),
         };
         if let Some(bridge) = claim.bridge
             && bridge != self.ordinal
         {
-            return self.refused(peer, Some(claim.session), "pinned_to_other_bridge");
+            let refused = self.refused(peer, Some(claim.session), "pinned_to_other_bridge");
+            return Prepared::Ended(refused);
         }
-        self.pair(tls, claim, peer).await
+        let session = claim.session;
+        match self.sessions.decide(&claim) {
+            Decision::Refuse(reason) => Prepared::Ended(self.refused(peer, Some(session), reason)),
+            Decision::Deliver(deliver) => {
+                // Second side: hand the stream over; the first side relays.
+                let (done, finished) = oneshot::channel();
+                let partner = Partner {
+                    stream: tls,
+                    unreachable: claim.unreachable,
+                    done,
+                };
+                if deliver.send(partner).is_err() {
+                    return Prepared::Ended(self.refused(peer, Some(session), "partner_left"));
+                }
+                Prepared::Joined(finished)
+            }
+            Decision::Wait(arrival) => self.wait_and_hand_over(tls, claim, arrival, peer).await,
+        }
     }
 
     fn refused(
@@ -209,36 +260,15 @@ impl Pairing {
         Outcome::Refused(reason)
     }
 
-    async fn pair(&self, tls: Stream, claim: Claim, peer: SocketAddr) -> Outcome {
-        let session = claim.session;
-        let decision = self.sessions.decide(&claim);
-        match decision {
-            Decision::Refuse(reason) => self.refused(peer, Some(session), reason),
-            Decision::Deliver(deliver) => {
-                // Second side: hand the stream over and hold this connection until the end.
-                let (done, finished) = oneshot::channel();
-                let partner = Partner {
-                    stream: tls,
-                    unreachable: claim.unreachable,
-                    done,
-                };
-                if deliver.send(partner).is_err() {
-                    return self.refused(peer, Some(session), "partner_left");
-                }
-                let _ = finished.await;
-                Outcome::Joined
-            }
-            Decision::Wait(arrival) => self.wait_and_relay(tls, claim, arrival, peer).await,
-        }
-    }
-
-    async fn wait_and_relay(
+    /// First side: waits for the partner, then answers both sides and takes their raw
+    /// connections (or tells the client its target is unreachable).
+    async fn wait_and_hand_over(
         &self,
         tls: Stream,
         claim: Claim,
         arrival: oneshot::Receiver<Partner>,
         peer: SocketAddr,
-    ) -> Outcome {
+    ) -> Prepared {
         let session = claim.session;
         crate::metrics::tunnels_waiting(1.0);
         let partner = tokio::select! {
@@ -251,30 +281,42 @@ impl Pairing {
             self.sessions.abandon(session);
             tracing::warn!(%peer, session = %session, client_side = claim.client_side, "tunnel: the other side never came");
             crate::metrics::tunnel_refused("match_timeout");
-            return Outcome::MatchTimeout;
+            return Prepared::Ended(Outcome::MatchTimeout);
         };
+        // The partner's `done` is dropped (its connection released) with whatever ends first.
         let Partner {
             stream,
             unreachable,
             done,
         } = partner;
-        let (client, agent) = if claim.client_side {
+        let (client, agent_side) = if claim.client_side {
             (tls, stream)
         } else {
             (stream, tls)
         };
-        let outcome = if unreachable || claim.unreachable {
-            self.unreachable(session, claim.agent, client).await
-        } else {
-            self.copy(session, claim.agent, client, agent).await
-        };
-        let _ = done.send(());
-        outcome
+        let agent = claim.agent;
+        if unreachable || claim.unreachable {
+            return Prepared::Ended(self.unreachable(session, client).await);
+        }
+        match tokio::join!(
+            hand_over(client, Handover::Paired),
+            hand_over(agent_side, Handover::Paired)
+        ) {
+            (Ok(client), Ok(agent_side)) => Prepared::Paired(Paired {
+                session,
+                agent,
+                client,
+                agent_side,
+                _done: done,
+            }),
+            (Err(e), _) => Prepared::Ended(self.handover_failed(session, Side::Client, &e)),
+            (_, Err(e)) => Prepared::Ended(self.handover_failed(session, Side::Upstream, &e)),
+        }
     }
 
     /// The agent could not reach the target: tell the client's side and close it.
-    async fn unreachable(&self, session: SessionId, agent: AgentId, client: Stream) -> Outcome {
-        let _ = Box::pin(hand_over(client, Handover::TargetUnreachable)).await;
+    async fn unreachable(&self, session: SessionId, client: Stream) -> Outcome {
+        let _ = hand_over(client, Handover::TargetUnreachable).await;
         crate::metrics::tunnel_refused("target_unreachable");
         self.report(Event::End {
             session,
@@ -282,36 +324,20 @@ impl Pairing {
             at_ms: now_ms(),
             bytes_up: 0,
             bytes_down: 0,
-            reason: End::TargetUnreachable.as_str().to_owned(),
+            reason: "target_unreachable".to_owned(),
         });
-        tracing::warn!(session = %session, agent = %agent, "tunnel: the agent could not reach the target");
-        Outcome::Relayed {
-            up: 0,
-            down: 0,
-            end: End::TargetUnreachable,
-        }
+        Outcome::Refused("target_unreachable")
     }
 
-    /// Hands both paired sides over and splices their raw connections with the one relay,
-    /// reporting start and end.
-    async fn copy(
-        &self,
-        session: SessionId,
-        agent: AgentId,
-        client: Stream,
-        agent_side: Stream,
-    ) -> Outcome {
-        let handovers = Box::pin(async {
-            tokio::join!(
-                hand_over(client, Handover::Paired),
-                hand_over(agent_side, Handover::Paired)
-            )
-        });
-        let (client, agent_side) = match handovers.await {
-            (Ok(c), Ok(a)) => (c, a),
-            (Err(e), _) => return self.handover_failed(session, Side::Client, &e),
-            (_, Err(e)) => return self.handover_failed(session, Side::Upstream, &e),
-        };
+    /// Splices a handed-over pair until it ends, is killed, drained or cut.
+    async fn relay(&self, paired: Paired) -> Outcome {
+        let Paired {
+            session,
+            agent,
+            client,
+            agent_side,
+            _done,
+        } = paired;
         let kill = CancellationToken::new();
         let attachment = self.sessions.go_live(session, kill.clone());
         let started = now_ms();
@@ -404,4 +430,26 @@ pub fn now_ms() -> i64 {
             .as_millis(),
     )
     .unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without running it.
+    fn future_size<A, B, F: Future>(_: impl Fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn an_established_tunnel_keeps_small_futures() {
+        let serve = future_size(|p: Arc<Pairing>, s: TcpStream| async move {
+            p.serve(s, Vec::new(), SocketAddr::from(([127, 0, 0, 1], 1)))
+                .await
+        });
+        // What every established tunnel's two tasks hold for its whole life (the TLS
+        // accept, pairing and handover are boxed and gone by then).
+        // Measured 8 056 bytes before the boxing, 1 408 after (debug build).
+        assert!(serve < 2048, "serve future is {serve} bytes");
+    }
 }
