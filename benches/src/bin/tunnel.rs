@@ -153,8 +153,11 @@ async fn main() -> Result<()> {
 
     // As the CLI does: the end-to-end session, carried over the resumable stream for a local
     // connection (here an in-process pipe).
+    // Also returns how long the API's `POST /connect` took, to tell the phases apart.
     let open = |client: ApiClient, token: String, ca: String, front: SocketAddr| async move {
+        let asked = Instant::now();
         let (cert, key, host, session) = connect(client.clone(), token.clone()).await?;
+        let api_time = asked.elapsed();
         let stream = bamf_client::e2e::open(&host, 443, Some(front), &ca, &cert, &key).await?;
         let (mut s, local) = tokio::io::duplex(256 * 1024);
         tokio::spawn(async move {
@@ -174,20 +177,24 @@ async fn main() -> Result<()> {
         s.flush().await?;
         let mut one = [0u8; 1];
         s.read_exact(&mut one).await?;
-        anyhow::Ok(s)
+        anyhow::Ok((s, api_time))
     };
 
     // 1. Session setup latency.
     let mut setup = Vec::with_capacity(cli.sessions);
+    let mut api_part = Vec::with_capacity(cli.sessions);
     for _ in 0..cli.sessions {
         let t = Instant::now();
-        let s = open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?;
+        let (s, api_time) = open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?;
         setup.push(t.elapsed());
+        api_part.push(api_time);
         drop(s);
     }
     setup.sort();
-    let pct = |p: f64| setup[((setup.len() as f64 * p) as usize).min(setup.len() - 1)];
-    let (p50, p99) = (pct(0.50), pct(0.99));
+    api_part.sort();
+    let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    let (p50, p99) = (pct(&setup, 0.50), pct(&setup, 0.99));
+    let (api_p50, api_p99) = (pct(&api_part, 0.50), pct(&api_part, 0.99));
 
     // 2. Throughput and the bridge's CPU time: tunnel vs passthrough, interleaved.
     let bytes = cli.mib * 1024 * 1024;
@@ -198,7 +205,7 @@ async fn main() -> Result<()> {
     // CPU seconds per GB carried (both directions counted).
     let per_gb = |cpu: f64| cpu / (2.0 * bytes as f64 / 1e9);
     for _ in 0..cli.runs.max(1) {
-        let mut s = open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?;
+        let (mut s, _) = open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?;
         let cpu = bamf_benches::cpu_seconds(bridge_pid);
         relay_rates.push(pump(&mut s, bytes).await?);
         relay_cpu.push(per_gb(bamf_benches::cpu_seconds(bridge_pid) - cpu));
@@ -225,7 +232,7 @@ async fn main() -> Result<()> {
     let (bridge_before, agent_before) = (bridge.rss_kib(), bamf_tests::rss_kib(agent_pid));
     let mut held = Vec::with_capacity(cli.idle);
     for _ in 0..cli.idle {
-        held.push(open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?);
+        held.push(open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?.0);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (bridge_after, agent_after) = (bridge.rss_kib(), bamf_tests::rss_kib(agent_pid));
@@ -242,7 +249,7 @@ async fn main() -> Result<()> {
     let report = format!(
         "\n## Tunnels, {date}{smoke}\n\n- commit: {commit}; machine: {machine}; everything on loopback, debug logging off\n\
          - processes: `bamf-api` (SQLite, in-process presence), one `bamf-bridge` (pairing and splice), one `bamf-agent`, an echo target; client in process (the CLI's code: end-to-end TLS and the resumable stream, rustls, ECDSA P-256)\n\
-         - session setup, `POST /connect` → dial with the session certificate → first byte echoed, {n} sessions one after another: **p50 {p50:.1} ms, p99 {p99:.1} ms**\n\
+         - session setup, `POST /connect` → dial with the session certificate → first byte echoed, {n} sessions one after another: **p50 {p50:.1} ms, p99 {p99:.1} ms** (of which the API's `POST /connect`: p50 {api_p50:.1} ms, p99 {api_p99:.1} ms)\n\
          - throughput, {mib} MiB each way on one connection, median of {runs}: tunnel (TLS end to end client→agent, spliced by the bridge; TCP agent→target) **{relay:.2} Gbit/s**; front-door passthrough of one TLS connection to a TLS echo server **{pass:.2} Gbit/s**; ratio tunnel ÷ passthrough **{ratio:.2}×**\n\
          - bridge CPU per GB carried (both directions counted), median: tunnel **{relay_cpu:.3} s**, passthrough **{pass_cpu:.3} s**, ratio **{cpu_ratio:.2}×**\n\
          - memory per established idle tunnel ({idle} tunnels): bridge **{bridge_per:.0} B**, agent **{agent_per:.0} B** (RSS growth ÷ tunnels)\n",
@@ -257,6 +264,8 @@ async fn main() -> Result<()> {
         n = setup.len(),
         p50 = ms(p50),
         p99 = ms(p99),
+        api_p50 = ms(api_p50),
+        api_p99 = ms(api_p99),
         mib = cli.mib,
         runs = relay_rates.len(),
         ratio = relay / pass,
