@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::enroll::{Tls, millis};
+use crate::tunnel::Tunnels;
 use bamf_client::backoff::Backoff;
 
 /// Until the API says otherwise.
@@ -24,6 +25,7 @@ const MAX_INTERVAL: Duration = Duration::from_secs(300);
 /// The heartbeat body: every resource with its kind and labels.
 pub fn catalog(config: &Config) -> AgentHeartbeat {
     AgentHeartbeat {
+        sessions: Vec::new(),
         resources: config
             .resources
             .iter()
@@ -36,25 +38,29 @@ pub fn catalog(config: &Config) -> AgentHeartbeat {
     }
 }
 
-/// Reports the catalog until `stop` is cancelled. Failures are retried sooner (back-off from
-/// one second up to the interval); a refusal (401/403) means the agent was revoked or deleted.
+/// Reports the catalog and the sessions served until `stop` is cancelled, and ends the
+/// sessions the API answers are over. Failures are retried sooner (back-off from one second
+/// up to the interval); a refusal (401/403) means the agent was revoked or deleted.
 pub async fn report_forever(
     config: Arc<Config>,
     tls: watch::Receiver<Arc<Tls>>,
+    tunnels: Tunnels,
     stop: CancellationToken,
 ) {
-    let body = catalog(&config);
+    let mut body = catalog(&config);
     let mut interval = DEFAULT_INTERVAL;
     let mut backoff = Backoff::new(Duration::from_secs(1), interval);
     let mut ignored: Option<Vec<String>> = None;
     let mut healthy = None;
     loop {
         let api = tls.borrow().api.clone();
+        body.sessions = tunnels.sessions().iter().map(ToString::to_string).collect();
         let Some(result) = stop.run_until_cancelled(api.agent_heartbeat(&body)).await else {
             return;
         };
         let delay = match result {
             Ok(answer) => {
+                tunnels.end(&answer.end);
                 interval =
                     Duration::from_millis(answer.interval_ms).clamp(MIN_INTERVAL, MAX_INTERVAL);
                 backoff = Backoff::new(Duration::from_secs(1), interval);

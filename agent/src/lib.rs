@@ -159,6 +159,7 @@ pub async fn run(
     let reports = tokio::spawn(heartbeat::report_forever(
         config.clone(),
         tls_rx,
+        tunnels.clone(),
         stop_background.clone(),
     ));
     let renewals = tokio::spawn(enroll::renew_forever(

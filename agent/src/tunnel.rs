@@ -10,7 +10,8 @@
 //! `resume_timeout` for a new dial command for it (the client attached again, through the
 //! API): the client must then present a certificate for the same key as at first. The
 //! session ends when both directions are done, the resource fails, it sits idle for
-//! `idle_timeout`, nobody attaches again in time, or shutdown cuts it; the agent then tells
+//! `idle_timeout`, nobody attaches again in time, the API says it ended (a kill, a
+//! revocation, a deletion: learnt from the heartbeat's answer), or shutdown cuts it; the agent then tells
 //! the API why, with the application's bytes each way. At most `max_tunnels` sessions run
 //! at once; a command beyond is dropped (the bridge gives up pairing the client after its
 //! own deadline).
@@ -43,13 +44,23 @@ type Sessions = Arc<Mutex<HashMap<SessionId, Arc<Mailbox>>>>;
 
 /// The newest dial command for a session already served: a later one supersedes it (the API
 /// placed the session again). One slot, not a queue: every open tunnel holds one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Mailbox {
     next: Mutex<Option<DialCommand>>,
     arrived: Notify,
+    /// Cancelled when the API says the session ended, or by shutdown (a child of the cut).
+    ended: CancellationToken,
 }
 
 impl Mailbox {
+    fn new(cut: &CancellationToken) -> Self {
+        Self {
+            next: Mutex::new(None),
+            arrived: Notify::new(),
+            ended: cut.child_token(),
+        }
+    }
+
     fn put(&self, cmd: DialCommand) {
         if let Ok(mut next) = self.next.lock() {
             *next = Some(cmd);
@@ -134,7 +145,7 @@ impl Tunnels {
             );
             return;
         };
-        let mailbox = Arc::new(Mailbox::default());
+        let mailbox = Arc::new(Mailbox::new(&self.cut));
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.insert(cmd.session, mailbox.clone());
         }
@@ -151,6 +162,31 @@ impl Tunnels {
             }
             drop(slot);
         });
+    }
+
+    /// The sessions served now (open, or waiting to attach again), for the heartbeat.
+    pub fn sessions(&self) -> Vec<SessionId> {
+        self.sessions
+            .lock()
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Ends the sessions the API says are over: their streams stop and their resource
+    /// connections close. Returns how many of them were served here.
+    pub fn end(&self, ended: &[String]) -> usize {
+        let Ok(sessions) = self.sessions.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for id in ended.iter().filter_map(|id| id.parse::<SessionId>().ok()) {
+            if let Some(mailbox) = sessions.get(&id) {
+                tracing::info!(session = %id, "the API ended this session");
+                mailbox.ended.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Open tunnels.
@@ -216,11 +252,13 @@ async fn serve(
         commands: attach,
         next: None,
     };
-    let report = resume::carry(target, session, attaching, &settings, cut.cancelled()).await;
+    let ended = attaching.commands.ended.clone();
+    let report = resume::carry(target, session, attaching, &settings, ended.cancelled()).await;
     let reason = match &report.end {
         resume::End::LocalError(_) => "resource_error",
         resume::End::PeerClosed(_) => "client_error",
-        resume::End::Stopped => "shutdown",
+        resume::End::Stopped if cut.is_cancelled() => "shutdown",
+        resume::End::Stopped => "killed",
         other => other.as_str(),
     };
     metrics::tunnel_bytes_moved(report.received, report.sent);

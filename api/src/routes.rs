@@ -33,10 +33,11 @@ pub use call::Call;
 
 /// Largest request body: requests are small JSON documents (a CSR is about 500 bytes).
 pub const MAX_BODY: usize = 64 * 1024;
-/// Largest body on a bridge's routes: its heartbeat lists every live session (up to
-/// `MAX_LIVE`, 20 000, at about 40 bytes each). Only holders of a bridge certificate get
-/// past authentication, and the body is read before it, so this stays a few times `MAX_BODY`.
-pub const MAX_BRIDGE_BODY: usize = 1024 * 1024;
+/// Largest body on bridges' and agents' routes: their heartbeats list every session they
+/// carry (up to 20 000, at about 40 bytes each). Only holders of a bridge or agent
+/// certificate get past authentication, and the body is read before it, so this stays a
+/// small multiple of `MAX_BODY`.
+pub const MAX_PEER_BODY: usize = 1024 * 1024;
 /// Deadline for receiving a request body (slow senders).
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -390,7 +391,7 @@ pub async fn route(state: &AppState, ctx: &RequestContext, req: Request<Incoming
         // The (bounded) body is read before answering, so a refusal never races an unread
         // upload.
         let limit = match route.access {
-            Access::Bridge => MAX_BRIDGE_BODY,
+            Access::Bridge | Access::Agent => MAX_PEER_BODY,
             _ => MAX_BODY,
         };
         let body = read_body(body, limit).await?;

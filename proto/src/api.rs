@@ -555,6 +555,9 @@ contract! {
     pub struct AgentHeartbeat {
         /// What the agent serves.
         pub resources: Vec<ReportedResource>,
+        /// Ids of the sessions it serves now (open or attaching again).
+        #[serde(default)]
+        pub sessions: Vec<String>,
     }
 
     /// One resource an agent serves.
@@ -575,6 +578,10 @@ contract! {
         pub interval_ms: u64,
         /// Names another agent serves already: not taken.
         pub ignored: Vec<String>,
+        /// Of the sessions reported, those that ended (killed, revoked, their user or
+        /// agent deleted, timed out): the agent closes them and their resource connections.
+        #[serde(default)]
+        pub end: Vec<String>,
     }
 
     /// `POST /api/v1/bridges/heartbeat`.

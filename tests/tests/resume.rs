@@ -32,6 +32,8 @@ struct Fleet {
     lb: Balancer,
     admin: User,
     agent: Option<Agent>,
+    /// The agent's `resume_timeout`.
+    agent_resume_timeout: &'static str,
 }
 
 /// A port free on 127.0.0.0, .1 and .2, for the bridges' peer ports (`127.0.0.{n}:port`).
@@ -90,6 +92,7 @@ impl Fleet {
             lb: Balancer::start(Vec::new()),
             admin,
             agent: None,
+            agent_resume_timeout: "20s",
         };
         for _ in 0..bridges {
             fleet.add_bridge();
@@ -155,7 +158,8 @@ impl Fleet {
         let mut config = format!(
             "name = \"edge\"\napi_url = \"https://localhost:{port}\"\napi_address = \"{api}\"\n\
              api_ca_file = \"{ca}\"\ndata_dir = \"{data}\"\nbridge_address = \"{lb}\"\n\
-             max_tunnels = 200\nresume_timeout = \"20s\"\n",
+             max_tunnels = 200\nresume_timeout = \"{resume}\"\n",
+            resume = self.agent_resume_timeout,
             port = self.api.addr.port(),
             api = self.api.addr,
             ca = self.ca_file.display(),
@@ -587,9 +591,11 @@ async fn a_slow_reader_slows_the_sender_and_memory_stays_bounded() {
 async fn resuming_takes_the_session_key_and_a_killed_session_stays_dead() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut fleet = Fleet::start("resume-refusals", 14, 1).await;
-    fleet
-        .start_agent(&[("echo", bamf_tests::echo_server())])
-        .await;
+    // Longer than the test waits: the agent must learn of the kill from the API, not from
+    // its own deadline.
+    fleet.agent_resume_timeout = "120s";
+    let (target, mut target_closed) = watched_echo().await;
+    fleet.start_agent(&[("echo", target)]).await;
     let (id, _, mut carried) = fleet.open("echo").await;
     assert_eq!(echo(&mut carried.app, b"mine").await, b"mine");
     // The tunnel port the deployment sets (BAMF_TUNNEL_PORT, the chart's gateway port) is
@@ -645,6 +651,22 @@ async fn resuming_takes_the_session_key_and_a_killed_session_stays_dead() {
         matches!(report.end, bamf_client::resume::End::ResumeTimeout),
         "{report:?}"
     );
+    // The agent closes the session's connection to the resource (the target's first) within
+    // a heartbeat (15 s), not after its 120 s resume deadline.
+    let first_closed = async {
+        while let Some(n) = target_closed.recv().await {
+            if n == 0 {
+                return true;
+            }
+        }
+        false
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(25), first_closed).await;
+    assert_eq!(
+        closed,
+        Ok(true),
+        "the killed session's resource connection stayed open"
+    );
     let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
     let gone = fleet
         .admin
@@ -656,6 +678,28 @@ async fn resuming_takes_the_session_key_and_a_killed_session_stays_dead() {
         .await
         .unwrap_err();
     assert_eq!(gone.status().map(|s| s.as_u16()), Some(410), "{gone}");
+}
+
+/// An echo target that tells when each of its connections closes (by their order of
+/// arrival, from 0).
+async fn watched_echo() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for n in 0.. {
+            let Ok((mut s, _)) = listener.accept().await else {
+                break;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = tx.send(n);
+            });
+        }
+    });
+    (addr, rx)
 }
 
 /// A terminal (tmux on its own socket) running `command`; read by capturing its pane.

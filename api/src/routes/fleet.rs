@@ -18,6 +18,8 @@ const AGENT_HEARTBEAT: Duration = Duration::from_secs(15);
 const AGENT_TTL: Duration = Duration::from_secs(45);
 /// Most resources one agent may report.
 const MAX_RESOURCES: usize = 1000;
+/// Sessions an agent may list in one heartbeat (as many as its tunnel limit allows).
+const MAX_SESSIONS: usize = 20_000;
 /// Most labels per resource.
 const MAX_LABELS: usize = 32;
 
@@ -28,6 +30,11 @@ pub(super) async fn agent_heartbeat(
     let crate::access::Principal::Agent(agent) = call.principal else {
         return Err(ApiError::Forbidden);
     };
+    if body.sessions.len() > MAX_SESSIONS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_SESSIONS} sessions"
+        )));
+    }
     if body.resources.len() > MAX_RESOURCES {
         return Err(ApiError::BadRequest(format!(
             "at most {MAX_RESOURCES} resources"
@@ -66,9 +73,13 @@ pub(super) async fn agent_heartbeat(
     if !taken.is_empty() {
         tracing::warn!(%agent, ?taken, "resource names reported by another agent were ignored");
     }
+    // Sessions that ended while the agent still holds them (a kill reaches the bridge at
+    // once; the agent, waiting to attach again, learns it here).
+    let end = call.state.store.sessions_to_kill(&body.sessions).await?;
     Ok(AgentHeartbeatAnswer {
         interval_ms: millis(AGENT_HEARTBEAT),
         ignored: taken,
+        end,
     })
 }
 

@@ -185,7 +185,8 @@ async fn main() -> Result<()> {
     let mut api_part = Vec::with_capacity(cli.sessions);
     for _ in 0..cli.sessions {
         let t = Instant::now();
-        let (s, api_time) = open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?;
+        let (s, api_time) =
+            open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?;
         setup.push(t.elapsed());
         api_part.push(api_time);
         drop(s);
@@ -232,7 +233,11 @@ async fn main() -> Result<()> {
     let (bridge_before, agent_before) = (bridge.rss_kib(), bamf_tests::rss_kib(agent_pid));
     let mut held = Vec::with_capacity(cli.idle);
     for _ in 0..cli.idle {
-        held.push(open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?.0);
+        held.push(
+            open(client.clone(), token.clone(), ca_pem.clone(), bridge.front)
+                .await?
+                .0,
+        );
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (bridge_after, agent_after) = (bridge.rss_kib(), bamf_tests::rss_kib(agent_pid));
