@@ -46,6 +46,8 @@ pub struct AppState {
     /// `resume_timeout` (the agent's own deadline; the API waits a little longer for the
     /// agent's account).
     pub resume_deadline: std::time::Duration,
+    /// Sign-in methods: password login's switch and the single sign-on providers.
+    pub sso: crate::sso::Sso,
 }
 
 /// What the router knows about a request besides the request itself.

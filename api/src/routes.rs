@@ -11,6 +11,7 @@ mod call;
 mod fleet;
 mod join;
 mod session;
+mod sso;
 mod status;
 mod tunnel;
 
@@ -224,6 +225,15 @@ pub static ROUTES: &[Route] = &[
     r(M::POST, "/api/v1/auth/login", Public,
         "Sign in: an API token, and a user certificate for the CSR. Attempts are audited and limited per address and per user.",
         json!(OK, session::login[wire::LoginRequest] => wire::Login)),
+    r(M::GET, "/api/v1/auth/providers", Public,
+        "How users sign in here: whether password login is open, and the single sign-on providers.",
+        json!(OK, sso::providers => wire::AuthMethods)),
+    r(M::POST, "/api/v1/auth/sso/begin", Public,
+        "Begin a single sign-on: the provider's authorization URL for the caller's loopback redirect; the flow (state, nonce, PKCE) is kept for 5 minutes, for one use.",
+        json!(OK, sso::begin[wire::SsoBeginRequest] => wire::SsoBegin)),
+    r(M::POST, "/api/v1/auth/sso/finish", Public,
+        "Finish a single sign-on with the code and state the provider returned: the ID token is validated, roles follow the claims, and the answer is a login's. Attempts are audited.",
+        json!(OK, sso::finish[wire::SsoFinishRequest] => wire::Login)),
     r(M::POST, "/api/v1/auth/logout", User, "Revoke the API token of this request.",
         none!(session::logout)),
     r(M::GET, "/api/v1/whoami", UserOrCertificate,

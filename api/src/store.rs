@@ -24,6 +24,7 @@ mod join_tokens;
 mod retention;
 mod roles;
 mod sessions;
+mod sso;
 mod tokens;
 mod users;
 
@@ -36,6 +37,7 @@ pub use join_tokens::{JoinKind, JoinOutcome, JoinToken};
 pub use retention::{Checkpoint, PURGE_ACTOR, PurgeBatch, PurgeOutcome};
 pub use roles::{Role, RoleChange};
 pub use sessions::{Report, Session, SessionFilter};
+pub use sso::{NO_PASSWORD, SsoSignIn};
 pub use users::User;
 
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");

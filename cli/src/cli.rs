@@ -98,6 +98,11 @@ pub struct LoginArgs {
     /// Read the password from stdin instead of asking on the terminal
     #[arg(long)]
     pub password_stdin: bool,
+    /// Sign in with single sign-on (OpenID Connect) in a browser instead of a password:
+    /// with the provider named, or the API's default provider
+    #[arg(long, value_name = "PROVIDER", num_args = 0..=1, default_missing_value = "",
+          conflicts_with = "password_stdin")]
+    pub sso: Option<String>,
     /// Connect to this ip:port for the API and tunnels instead of resolving names (kept for
     /// later commands; BAMF_VIA overrides it) [default: 127.0.0.1:PORT for *.localhost]
     #[arg(long, env = "BAMF_VIA", hide_env_values = true, value_name = "ADDR")]

@@ -31,6 +31,7 @@ pub mod docs;
 pub mod error;
 pub mod output;
 pub mod session;
+pub mod sso;
 pub mod tofu;
 
 use std::process::ExitCode;
@@ -107,6 +108,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     via: args.via,
                     ca_file: args.ca_file,
                     password_stdin: args.password_stdin,
+                    sso: args.sso.map(|p| Some(p).filter(|p| !p.is_empty())),
                 },
             )
             .await

@@ -136,6 +136,8 @@ pub struct LoginRequest {
     pub ca_file: Option<std::path::PathBuf>,
     /// `--password-stdin`.
     pub password_stdin: bool,
+    /// `--sso [PROVIDER]`: single sign-on, with the provider named or the default one.
+    pub sso: Option<Option<String>>,
 }
 
 /// `bamf login`.
@@ -162,6 +164,8 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
     };
     let user = match req.user.clone().or_else(|| std::env::var("USER").ok()) {
         Some(user) if !user.is_empty() => user,
+        // Single sign-on: the provider says who the user is.
+        _ if req.sso.is_some() => String::new(),
         _ => return Err(Error::msg("which user? pass --user NAME")),
     };
 
@@ -180,8 +184,11 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
     };
     let api = api_endpoint(&url, &ca_pem, via)?;
 
-    let password = read_password(&user, &host, req.password_stdin)?;
     let (key, csr) = bamf_client::identity::key_and_csr()?;
+    let answer = if let Some(provider) = &req.sso {
+        crate::sso::sign_in(&api, provider.as_deref(), csr).await?
+    } else {
+    let password = read_password(&user, &host, req.password_stdin)?;
     let request = wire::LoginRequest {
         user: user.clone(),
         password,
@@ -204,7 +211,11 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
                 home.path(CA).display()
             )));
         }
+        Err(HttpsError::Status { code, message, .. }) if code == "local_login_disabled" => {
+            return Err(Error::msg(format!("login failed: {message}")));
+        }
         Err(e) => return Err(Error::msg(format!("login failed: {}", Error::api(e)))),
+    }
     };
     let token = Token {
         token: answer.token,

@@ -5,6 +5,7 @@
 //! users with their API token, through [`Api::user`].
 
 use bamf_proto::api::{
+    AuthMethods, SsoBegin, SsoBeginRequest, SsoFinishRequest,
     AgentCertificate, AgentHeartbeat, AgentHeartbeatAnswer, AgentJoinRequest, AgentRecord,
     AuditEvent, AuditQuery, BridgeCertificate, BridgeHeartbeat, BridgeHeartbeatAnswer,
     BridgeJoinRequest, BridgeRecord, ConnectRequest, Health, JoinTokenRecord, JoinTokenRequest,
@@ -101,6 +102,12 @@ routes! {
     fn health() -> Health: GET("/health");
     /// `POST /api/v1/auth/login`.
     fn login(request: &LoginRequest) -> Login: POST("/api/v1/auth/login"), request;
+    /// `GET /api/v1/auth/providers`: password login's switch and the SSO providers.
+    fn auth_methods() -> AuthMethods: GET("/api/v1/auth/providers");
+    /// `POST /api/v1/auth/sso/begin`.
+    fn sso_begin(request: &SsoBeginRequest) -> SsoBegin: POST("/api/v1/auth/sso/begin"), request;
+    /// `POST /api/v1/auth/sso/finish`: answered like a password login.
+    fn sso_finish(request: &SsoFinishRequest) -> Login: POST("/api/v1/auth/sso/finish"), request;
     /// `POST /api/v1/agents/join`.
     fn join_agent(request: &AgentJoinRequest) -> AgentCertificate:
         POST("/api/v1/agents/join"), request;

@@ -206,6 +206,66 @@ contract! {
         pub certificate: IssuedCertificate,
     }
 
+    /// `GET /api/v1/auth/providers`: how users sign in here.
+    pub struct AuthMethods {
+        /// Whether password login is open (`auth.local.enabled`).
+        pub local_enabled: bool,
+        /// The single sign-on provider used when none is named.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub default_provider: Option<String>,
+        /// The single sign-on (OpenID Connect) providers, by name.
+        pub providers: Vec<SsoProvider>,
+    }
+
+    /// One single sign-on provider.
+    pub struct SsoProvider {
+        /// Its name (`bamf login --sso NAME`).
+        pub name: String,
+        /// Its issuer URL.
+        pub issuer: String,
+    }
+
+    /// `POST /api/v1/auth/sso/begin`: start a single sign-on. The API keeps the flow (state,
+    /// nonce, its own PKCE verifier) for a few minutes, for one use.
+    #[serde(deny_unknown_fields)]
+    pub struct SsoBeginRequest {
+        /// The provider; the default provider when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub provider: Option<String>,
+        /// Where the provider sends the browser back: the CLI's loopback listener,
+        /// `http://127.0.0.1:<port>/callback` (or `[::1]`, `localhost`).
+        pub redirect_uri: String,
+        /// BASE64URL(SHA-256(verifier)) of a verifier the client keeps: finishing the flow
+        /// needs it, so a code and state seen elsewhere are not enough.
+        pub code_challenge: String,
+    }
+
+    /// The answer to `POST /api/v1/auth/sso/begin`.
+    pub struct SsoBegin {
+        /// The provider chosen.
+        pub provider: String,
+        /// Open this in a browser.
+        pub authorization_url: String,
+        /// The state the provider returns with the code.
+        pub state: String,
+        /// The flow must finish before this.
+        pub expires_at_ms: i64,
+    }
+
+    /// `POST /api/v1/auth/sso/finish`: the code and state the provider returned; answered
+    /// like a password login.
+    #[serde(deny_unknown_fields)]
+    pub struct SsoFinishRequest {
+        /// The `state` returned with the code.
+        pub state: String,
+        /// The authorization code.
+        pub code: String,
+        /// The verifier whose challenge began the flow.
+        pub code_verifier: String,
+        /// PEM CSR for the user certificate; the key stays with the client.
+        pub csr: String,
+    }
+
     /// `GET /api/v1/whoami`.
     #[serde(tag = "via", rename_all = "snake_case")]
     pub enum Whoami {
