@@ -194,7 +194,7 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
         password,
         csr,
     };
-    let answer = match api.login(&request).await {
+    match api.login(&request).await {
         Ok(answer) => answer,
         Err(HttpsError::Status { code, .. }) if code == "unauthenticated" => {
             return Err(Error::msg("login failed: wrong user name or password"));

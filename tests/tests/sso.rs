@@ -190,7 +190,7 @@ struct Stack {
     idp: Provider,
     api: Api,
     bridge: Bridge,
-    agent: Option<Agent>,
+    _agent: Option<Agent>,
     ca_file: PathBuf,
 }
 
@@ -248,7 +248,7 @@ roles = ["prod-access"]
             idp,
             api,
             bridge,
-            agent: None,
+            _agent: None,
             ca_file,
         };
         // Break glass: the bootstrap administrator still signs in with a password.
@@ -257,7 +257,7 @@ roles = ["prod-access"]
         stack
             .cli(&admin, &["roles", "add", "prod-access", "--allow-label", "env=prod"])
             .ok();
-        stack.agent = Some(stack.start_agent());
+        stack._agent = Some(stack.start_agent());
         let deadline = Instant::now() + Duration::from_secs(20);
         while stack.listed(&admin) != ["dev-echo", "prod-echo"] {
             assert!(Instant::now() < deadline, "resources not listed");

@@ -35,7 +35,7 @@ pub enum FetchError {
     #[error("the exchange with {0} failed")]
     Exchange(String),
     /// The answer's status was not 200 (with the OAuth `error` code when it gave one).
-    #[error("{host} answered {status}{}", error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())]
+    #[error("{host} answered {status}{}", .error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())]
     Status {
         /// The host.
         host: String,

@@ -548,7 +548,7 @@ impl Expect<'_> {
             return Err(TokenError::Expired);
         }
         for name in ["nbf", "iat"] {
-            let when = seconds(all.get(name), if name == "nbf" { "nbf" } else { "iat" })?;
+            let when = seconds(all.get(name), name)?;
             if when.is_some_and(|t| t > self.now.saturating_add(self.skew)) {
                 return Err(TokenError::NotYetValid);
             }
