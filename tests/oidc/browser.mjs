@@ -15,7 +15,7 @@ const password = process.env.BAMF_TEST_SSO_PASSWORD ?? 'any';
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
-  args: ['--no-sandbox', '--no-proxy-server', '--disable-gpu'],
+  args: ['--no-sandbox', '--no-proxy-server', '--disable-gpu', '--disable-dev-shm-usage'],
   timeout: 60_000,
 });
 let ok = false;

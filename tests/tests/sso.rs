@@ -138,7 +138,7 @@ impl Provider {
             .arg(&config)
             .current_dir(&oidc)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("node runs");
         let stdout = child.stdout.take().unwrap();
@@ -439,11 +439,14 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
     stack
         .cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec])
         .fails_with("there is no resource 'prod-echo' you may reach");
-    assert!(
-        stack.api.logs().iter().any(|l| l.contains("fetched the provider's signing keys")),
-        "keys fetched"
-    );
-    let _ = kid;
+    // Fetched at the first sign-in, and again for the new key id.
+    let fetches = stack
+        .api
+        .logs()
+        .iter()
+        .filter(|l| l.contains("fetched the provider's signing keys"))
+        .count();
+    assert_eq!(fetches, 2, "the rotated key ({kid}) was not fetched once more");
 
     // An unknown provider is refused before any browser opens.
     stack
