@@ -48,6 +48,8 @@ pub struct AppState {
     pub resume_deadline: std::time::Duration,
     /// Sign-in methods: password login's switch and the single sign-on providers.
     pub sso: crate::sso::Sso,
+    /// How long a bot's API token and certificate live (it renews them at half-life).
+    pub bot_lifetime: std::time::Duration,
 }
 
 /// What the router knows about a request besides the request itself.

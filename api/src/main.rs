@@ -84,6 +84,9 @@ struct Cli {
     /// Bridge certificate lifetime (bridges renew at half-life)
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     bridge_cert_lifetime: Duration,
+    /// A bot's API token and certificate lifetime (bots renew at half-life)
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    bot_credential_lifetime: Duration,
     /// Session certificate lifetime: the time a tunnel has to be established
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     session_cert_lifetime: Duration,
@@ -171,6 +174,11 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         if lifetime < Duration::from_secs(10) || lifetime > Duration::from_secs(5 * 365 * 86400) {
             anyhow::bail!("--{name}-cert-lifetime must be between 10s and 5 years");
         }
+    }
+    if cli.bot_credential_lifetime < Duration::from_secs(10)
+        || cli.bot_credential_lifetime > lifetimes.user
+    {
+        anyhow::bail!("--bot-credential-lifetime must be between 10s and --user-cert-lifetime");
     }
     if cli.max_connections == 0 || cli.max_connections_per_address == 0 {
         anyhow::bail!("--max-connections and --max-connections-per-address must be at least 1");
@@ -325,6 +333,7 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         lost_bridges: Arc::default(),
         resume_deadline: cli.resume_deadline,
         sso,
+        bot_lifetime: cli.bot_credential_lifetime,
     });
     server::serve(listener, tls, state, policy, shutdown, cli.shutdown_grace).await;
     Ok(())

@@ -7,6 +7,7 @@
 //! the committed document differs.
 
 mod admin;
+mod bots;
 mod call;
 mod fleet;
 mod join;
@@ -234,6 +235,12 @@ pub static ROUTES: &[Route] = &[
     r(M::POST, "/api/v1/auth/sso/finish", Public,
         "Finish a single sign-on with the code and state the provider returned: the ID token is validated, roles follow the claims, and the answer is a login's. Attempts are audited.",
         json!(OK, sso::finish[wire::SsoFinishRequest] => wire::Login)),
+    r(M::POST, "/api/v1/bots/join", JoinToken,
+        "A bot's first credentials for its one-time join token: an API token and a user certificate, both short-lived.",
+        json!(OK, bots::join[wire::BotJoinRequest] => wire::Login)),
+    r(M::POST, "/api/v1/bots/renew", User,
+        "A bot renews its credentials before they expire: a new token and certificate; the token of this request stops working.",
+        json!(OK, bots::renew[wire::BotRenewRequest] => wire::Login)),
     r(M::POST, "/api/v1/auth/logout", User, "Revoke the API token of this request.",
         none!(session::logout)),
     r(M::GET, "/api/v1/whoami", UserOrCertificate,
@@ -311,6 +318,9 @@ pub static ROUTES: &[Route] = &[
         none!(admin::bind_role)),
     r(M::DELETE, "/api/v1/users/{name}/roles/{role}", Admin, "Unbind a role from a user.",
         none!(admin::unbind_role)),
+    r(M::POST, "/api/v1/bots", Admin,
+        "Create a bot (a machine identity: a user without a password) bound to roles, with its one-time join token; delete it as a user to revoke it.",
+        json!(CREATED, bots::create[wire::BotRequest] => wire::NewBot)),
     r(M::GET, "/api/v1/roles", Admin, "Roles with their rules.",
         json!(OK, admin::list_roles => Page<wire::RoleRecord>)),
     r(M::POST, "/api/v1/roles", Admin, "Create a role.",
@@ -457,17 +467,23 @@ async fn issue(
     identity: &Identity,
     dns: Option<&bamf_proto::HostName>,
 ) -> Result<crate::ca::Issued, ApiError> {
+    let lifetime = state.lifetimes.for_identity(identity);
+    issue_for(state, csr, identity, dns, lifetime).await
+}
+
+/// [`issue`] with a lifetime of the caller's choosing (a bot's shorter one).
+async fn issue_for(
+    state: &AppState,
+    csr: &str,
+    identity: &Identity,
+    dns: Option<&bamf_proto::HostName>,
+    lifetime: std::time::Duration,
+) -> Result<crate::ca::Issued, ApiError> {
     use crate::store::CertificateSubject as Subject;
     let now = time::OffsetDateTime::now_utc();
     let issued = state
         .ca
-        .issue(
-            csr,
-            identity,
-            dns,
-            state.lifetimes.for_identity(identity),
-            now,
-        )
+        .issue(csr, identity, dns, lifetime, now)
         .map_err(|e| ApiError::BadRequest(format!("csr: {e}")))?;
     let subject = match identity {
         Identity::User { user } => Subject::User(user.to_string()),

@@ -17,6 +17,7 @@ use sqlx::migrate::Migrator;
 
 mod agents;
 mod audit;
+mod bots;
 mod bridges;
 mod ca;
 mod certificates;
@@ -30,6 +31,7 @@ mod users;
 
 pub use agents::{Agent, Resource};
 pub use audit::{AuditEvent, AuditFilter, MAX_AUDIT_PAGE, NewAuditEvent};
+pub use bots::BotCreated;
 pub use bridges::Bridge;
 pub use ca::StoredCa;
 pub use certificates::{CertificateRef, CertificateSubject, Revocation, Revoked};

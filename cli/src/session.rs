@@ -138,6 +138,8 @@ pub struct LoginRequest {
     pub password_stdin: bool,
     /// `--sso [PROVIDER]`: single sign-on, with the provider named or the default one.
     pub sso: Option<Option<String>>,
+    /// `--bot-token-file`: a bot's one-time join token.
+    pub bot_token_file: Option<std::path::PathBuf>,
 }
 
 /// `bamf login`.
@@ -165,7 +167,7 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
     let user = match req.user.clone().or_else(|| std::env::var("USER").ok()) {
         Some(user) if !user.is_empty() => user,
         // Single sign-on: the provider says who the user is.
-        _ if req.sso.is_some() => String::new(),
+        _ if req.sso.is_some() || req.bot_token_file.is_some() => String::new(),
         _ => return Err(Error::msg("which user? pass --user NAME")),
     };
 
@@ -187,6 +189,8 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
     let (key, csr) = bamf_client::identity::key_and_csr()?;
     let answer = if let Some(provider) = &req.sso {
         crate::sso::sign_in(&api, provider.as_deref(), csr).await?
+    } else if let Some(file) = &req.bot_token_file {
+        crate::bot_login::join(&api, crate::bot_login::read_token(file)?, csr).await?
     } else {
     let password = read_password(&user, &host, req.password_stdin)?;
     let request = wire::LoginRequest {
@@ -242,6 +246,11 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
     };
     home.write_config(&config)?;
     home.write_token(&token)?;
+    if req.bot_token_file.is_some() {
+        crate::bot_login::mark(&home, token.expires_at)?;
+    } else {
+        let _ = std::fs::remove_file(home.path(crate::bot_login::BOT));
+    }
 
     if first_use {
         output::note(format!(

@@ -5,7 +5,8 @@
 //! users with their API token, through [`Api::user`].
 
 use bamf_proto::api::{
-    AuthMethods, SsoBegin, SsoBeginRequest, SsoFinishRequest,
+    AuthMethods, BotJoinRequest, BotRenewRequest, BotRequest, NewBot, SsoBegin, SsoBeginRequest,
+    SsoFinishRequest,
     AgentCertificate, AgentHeartbeat, AgentHeartbeatAnswer, AgentJoinRequest, AgentRecord,
     AuditEvent, AuditQuery, BridgeCertificate, BridgeHeartbeat, BridgeHeartbeatAnswer,
     BridgeJoinRequest, BridgeRecord, ConnectRequest, Health, JoinTokenRecord, JoinTokenRequest,
@@ -108,6 +109,8 @@ routes! {
     fn sso_begin(request: &SsoBeginRequest) -> SsoBegin: POST("/api/v1/auth/sso/begin"), request;
     /// `POST /api/v1/auth/sso/finish`: answered like a password login.
     fn sso_finish(request: &SsoFinishRequest) -> Login: POST("/api/v1/auth/sso/finish"), request;
+    /// `POST /api/v1/bots/join`: a bot's first credentials.
+    fn bot_join(request: &BotJoinRequest) -> Login: POST("/api/v1/bots/join"), request;
     /// `POST /api/v1/agents/join`.
     fn join_agent(request: &AgentJoinRequest) -> AgentCertificate:
         POST("/api/v1/agents/join"), request;
@@ -136,6 +139,10 @@ routes! {
     impl UserApi<'_> { |this| this.api, Some(this.token) }
     /// `POST /api/v1/auth/logout`: this token stops working.
     fn logout() -> (): POST("/api/v1/auth/logout");
+    /// `POST /api/v1/bots/renew`: a bot's new credentials; this token stops working.
+    fn bot_renew(request: &BotRenewRequest) -> Login: POST("/api/v1/bots/renew"), request;
+    /// `POST /api/v1/bots` (admin): a bot and its one-time join token.
+    fn create_bot(request: &BotRequest) -> NewBot: POST("/api/v1/bots"), request;
     /// `GET /api/v1/whoami`.
     fn whoami() -> Whoami: GET("/api/v1/whoami");
     /// `GET /api/v1/resources`: what the caller may reach.

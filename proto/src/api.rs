@@ -266,6 +266,49 @@ contract! {
         pub csr: String,
     }
 
+    /// `POST /api/v1/bots`: a machine identity (a user without a password) bound to roles,
+    /// and its one-time join token.
+    #[serde(deny_unknown_fields)]
+    pub struct BotRequest {
+        /// The bot's user name.
+        pub name: String,
+        /// Roles it is bound to.
+        #[serde(default)]
+        pub roles: Vec<String>,
+        /// How long the join token lives (default one hour).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub token_ttl_ms: Option<u64>,
+    }
+
+    /// A new bot: the join token is shown this once.
+    pub struct NewBot {
+        /// The bot's user name.
+        pub name: String,
+        /// The one-time join token.
+        pub token: String,
+        /// When the join token expires.
+        pub token_expires_at_ms: i64,
+        /// How long each of its credentials lives (it renews them at half-life).
+        pub credential_lifetime_ms: i64,
+    }
+
+    /// `POST /api/v1/bots/join`: a bot's first credentials, for its join token.
+    #[serde(deny_unknown_fields)]
+    pub struct BotJoinRequest {
+        /// The one-time join token.
+        pub token: String,
+        /// PEM CSR for the user certificate; the key stays with the bot.
+        pub csr: String,
+    }
+
+    /// `POST /api/v1/bots/renew`: new credentials for the bot of this token (which then
+    /// stops working).
+    #[serde(deny_unknown_fields)]
+    pub struct BotRenewRequest {
+        /// PEM CSR for the new user certificate.
+        pub csr: String,
+    }
+
     /// `GET /api/v1/whoami`.
     #[serde(tag = "via", rename_all = "snake_case")]
     pub enum Whoami {

@@ -8,7 +8,8 @@
 //! maps to a role; `bamf ls` and `bamf tcp` follow it; taking the user out of the group
 //! takes the role away at the next sign-in. Replayed states, a wrong client verifier and
 //! an unknown provider are refused, and a provider that rotates its signing key is
-//! followed.
+//! followed. A bot (machine identity) joins with a one-time token, renews its 20 s
+//! credentials on its own past their first lifetime, and is refused once deleted.
 #![allow(clippy::unwrap_used)] // a test binary: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -232,6 +233,7 @@ roles = ["prod-access"]
             &[
                 "--database-url", &url, "--admin-password", ADMIN_PASSWORD,
                 "--tunnel-domain", DOMAIN, "--auth-config", &auth_arg,
+                "--bot-credential-lifetime", "20s",
             ],
             &[("BAMF_BRIDGE_JOIN_TOKEN", BRIDGE_TOKEN)],
         )
@@ -581,4 +583,99 @@ fn sso_states_are_used_once_and_need_the_clients_verifier() {
     let methods = runtime.block_on(api.auth_methods()).unwrap();
     assert!(!methods.local_enabled);
     assert_eq!(methods.default_provider.as_deref(), Some("test-idp"));
+}
+
+#[test]
+fn a_bot_joins_renews_past_its_first_lifetime_and_is_refused_after_revocation() {
+    let stack = Stack::start("sso-bot", &alice(&[]));
+    let admin = stack.home("admin");
+    let token = stack
+        .cli(&admin, &["bots", "add", "ci-bot", "--role", "prod-access", "--token-ttl", "10m"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    assert!(token.starts_with("bamf_"), "only the token on stdout: {token}");
+    let file = stack.dir.path().join("bot-token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let bot_login = |home: &Path| {
+        let via = stack.bridge.front.to_string();
+        run(
+            stack.bamf(home).args([
+                "login", "--api", &stack.url(), "--via", &via, "--ca-file",
+                &stack.ca_file.display().to_string(), "--bot-token-file",
+                &file.display().to_string(),
+            ]),
+            "",
+        )
+    };
+    let home = stack.home("bot");
+    bot_login(&home).ok();
+    // The join token is one-time.
+    bot_login(&stack.home("bot-again")).fails_with("the bot token is unknown, used or expired");
+    let expiry = |home: &Path| {
+        parse(&std::fs::read_to_string(home.join("token.json")).unwrap())["expires_at"]
+            .as_i64()
+            .unwrap()
+    };
+    let token_of = |home: &Path| {
+        parse(&std::fs::read_to_string(home.join("token.json")).unwrap())["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first_expiry = expiry(&home);
+    let first_token = token_of(&home);
+    assert_eq!(stack.listed(&home), ["prod-echo"]);
+    let script = stack.dir.path().join("echo_once.py");
+    std::fs::write(&script, ECHO_ONCE).unwrap();
+    let exec = format!("python3 {} {{port}}", script.display());
+    let echoed = stack.cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec]).ok();
+    assert!(echoed.stdout.contains("hello through sso"), "{echoed:#?}");
+
+    // Past half its 20 s lifetime, the next command renews on its own.
+    std::thread::sleep(Duration::from_secs(11));
+    let renewed = stack.cli(&home, &["ls"]).ok();
+    assert!(renewed.stderr.contains("renewed the bot's credentials"), "{renewed:#?}");
+    assert!(expiry(&home) > first_expiry);
+    // Past the first credentials' lifetime, the bot still reaches its resource.
+    std::thread::sleep(Duration::from_secs(11));
+    assert!(bamf_tests_now() > first_expiry, "the first credentials have expired");
+    let echoed = stack.cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec]).ok();
+    assert!(echoed.stdout.contains("hello through sso"), "{echoed:#?}");
+    // The renewed-away token stopped working at the renewal.
+    let ca = std::fs::read_to_string(&stack.ca_file).unwrap();
+    let tls = bamf_client::tls_config(&ca, None, &[b"http/1.1"]).unwrap();
+    let api = bamf_client::https::Api::new(&stack.url(), tls)
+        .unwrap()
+        .connect_to(Some(stack.bridge.front));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let old = runtime.block_on(api.user(&first_token).whoami());
+    assert_eq!(old.err().and_then(|e| e.status()).map(|s| s.as_u16()), Some(401));
+
+    // Revoked: deleting the bot ends its credentials at once.
+    stack.cli(&admin, &["users", "rm", "ci-bot"]).ok();
+    stack
+        .cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec])
+        .fails_with("not logged in");
+    // A bot cannot sign in with a password, and people cannot renew as bots.
+    stack
+        .password_login(&stack.home("bot-pw"), "ci-bot", "x")
+        .fails_with("password login is disabled");
+    let admin_token = token_of(&admin);
+    let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
+    let refused = runtime.block_on(
+        api.user(&admin_token)
+            .bot_renew(&bamf_proto::api::BotRenewRequest { csr }),
+    );
+    assert_eq!(refused.err().and_then(|e| e.status()).map(|s| s.as_u16()), Some(403));
+}
+
+fn bamf_tests_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .try_into()
+        .unwrap()
 }

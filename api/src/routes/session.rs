@@ -64,7 +64,7 @@ pub(super) async fn login(call: &Call<'_>, body: LoginRequest) -> Result<Login, 
     };
     attempt.succeeded();
 
-    match grant(state, &user, &body.csr).await {
+    match grant(state, &user, &body.csr, state.lifetimes.user).await {
         Ok(login) => {
             audit(state, actor, "auth.login", "allowed", detail).await;
             Ok(login)
@@ -77,16 +77,16 @@ pub(super) async fn login(call: &Call<'_>, body: LoginRequest) -> Result<Login, 
     }
 }
 
-/// What every successful sign-in gets, password or single sign-on: a user certificate for
-/// the CSR and an API token, both with the user lifetime.
+/// What every successful sign-in gets, password, single sign-on or bot: a user certificate
+/// for the CSR and an API token, both with `lifetime` (the user lifetime, or a bot's).
 pub(super) async fn grant(
     state: &crate::context::AppState,
     user: &Name,
     csr: &str,
+    lifetime: std::time::Duration,
 ) -> Result<Login, ApiError> {
     let identity = Identity::User { user: user.clone() };
-    let lifetime = state.lifetimes.user;
-    let issued = super::issue(state, csr, &identity, None).await?;
+    let issued = super::issue_for(state, csr, &identity, None, lifetime).await?;
     let token = auth::new_token().map_err(|_| ApiError::Internal)?;
     let now = now_ms();
     let expires_ms = now.saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));

@@ -207,7 +207,7 @@ pub(super) async fn finish(call: &Call<'_>, body: SsoFinishRequest) -> Result<Lo
         tracing::warn!(provider = %name, user = %user_name, wanted = ?roles, bound = ?bound,
             "some roles the claims map to do not exist");
     }
-    match super::session::grant(state, &user, &body.csr).await {
+    match super::session::grant(state, &user, &body.csr, state.lifetimes.user).await {
         Ok(login) => {
             let detail = serde_json::json!({
                 "provider": name, "reason": "-", "created": created, "roles": bound,
