@@ -34,7 +34,8 @@ impl Signer {
         Self::Ed(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap())
     }
 
-    /// ring does not generate RSA keys: openssl does (it is on every test machine).
+    /// ring does not generate RSA keys: openssl does (it is on every test machine); with
+    /// `-outform DER` it writes PKCS#1, which `from_der` reads.
     fn rsa(alg: Alg) -> Self {
         let out = std::process::Command::new("openssl")
             .args([
@@ -49,7 +50,7 @@ impl Signer {
             .output()
             .expect("openssl runs");
         assert!(out.status.success(), "openssl genpkey failed");
-        Self::Rsa(RsaKeyPair::from_pkcs8(&out.stdout).unwrap(), alg)
+        Self::Rsa(RsaKeyPair::from_der(&out.stdout).unwrap(), alg)
     }
 
     fn alg(&self) -> Alg {
