@@ -172,8 +172,18 @@ impl Provider {
     fn rotate(&self) -> String {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-USR2", &pid]).status().unwrap().success());
-        let line = self.lines.recv_timeout(Duration::from_secs(10)).unwrap();
-        line.strip_prefix("ROTATED ").unwrap().to_owned()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .expect("the provider did not rotate its key");
+            if let Some(kid) = line.strip_prefix("ROTATED ") {
+                return kid.to_owned();
+            }
+            eprintln!("provider: {line}");
+        }
     }
 }
 
