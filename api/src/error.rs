@@ -65,7 +65,9 @@ pub enum ApiError {
     #[error("{0}")]
     Gone(&'static str),
     /// Password login is turned off here (`auth.local.enabled: false`).
-    #[error("password login is disabled on this server: sign in with single sign-on (bamf login --sso)")]
+    #[error(
+        "password login is disabled on this server: sign in with single sign-on (bamf login --sso)"
+    )]
     LocalLoginDisabled,
     /// No such single sign-on provider (or none is configured).
     #[error("{0}")]

@@ -236,9 +236,7 @@ impl MemoryPresence {
             if s.once.len() >= MAX_ONCE {
                 s.once.retain(|_, (_, until)| *until > now);
             }
-            if s.once.len() >= MAX_ONCE
-                || s.once.get(key).is_some_and(|(_, until)| *until > now)
-            {
+            if s.once.len() >= MAX_ONCE || s.once.get(key).is_some_and(|(_, until)| *until > now) {
                 return false;
             }
             s.once.insert(key.to_owned(), (value.to_owned(), now + ttl));

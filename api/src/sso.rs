@@ -23,9 +23,9 @@ pub mod provider;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use bamf_proto::san::Name;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bamf_proto::san::Name;
 use serde::{Deserialize, Serialize};
 
 pub use config::AuthSettings;
@@ -125,7 +125,10 @@ pub fn random(bytes: usize) -> Result<String, ring::error::Unspecified> {
 
 /// BASE64URL(SHA-256(verifier)): the PKCE S256 challenge.
 pub fn challenge(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()))
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ))
 }
 
 /// Whether `text` is a PKCE verifier (RFC 7636 §4.1: 43–128 unreserved characters).
@@ -236,9 +239,14 @@ mod tests {
     fn pkce_is_s256_of_the_verifier() {
         // RFC 7636 appendix B.
         let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-        assert_eq!(challenge(verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert_eq!(
+            challenge(verifier),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
         assert!(is_verifier(verifier) && is_challenge(&challenge(verifier)));
-        assert!(!is_verifier("short") && !is_challenge("not/base64url/and/not/43/characters/long!!"));
+        assert!(
+            !is_verifier("short") && !is_challenge("not/base64url/and/not/43/characters/long!!")
+        );
         let r = random(32).unwrap();
         assert!(is_verifier(&r) && r != random(32).unwrap());
     }
@@ -249,10 +257,19 @@ mod tests {
             "email": "Alice.Smith@Example.com", "groups": ["ops", "dev"], "dept": "db"
         }));
         let want = ["preferred_username".to_owned(), "email".to_owned()];
-        assert_eq!(user_name(&c, &want).unwrap().as_str(), "alice.smith_example.com");
+        assert_eq!(
+            user_name(&c, &want).unwrap().as_str(),
+            "alice.smith_example.com"
+        );
         let c2 = claims(serde_json::json!({"preferred_username": "bob", "email": "x@y"}));
         assert_eq!(user_name(&c2, &want).unwrap().as_str(), "bob");
-        assert!(user_name(&claims(serde_json::json!({"preferred_username": "_x"})), &want).is_none());
+        assert!(
+            user_name(
+                &claims(serde_json::json!({"preferred_username": "_x"})),
+                &want
+            )
+            .is_none()
+        );
         let rule = |claim: &str, value: &str, roles: &[&str]| config::RoleRule {
             claim: claim.into(),
             value: value.into(),
@@ -264,6 +281,8 @@ mod tests {
             rule("dept", "db", &["db-readonly", "dba"]),
         ];
         assert_eq!(mapped_roles(&c, &rules), ["db-readonly", "dba", "ssh-prod"]);
-        assert!(mapped_roles(&claims(serde_json::json!({"groups": "admins-not"})), &rules).is_empty());
+        assert!(
+            mapped_roles(&claims(serde_json::json!({"groups": "admins-not"})), &rules).is_empty()
+        );
     }
 }

@@ -56,7 +56,12 @@ pub async fn renewed(ctx: Ctx) -> Result<Ctx> {
 /// # Errors
 ///
 /// The API refuses (not an administrator, name taken, unknown role).
-pub async fn add(ctx: &Ctx, name: String, roles: Vec<String>, ttl: std::time::Duration) -> Result<()> {
+pub async fn add(
+    ctx: &Ctx,
+    name: String,
+    roles: Vec<String>,
+    ttl: std::time::Duration,
+) -> Result<()> {
     let answer = ctx
         .user()
         .create_bot(&BotRequest {

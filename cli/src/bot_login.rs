@@ -53,4 +53,3 @@ pub async fn join(api: &Api, token: String, csr: String) -> Result<Login> {
 pub fn mark(home: &Home, expires_at: i64) -> Result<()> {
     home.write(BOT, &(expires_at - now()).max(1).to_string())
 }
-

@@ -192,34 +192,36 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
     } else if let Some(file) = &req.bot_token_file {
         crate::bot_login::join(&api, crate::bot_login::read_token(file)?, csr).await?
     } else {
-    let password = read_password(&user, &host, req.password_stdin)?;
-    let request = wire::LoginRequest {
-        user: user.clone(),
-        password,
-        csr,
-    };
-    match api.login(&request).await {
-        Ok(answer) => answer,
-        Err(HttpsError::Status { code, .. }) if code == "unauthenticated" => {
-            return Err(Error::msg("login failed: wrong user name or password"));
-        }
-        Err(HttpsError::Status { code, .. }) if code == "rate_limited" => {
-            return Err(Error::msg(
-                "login failed: too many failed attempts; wait a few minutes (rate_limited)",
-            ));
-        }
-        Err(e @ HttpsError::Connect(..)) if !first_use && e.to_string().contains("certificate") => {
-            return Err(Error::msg(format!(
-                "{e}\nthe API's certificate does not chain to the CA pinned at the first login \
+        let password = read_password(&user, &host, req.password_stdin)?;
+        let request = wire::LoginRequest {
+            user: user.clone(),
+            password,
+            csr,
+        };
+        match api.login(&request).await {
+            Ok(answer) => answer,
+            Err(HttpsError::Status { code, .. }) if code == "unauthenticated" => {
+                return Err(Error::msg("login failed: wrong user name or password"));
+            }
+            Err(HttpsError::Status { code, .. }) if code == "rate_limited" => {
+                return Err(Error::msg(
+                    "login failed: too many failed attempts; wait a few minutes (rate_limited)",
+                ));
+            }
+            Err(e @ HttpsError::Connect(..))
+                if !first_use && e.to_string().contains("certificate") =>
+            {
+                return Err(Error::msg(format!(
+                    "{e}\nthe API's certificate does not chain to the CA pinned at the first login \
                  ({}): if the deployment's CA really changed, log in with --ca-file",
-                home.path(CA).display()
-            )));
+                    home.path(CA).display()
+                )));
+            }
+            Err(HttpsError::Status { code, message, .. }) if code == "local_login_disabled" => {
+                return Err(Error::msg(format!("login failed: {message}")));
+            }
+            Err(e) => return Err(Error::msg(format!("login failed: {}", Error::api(e)))),
         }
-        Err(HttpsError::Status { code, message, .. }) if code == "local_login_disabled" => {
-            return Err(Error::msg(format!("login failed: {message}")));
-        }
-        Err(e) => return Err(Error::msg(format!("login failed: {}", Error::api(e)))),
-    }
     };
     let token = Token {
         token: answer.token,

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use bamf_client::https::{Api, HttpsError};
 use bamf_proto::api::{Login, SsoBeginRequest, SsoFinishRequest};
+use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -85,7 +85,9 @@ pub async fn sign_in(api: &Api, provider: Option<&str>, csr: String) -> Result<L
 
 fn refused(what: &str, e: HttpsError) -> Error {
     match e {
-        HttpsError::Status { message, code, .. } => Error::msg(format!("{what}: {message} ({code})")),
+        HttpsError::Status { message, code, .. } => {
+            Error::msg(format!("{what}: {message} ({code})"))
+        }
         e => Error::msg(format!("{what}: {}", Error::api(e))),
     }
 }
@@ -157,11 +159,21 @@ async fn wait_for_code(listener: &TcpListener, state: &str) -> Result<String> {
         };
         match parse_callback(&head, state) {
             Callback::Code(code) => {
-                respond(&mut stream, "200 OK", "Signed in to BAMF. You can close this tab and go back to the terminal.").await;
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    "Signed in to BAMF. You can close this tab and go back to the terminal.",
+                )
+                .await;
                 return Ok(code);
             }
             Callback::Refused(error) => {
-                respond(&mut stream, "400 Bad Request", "The sign-in was refused; see the terminal.").await;
+                respond(
+                    &mut stream,
+                    "400 Bad Request",
+                    "The sign-in was refused; see the terminal.",
+                )
+                .await;
                 return Err(Error::msg(format!(
                     "single sign-on: the identity provider refused ({error})"
                 )));
@@ -250,15 +262,24 @@ mod tests {
             parse_callback(&get("/callback?code=abc%2F1&state=s1"), "s1"),
             Callback::Code("abc/1".into())
         );
-        assert_eq!(parse_callback(&get("/callback?code=abc&state=s2"), "s1"), Callback::Ignore);
+        assert_eq!(
+            parse_callback(&get("/callback?code=abc&state=s2"), "s1"),
+            Callback::Ignore
+        );
         assert_eq!(parse_callback(&get("/favicon.ico"), "s1"), Callback::Ignore);
-        assert_eq!(parse_callback(&get("/callback?state=s1"), "s1"), Callback::Ignore);
+        assert_eq!(
+            parse_callback(&get("/callback?state=s1"), "s1"),
+            Callback::Ignore
+        );
         assert_eq!(
             parse_callback(&get("/callback?error=access_denied&state=s1"), "s1"),
             Callback::Refused("access_denied".into())
         );
         assert_eq!(parse_callback("", "s1"), Callback::Ignore);
-        assert_eq!(parse_callback("POST /callback?code=a&state=s1 HTTP/1.1\r\n\r\n", "s1"), Callback::Ignore);
+        assert_eq!(
+            parse_callback("POST /callback?code=a&state=s1 HTTP/1.1\r\n\r\n", "s1"),
+            Callback::Ignore
+        );
     }
 
     #[test]

@@ -5,14 +5,14 @@
 //! users with their API token, through [`Api::user`].
 
 use bamf_proto::api::{
-    AuthMethods, BotJoinRequest, BotRenewRequest, BotRequest, NewBot, SsoBegin, SsoBeginRequest,
-    SsoFinishRequest,
     AgentCertificate, AgentHeartbeat, AgentHeartbeatAnswer, AgentJoinRequest, AgentRecord,
-    AuditEvent, AuditQuery, BridgeCertificate, BridgeHeartbeat, BridgeHeartbeatAnswer,
-    BridgeJoinRequest, BridgeRecord, ConnectRequest, Health, JoinTokenRecord, JoinTokenRequest,
-    Login, LoginRequest, NewJoinToken, Page, PasswordRequest, RenewRequest, Reports, ReportsAnswer,
-    Resource, ResumeRequest, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest,
-    SessionEnd, SessionGrant, SessionQuery, SessionRecord, UserRecord, UserRequest, Whoami,
+    AuditEvent, AuditQuery, AuthMethods, BotJoinRequest, BotRenewRequest, BotRequest,
+    BridgeCertificate, BridgeHeartbeat, BridgeHeartbeatAnswer, BridgeJoinRequest, BridgeRecord,
+    ConnectRequest, Health, JoinTokenRecord, JoinTokenRequest, Login, LoginRequest, NewBot,
+    NewJoinToken, Page, PasswordRequest, RenewRequest, Reports, ReportsAnswer, Resource,
+    ResumeRequest, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest, SessionEnd,
+    SessionGrant, SessionQuery, SessionRecord, SsoBegin, SsoBeginRequest, SsoFinishRequest,
+    UserRecord, UserRequest, Whoami,
 };
 use http::Method;
 

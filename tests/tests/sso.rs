@@ -44,7 +44,10 @@ impl Output {
     #[track_caller]
     fn fails_with(self, message: &str) -> Self {
         assert_ne!(self.code, 0, "{self:#?}");
-        assert!(self.stderr.contains(message), "wanted {message:?}: {self:#?}");
+        assert!(
+            self.stderr.contains(message),
+            "wanted {message:?}: {self:#?}"
+        );
         assert!(!self.stderr.contains("panicked"), "{self:#?}");
         self
     }
@@ -79,7 +82,10 @@ fn run(cmd: &mut Command, stdin: &str) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{cmd:?} did not finish in time; stderr:\n{}", err.join().unwrap());
+            panic!(
+                "{cmd:?} did not finish in time; stderr:\n{}",
+                err.join().unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -171,7 +177,13 @@ impl Provider {
     /// A new signing key; returns its id.
     fn rotate(&self) -> String {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-USR2", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-USR2", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -241,9 +253,16 @@ roles = ["prod-access"]
         let auth_arg = auth.display().to_string();
         let api = Api::start_with_env(
             &[
-                "--database-url", &url, "--admin-password", ADMIN_PASSWORD,
-                "--tunnel-domain", DOMAIN, "--auth-config", &auth_arg,
-                "--bot-credential-lifetime", "20s",
+                "--database-url",
+                &url,
+                "--admin-password",
+                ADMIN_PASSWORD,
+                "--tunnel-domain",
+                DOMAIN,
+                "--auth-config",
+                &auth_arg,
+                "--bot-credential-lifetime",
+                "20s",
             ],
             &[("BAMF_BRIDGE_JOIN_TOKEN", BRIDGE_TOKEN)],
         )
@@ -251,7 +270,12 @@ roles = ["prod-access"]
         let ca_file = api.fetch_ca(dir.path());
         let route = format!("localhost={}", api.addr);
         let bridge = Bridge::start_tunnel(
-            0, DOMAIN, &api, &ca_file, &dir.path().join("bridge"), BRIDGE_TOKEN,
+            0,
+            DOMAIN,
+            &api,
+            &ca_file,
+            &dir.path().join("bridge"),
+            BRIDGE_TOKEN,
             &["--route", &route],
         )
         .unwrap();
@@ -267,7 +291,10 @@ roles = ["prod-access"]
         let admin = stack.home("admin");
         stack.password_login(&admin, "admin", ADMIN_PASSWORD).ok();
         stack
-            .cli(&admin, &["roles", "add", "prod-access", "--allow-label", "env=prod"])
+            .cli(
+                &admin,
+                &["roles", "add", "prod-access", "--allow-label", "env=prod"],
+            )
             .ok();
         stack._agent = Some(stack.start_agent());
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -289,7 +316,14 @@ roles = ["prod-access"]
     fn bamf(&self, home: &Path) -> Command {
         let mut cmd = Command::new(binary("bamf"));
         cmd.env("BAMF_HOME", home);
-        for name in ["BAMF_API", "BAMF_VIA", "BAMF_USER", "NO_COLOR", "CLICOLOR_FORCE", "BROWSER"] {
+        for name in [
+            "BAMF_API",
+            "BAMF_VIA",
+            "BAMF_USER",
+            "NO_COLOR",
+            "CLICOLOR_FORCE",
+            "BROWSER",
+        ] {
             cmd.env_remove(name);
         }
         cmd
@@ -303,8 +337,16 @@ roles = ["prod-access"]
         let via = self.bridge.front.to_string();
         run(
             self.bamf(home).args([
-                "login", "--api", &self.url(), "--via", &via, "--ca-file",
-                &self.ca_file.display().to_string(), "--user", user, "--password-stdin",
+                "login",
+                "--api",
+                &self.url(),
+                "--via",
+                &via,
+                "--ca-file",
+                &self.ca_file.display().to_string(),
+                "--user",
+                user,
+                "--password-stdin",
             ]),
             &format!("{password}\n"),
         )
@@ -316,8 +358,14 @@ roles = ["prod-access"]
         let browser = format!("node {}", oidc_dir().join("browser.mjs").display());
         let mut cmd = self.bamf(home);
         cmd.args([
-            "login", "--api", &self.url(), "--via", &via, "--ca-file",
-            &self.ca_file.display().to_string(), "--sso",
+            "login",
+            "--api",
+            &self.url(),
+            "--via",
+            &via,
+            "--ca-file",
+            &self.ca_file.display().to_string(),
+            "--sso",
         ]);
         if let Some(p) = provider {
             cmd.arg(p);
@@ -331,7 +379,10 @@ roles = ["prod-access"]
     fn start_agent(&self) -> Agent {
         let admin = self.home("admin");
         let token = self
-            .cli(&admin, &["join-tokens", "create", "--kind", "agent", "--ttl", "10m"])
+            .cli(
+                &admin,
+                &["join-tokens", "create", "--kind", "agent", "--ttl", "10m"],
+            )
             .ok()
             .stdout
             .trim()
@@ -423,14 +474,19 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
     let home = stack.home("alice");
     let out = stack.sso_login(&home, "alice", None).ok();
     assert!(out.stderr.contains("logged in to"), "{out:#?}");
-    assert!(out.stderr.contains("http://127.0.0.1:"), "the URL is always printed: {out:#?}");
+    assert!(
+        out.stderr.contains("http://127.0.0.1:"),
+        "the URL is always printed: {out:#?}"
+    );
     let whoami = parse(&std::fs::read_to_string(home.join("token.json")).unwrap());
     assert_eq!(whoami["user"], "alice");
     assert_eq!(stack.listed(&home), ["prod-echo"]);
     let script = stack.dir.path().join("echo_once.py");
     std::fs::write(&script, ECHO_ONCE).unwrap();
     let exec = format!("python3 {} {{port}}", script.display());
-    let echoed = stack.cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec]).ok();
+    let echoed = stack
+        .cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec])
+        .ok();
     assert!(echoed.stdout.contains("hello through sso"), "{echoed:#?}");
     stack
         .cli(&home, &["tcp", "dev-echo", "-p", "0", "--exec", &exec])
@@ -447,7 +503,10 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
     // Out of the ops group: the next sign-in takes the role away.
     stack.idp.set_users(&alice(&["staff"]));
     stack.sso_login(&home, "alice", Some("test-idp")).ok();
-    assert!(stack.listed(&home).is_empty(), "role kept after leaving the group");
+    assert!(
+        stack.listed(&home).is_empty(),
+        "role kept after leaving the group"
+    );
     stack
         .cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec])
         .fails_with("there is no resource 'prod-echo' you may reach");
@@ -458,7 +517,10 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
         .iter()
         .filter(|l| l.contains("fetched the provider's signing keys"))
         .count();
-    assert_eq!(fetches, 2, "the rotated key ({kid}) was not fetched once more");
+    assert_eq!(
+        fetches, 2,
+        "the rotated key ({kid}) was not fetched once more"
+    );
 
     // An unknown provider is refused before any browser opens.
     stack
@@ -467,17 +529,36 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
 
     // Every attempt is audited with the provider and the outcome; no code, state or token
     // appears in the audit log or the API's log.
-    let audit = stack.cli(&admin, &["audit", "--kind", "auth.sso", "--json", "--limit", "50"]).ok();
+    let audit = stack
+        .cli(
+            &admin,
+            &["audit", "--kind", "auth.sso", "--json", "--limit", "50"],
+        )
+        .ok();
     let events = parse(&audit.stdout);
     let outcomes: Vec<String> = events
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| format!("{}:{}", e["outcome"].as_str().unwrap(), e["detail"]["provider"].as_str().unwrap_or("")))
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["outcome"].as_str().unwrap(),
+                e["detail"]["provider"].as_str().unwrap_or("")
+            )
+        })
         .collect();
-    assert!(outcomes.contains(&"allowed:test-idp".to_owned()), "{outcomes:?}");
-    assert!(outcomes.iter().any(|o| o.starts_with("denied:nope")), "{outcomes:?}");
-    let login = stack.cli(&admin, &["audit", "--kind", "auth.login", "--json"]).ok();
+    assert!(
+        outcomes.contains(&"allowed:test-idp".to_owned()),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|o| o.starts_with("denied:nope")),
+        "{outcomes:?}"
+    );
+    let login = stack
+        .cli(&admin, &["audit", "--kind", "auth.login", "--json"])
+        .ok();
     assert!(login.stdout.contains("local_login_disabled"), "{login:#?}");
     let token = parse(&std::fs::read_to_string(home.join("token.json")).unwrap())["token"]
         .as_str()
@@ -498,12 +579,18 @@ fn sso_states_are_used_once_and_need_the_clients_verifier() {
     let api = bamf_client::https::Api::new(&stack.url(), tls)
         .unwrap()
         .connect_to(Some(stack.bridge.front));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     // The browser comes back to our own listener; we read code and state from it.
     let sign_in = |verifier: &str| {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let redirect_uri = format!("http://127.0.0.1:{}/callback", listener.local_addr().unwrap().port());
+        let redirect_uri = format!(
+            "http://127.0.0.1:{}/callback",
+            listener.local_addr().unwrap().port()
+        );
         let challenge = bamf_api::sso::challenge(verifier);
         let begin = runtime
             .block_on(api.sso_begin(&bamf_proto::api::SsoBeginRequest {
@@ -525,7 +612,8 @@ fn sso_states_are_used_once_and_need_the_clients_verifier() {
         });
         listener.set_nonblocking(false).unwrap();
         let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut head = Vec::new();
         let mut buf = [0u8; 4096];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -533,7 +621,9 @@ fn sso_states_are_used_once_and_need_the_clients_verifier() {
             assert!(n > 0);
             head.extend_from_slice(&buf[..n]);
         }
-        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 18\r\nConnection: close\r\n\r\nSigned in to BAMF.");
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 18\r\nConnection: close\r\n\r\nSigned in to BAMF.",
+        );
         drop(conn);
         let _ = browser.join();
         let head = String::from_utf8(head).unwrap();
@@ -543,7 +633,10 @@ fn sso_states_are_used_once_and_need_the_clients_verifier() {
         let mut state = String::new();
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap();
-            let v = v.replace("%2F", "/").replace("%2B", "+").replace("%3D", "=");
+            let v = v
+                .replace("%2F", "/")
+                .replace("%2B", "+")
+                .replace("%3D", "=");
             match k {
                 "code" => code = v,
                 "state" => state = v,
@@ -563,7 +656,9 @@ fn sso_states_are_used_once_and_need_the_clients_verifier() {
         }))
     };
     let code_of = |r: Result<bamf_proto::api::Login, bamf_client::https::HttpsError>| match r {
-        Err(bamf_client::https::HttpsError::Status { code, message, .. }) => format!("{code}: {message}"),
+        Err(bamf_client::https::HttpsError::Status { code, message, .. }) => {
+            format!("{code}: {message}")
+        }
         other => panic!("not refused: {other:?}"),
     };
 
@@ -589,7 +684,9 @@ fn sso_states_are_used_once_and_need_the_clients_verifier() {
         redirect_uri: "http://evil.example:80/callback".into(),
         code_challenge: bamf_api::sso::challenge(&verifier),
     }));
-    assert!(matches!(refused, Err(bamf_client::https::HttpsError::Status { code, .. }) if code == "bad_request"));
+    assert!(
+        matches!(refused, Err(bamf_client::https::HttpsError::Status { code, .. }) if code == "bad_request")
+    );
     let methods = runtime.block_on(api.auth_methods()).unwrap();
     assert!(!methods.local_enabled);
     assert_eq!(methods.default_provider.as_deref(), Some("test-idp"));
@@ -600,20 +697,40 @@ fn a_bot_joins_renews_past_its_first_lifetime_and_is_refused_after_revocation() 
     let stack = Stack::start("sso-bot", &alice(&[]));
     let admin = stack.home("admin");
     let token = stack
-        .cli(&admin, &["bots", "add", "ci-bot", "--role", "prod-access", "--token-ttl", "10m"])
+        .cli(
+            &admin,
+            &[
+                "bots",
+                "add",
+                "ci-bot",
+                "--role",
+                "prod-access",
+                "--token-ttl",
+                "10m",
+            ],
+        )
         .ok()
         .stdout
         .trim()
         .to_owned();
-    assert!(token.starts_with("bamf_"), "only the token on stdout: {token}");
+    assert!(
+        token.starts_with("bamf_"),
+        "only the token on stdout: {token}"
+    );
     let file = stack.dir.path().join("bot-token");
     std::fs::write(&file, format!("{token}\n")).unwrap();
     let bot_login = |home: &Path| {
         let via = stack.bridge.front.to_string();
         run(
             stack.bamf(home).args([
-                "login", "--api", &stack.url(), "--via", &via, "--ca-file",
-                &stack.ca_file.display().to_string(), "--bot-token-file",
+                "login",
+                "--api",
+                &stack.url(),
+                "--via",
+                &via,
+                "--ca-file",
+                &stack.ca_file.display().to_string(),
+                "--bot-token-file",
                 &file.display().to_string(),
             ]),
             "",
@@ -640,18 +757,28 @@ fn a_bot_joins_renews_past_its_first_lifetime_and_is_refused_after_revocation() 
     let script = stack.dir.path().join("echo_once.py");
     std::fs::write(&script, ECHO_ONCE).unwrap();
     let exec = format!("python3 {} {{port}}", script.display());
-    let echoed = stack.cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec]).ok();
+    let echoed = stack
+        .cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec])
+        .ok();
     assert!(echoed.stdout.contains("hello through sso"), "{echoed:#?}");
 
     // Past half its 20 s lifetime, the next command renews on its own.
     std::thread::sleep(Duration::from_secs(11));
     let renewed = stack.cli(&home, &["ls"]).ok();
-    assert!(renewed.stderr.contains("renewed the bot's credentials"), "{renewed:#?}");
+    assert!(
+        renewed.stderr.contains("renewed the bot's credentials"),
+        "{renewed:#?}"
+    );
     assert!(expiry(&home) > first_expiry);
     // Past the first credentials' lifetime, the bot still reaches its resource.
     std::thread::sleep(Duration::from_secs(11));
-    assert!(bamf_tests_now() > first_expiry, "the first credentials have expired");
-    let echoed = stack.cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec]).ok();
+    assert!(
+        bamf_tests_now() > first_expiry,
+        "the first credentials have expired"
+    );
+    let echoed = stack
+        .cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec])
+        .ok();
     assert!(echoed.stdout.contains("hello through sso"), "{echoed:#?}");
     // The renewed-away token stopped working at the renewal.
     let ca = std::fs::read_to_string(&stack.ca_file).unwrap();
@@ -659,9 +786,15 @@ fn a_bot_joins_renews_past_its_first_lifetime_and_is_refused_after_revocation() 
     let api = bamf_client::https::Api::new(&stack.url(), tls)
         .unwrap()
         .connect_to(Some(stack.bridge.front));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let old = runtime.block_on(api.user(&first_token).whoami());
-    assert_eq!(old.err().and_then(|e| e.status()).map(|s| s.as_u16()), Some(401));
+    assert_eq!(
+        old.err().and_then(|e| e.status()).map(|s| s.as_u16()),
+        Some(401)
+    );
 
     // Revoked: deleting the bot ends its credentials at once.
     stack.cli(&admin, &["users", "rm", "ci-bot"]).ok();
@@ -678,7 +811,10 @@ fn a_bot_joins_renews_past_its_first_lifetime_and_is_refused_after_revocation() 
         api.user(&admin_token)
             .bot_renew(&bamf_proto::api::BotRenewRequest { csr }),
     );
-    assert_eq!(refused.err().and_then(|e| e.status()).map(|s| s.as_u16()), Some(403));
+    assert_eq!(
+        refused.err().and_then(|e| e.status()).map(|s| s.as_u16()),
+        Some(403)
+    );
 }
 
 fn bamf_tests_now() -> i64 {

@@ -117,17 +117,31 @@ async fn commands_reach_the_subscriber(publisher: &Presence, subscriber: &Presen
 /// A value kept once is taken once, by any replica, and not after its TTL.
 async fn kept_once_is_taken_once(one: &Presence, two: &Presence) {
     let key = format!("test-{}", agent());
-    assert!(one.put_once(&key, "v1", Duration::from_secs(5)).await.unwrap());
     assert!(
-        !one.put_once(&key, "v2", Duration::from_secs(5)).await.unwrap(),
+        one.put_once(&key, "v1", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !one.put_once(&key, "v2", Duration::from_secs(5))
+            .await
+            .unwrap(),
         "a live key is not replaced"
     );
     assert_eq!(two.take_once(&key).await.unwrap().as_deref(), Some("v1"));
     assert_eq!(one.take_once(&key).await.unwrap(), None, "taken twice");
     let short = format!("{key}-short");
-    assert!(one.put_once(&short, "v", Duration::from_millis(100)).await.unwrap());
+    assert!(
+        one.put_once(&short, "v", Duration::from_millis(100))
+            .await
+            .unwrap()
+    );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(two.take_once(&short).await.unwrap(), None, "outlived its TTL");
+    assert_eq!(
+        two.take_once(&short).await.unwrap(),
+        None,
+        "outlived its TTL"
+    );
 }
 
 #[tokio::test]

@@ -25,15 +25,14 @@ fn millis(d: Duration) -> i64 {
 }
 
 pub(super) async fn create(call: &Call<'_>, body: BotRequest) -> Result<NewBot, ApiError> {
-    let name: Name = body
-        .name
-        .parse()
-        .map_err(|_| ApiError::BadRequest("name: lower-case letters, digits, '-', '_', '.'".into()))?;
-    let ttl = body
-        .token_ttl_ms
-        .map_or(TOKEN_TTL, Duration::from_millis);
+    let name: Name = body.name.parse().map_err(|_| {
+        ApiError::BadRequest("name: lower-case letters, digits, '-', '_', '.'".into())
+    })?;
+    let ttl = body.token_ttl_ms.map_or(TOKEN_TTL, Duration::from_millis);
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
-        return Err(ApiError::BadRequest("token_ttl_ms: between 1 ms and 30 days".into()));
+        return Err(ApiError::BadRequest(
+            "token_ttl_ms: between 1 ms and 30 days".into(),
+        ));
     }
     let token = auth::new_token().map_err(|_| ApiError::Internal)?;
     let now = now_ms();
@@ -41,7 +40,13 @@ pub(super) async fn create(call: &Call<'_>, body: BotRequest) -> Result<NewBot, 
     let created = call
         .state
         .store
-        .create_bot(name.as_str(), &body.roles, &auth::token_hash(&token), expires, now)
+        .create_bot(
+            name.as_str(),
+            &body.roles,
+            &auth::token_hash(&token),
+            expires,
+            now,
+        )
         .await?;
     match created {
         BotCreated::Created => {}
@@ -66,13 +71,21 @@ pub(super) async fn create(call: &Call<'_>, body: BotRequest) -> Result<NewBot, 
 
 pub(super) async fn join(call: &Call<'_>, body: BotJoinRequest) -> Result<Login, ApiError> {
     let (state, ctx) = (call.state, call.ctx);
-    let detail = serde_json::json!({"address": ctx.peer.ip().to_string(), "request_id": ctx.request_id});
+    let detail =
+        serde_json::json!({"address": ctx.peer.ip().to_string(), "request_id": ctx.request_id});
     let Some(bot) = state
         .store
         .use_bot_token(&auth::token_hash(&body.token), now_ms())
         .await?
     else {
-        audit(state, format!("anonymous:{}", ctx.peer.ip()), "bot.join", "denied", detail).await;
+        audit(
+            state,
+            format!("anonymous:{}", ctx.peer.ip()),
+            "bot.join",
+            "denied",
+            detail,
+        )
+        .await;
         return Err(ApiError::Unauthenticated);
     };
     let name: Name = bot.parse().map_err(|_| ApiError::Internal)?;
@@ -93,6 +106,7 @@ pub(super) async fn renew(call: &Call<'_>, body: BotRenewRequest) -> Result<Logi
     if let Some(token) = bearer(call.headers) {
         state.store.delete_token(&auth::token_hash(token)).await?;
     }
-    call.audit("bot.renew", "allowed", serde_json::json!({})).await;
+    call.audit("bot.renew", "allowed", serde_json::json!({}))
+        .await;
     Ok(login)
 }

@@ -3,13 +3,15 @@
 //! is audited (`auth.sso`) with the provider and the outcome; codes, tokens, states and
 //! secrets are never written anywhere.
 
-use bamf_proto::api::{AuthMethods, Login, SsoBegin, SsoBeginRequest, SsoFinishRequest, SsoProvider};
+use bamf_proto::api::{
+    AuthMethods, Login, SsoBegin, SsoBeginRequest, SsoFinishRequest, SsoProvider,
+};
 
 use super::Call;
 use crate::context::{AppState, RequestContext, audit};
 use crate::error::ApiError;
 use crate::now_ms;
-use crate::sso::{self, Flow, FLOW_TTL, SsoFailure};
+use crate::sso::{self, FLOW_TTL, Flow, SsoFailure};
 use crate::store::SsoSignIn;
 
 /// The presence key of a flow.
@@ -65,7 +67,9 @@ async fn audited(
 fn unknown_provider(name: Option<&str>) -> ApiError {
     ApiError::UnknownProvider(match name {
         Some(n) => format!("no single sign-on provider named {}", shown(n)),
-        None => "no single sign-on provider is configured (or none is the default): name one".into(),
+        None => {
+            "no single sign-on provider is configured (or none is the default): name one".into()
+        }
     })
 }
 
@@ -82,7 +86,15 @@ pub(super) async fn begin(call: &Call<'_>, body: SsoBeginRequest) -> Result<SsoB
     let (state, ctx) = (call.state, call.ctx);
     let asked = body.provider.as_deref();
     let Some(provider) = state.sso.provider(asked) else {
-        audited(state, ctx, asked.unwrap_or("-"), "denied", "unknown_provider", None).await;
+        audited(
+            state,
+            ctx,
+            asked.unwrap_or("-"),
+            "denied",
+            "unknown_provider",
+            None,
+        )
+        .await;
         return Err(unknown_provider(asked));
     };
     let name = provider.settings.name.clone();
@@ -141,8 +153,14 @@ pub(super) async fn begin(call: &Call<'_>, body: SsoBeginRequest) -> Result<SsoB
 
 pub(super) async fn finish(call: &Call<'_>, body: SsoFinishRequest) -> Result<Login, ApiError> {
     let (state, ctx) = (call.state, call.ctx);
-    if body.state.is_empty() || body.state.len() > 128 || body.code.is_empty() || body.code.len() > 4096 {
-        return Err(ApiError::BadRequest("state and code: 1-128 and 1-4096 characters".into()));
+    if body.state.is_empty()
+        || body.state.len() > 128
+        || body.code.is_empty()
+        || body.code.len() > 4096
+    {
+        return Err(ApiError::BadRequest(
+            "state and code: 1-128 and 1-4096 characters".into(),
+        ));
     }
     // Taken once: a replayed state, or one past its TTL, finds nothing.
     let Some(flow) = state.presence.take_once(&flow_key(&body.state)).await? else {
@@ -192,7 +210,15 @@ pub(super) async fn finish(call: &Call<'_>, body: SsoFinishRequest) -> Result<Lo
             roles,
         } => (user_name, created, roles),
         SsoSignIn::NameTaken => {
-            audited(state, ctx, &name, "denied", "name_taken", Some(user.as_str())).await;
+            audited(
+                state,
+                ctx,
+                &name,
+                "denied",
+                "name_taken",
+                Some(user.as_str()),
+            )
+            .await;
             return Err(ApiError::Conflict(
                 "the user name this sign-in gives belongs to another user; an administrator must resolve it",
             ));
@@ -213,7 +239,14 @@ pub(super) async fn finish(call: &Call<'_>, body: SsoFinishRequest) -> Result<Lo
                 "provider": name, "reason": "-", "created": created, "roles": bound,
                 "address": ctx.peer.ip().to_string(), "request_id": ctx.request_id,
             });
-            audit(state, format!("user:{user_name}"), "auth.sso", "allowed", detail).await;
+            audit(
+                state,
+                format!("user:{user_name}"),
+                "auth.sso",
+                "allowed",
+                detail,
+            )
+            .await;
             Ok(login)
         }
         Err(e) => {

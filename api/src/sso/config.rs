@@ -247,7 +247,9 @@ impl AuthSettings {
             }
             let client_id = match (&p.client_id, &p.client_id_file) {
                 (Some(id), None) if !id.is_empty() => Some(id.clone()),
-                (None, Some(file)) => read_trimmed(&format!("{field}.client_id_file"), file, &mut problems),
+                (None, Some(file)) => {
+                    read_trimmed(&format!("{field}.client_id_file"), file, &mut problems)
+                }
                 _ => {
                     problems.push(format!(
                         "{field}: give exactly one of client_id and client_id_file"
@@ -279,9 +281,10 @@ impl AuthSettings {
                     )),
                 }
             }
-            let ca_pem = p.ca_file.as_ref().and_then(|f| {
-                read_trimmed(&format!("{field}.ca_file"), f, &mut problems)
-            });
+            let ca_pem = p
+                .ca_file
+                .as_ref()
+                .and_then(|f| read_trimmed(&format!("{field}.ca_file"), f, &mut problems));
             let groups_claim = p.groups_claim.unwrap_or_else(|| "groups".into());
             let mut rules = Vec::new();
             for (i, r) in p.role_rules.into_iter().enumerate() {
@@ -394,14 +397,21 @@ algorithms = ["HS256"]
 "#,
             dir.display()
         );
-        let e = AuthSettings::parse("auth.toml", &bad).unwrap_err().to_string();
+        let e = AuthSettings::parse("auth.toml", &bad)
+            .unwrap_err()
+            .to_string();
         for want in ["issuer_url", "client_id", "client_secret_file", "HS256"] {
             assert!(e.contains(want), "{want} in {e}");
         }
         let typo = "[sso.oidc.x]\nissuer = \"https://x\"\n";
         assert!(AuthSettings::parse("auth.toml", typo).is_err());
         let nobody = "[local]\nenabled = false\n";
-        assert!(AuthSettings::parse("auth.toml", nobody).unwrap_err().to_string().contains("nobody"));
+        assert!(
+            AuthSettings::parse("auth.toml", nobody)
+                .unwrap_err()
+                .to_string()
+                .contains("nobody")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -75,7 +75,10 @@ impl Url {
             _ => return Err(bad()),
         };
         let host = uri.host().ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         if !tls && !is_loopback(&host) {
             return Err(bad());
         }
@@ -146,9 +149,7 @@ impl Fetcher {
                 return Err("CA file: no certificate".into());
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("CA file: {e}"))?;
+                roots.add(cert).map_err(|e| format!("CA file: {e}"))?;
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -200,8 +201,11 @@ impl Fetcher {
         let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let credentials = {
             use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", enc(basic.0), enc(basic.1)))
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                enc(basic.0),
+                enc(basic.1)
+            ))
         };
         let answer = self
             .exchange(
@@ -283,7 +287,11 @@ fn authority(url: &Url) -> String {
     }
 }
 
-async fn send<S>(io: TokioIo<S>, request: Request<Full<Bytes>>, host: &str) -> Result<Bytes, FetchError>
+async fn send<S>(
+    io: TokioIo<S>,
+    request: Request<Full<Bytes>>,
+    host: &str,
+) -> Result<Bytes, FetchError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -322,8 +330,11 @@ fn oauth_error(body: &[u8]) -> Option<String> {
         error: String,
     }
     let e: OAuthError = serde_json::from_slice(body).ok()?;
-    (e.error.len() <= 64 && e.error.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        .then_some(e.error)
+    (e.error.len() <= 64
+        && e.error
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    .then_some(e.error)
 }
 
 #[cfg(test)]
@@ -352,12 +363,18 @@ mod tests {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
         let u = Url::parse("http://127.0.0.1:5556/a/b?c=d").unwrap();
-        assert_eq!((u.port, u.path.as_str(), authority(&u).as_str()), (5556, "/a/b?c=d", "127.0.0.1:5556"));
+        assert_eq!(
+            (u.port, u.path.as_str(), authority(&u).as_str()),
+            (5556, "/a/b?c=d", "127.0.0.1:5556")
+        );
     }
 
     #[test]
     fn only_a_short_oauth_error_code_is_kept() {
-        assert_eq!(oauth_error(br#"{"error":"invalid_grant","error_description":"code abc"}"#).as_deref(), Some("invalid_grant"));
+        assert_eq!(
+            oauth_error(br#"{"error":"invalid_grant","error_description":"code abc"}"#).as_deref(),
+            Some("invalid_grant")
+        );
         assert_eq!(oauth_error(br#"{"error":"has spaces and a code"}"#), None);
         assert_eq!(oauth_error(b"<html>"), None);
     }

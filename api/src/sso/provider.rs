@@ -138,7 +138,9 @@ impl Provider {
     fn check_discovery(&self, raw: RawDiscovery) -> Result<Discovery, SsoFailure> {
         // OpenID Connect Discovery §4.3: the issuer must be exactly the one configured.
         if raw.issuer != self.settings.issuer {
-            return Err(SsoFailure::Discovery("its issuer is not the configured issuer_url"));
+            return Err(SsoFailure::Discovery(
+                "its issuer is not the configured issuer_url",
+            ));
         }
         if let Some(methods) = &raw.code_challenge_methods_supported
             && !methods.iter().any(|m| m == "S256")
@@ -228,7 +230,8 @@ impl Provider {
             )
             .await?;
         let token = answer.id_token.ok_or(SsoFailure::NoIdToken)?;
-        self.validate(&d, &token, nonce, crate::now_ms() / 1000).await
+        self.validate(&d, &token, nonce, crate::now_ms() / 1000)
+            .await
     }
 
     /// Validates an ID token with the provider's keys (fetched again once when the token
@@ -265,7 +268,10 @@ impl Provider {
                 at: Instant::now(),
             });
         }
-        let set = keys.as_ref().map(|k| &k.value).ok_or(TokenError::UnknownKey)?;
+        let set = keys
+            .as_ref()
+            .map(|k| &k.value)
+            .ok_or(TokenError::UnknownKey)?;
         let key = jws.key(set).ok_or(TokenError::UnknownKey)?;
         Ok(expect.check(jws.verify(key)?)?)
     }

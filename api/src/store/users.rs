@@ -167,12 +167,7 @@ impl Store {
             name,
         )
         .await?;
-        run_for(
-            &mut tx,
-            "DELETE FROM bot_tokens WHERE bot_name = $1",
-            name,
-        )
-        .await?;
+        run_for(&mut tx, "DELETE FROM bot_tokens WHERE bot_name = $1", name).await?;
         run_for(&mut tx, "DELETE FROM bots WHERE name = $1", name).await?;
         run_for(&mut tx, "DELETE FROM users WHERE name = $1", name).await?;
         tx.commit().await?;

@@ -157,14 +157,35 @@ fn a_valid_token_of_each_algorithm_is_accepted() {
 fn wrong_audience_issuer_and_authorized_party_are_refused() {
     let s = Signer::es256();
     let cases = [
-        (with(|c| drop(c.insert("aud".into(), json!("other")))), TokenError::Audience),
-        (with(|c| drop(c.insert("aud".into(), json!(["other", "x"])))), TokenError::Audience),
+        (
+            with(|c| drop(c.insert("aud".into(), json!("other")))),
+            TokenError::Audience,
+        ),
+        (
+            with(|c| drop(c.insert("aud".into(), json!(["other", "x"])))),
+            TokenError::Audience,
+        ),
         // Several audiences need azp naming us.
-        (with(|c| drop(c.insert("aud".into(), json!([CLIENT, "other"])))), TokenError::Audience),
-        (with(|c| drop(c.insert("azp".into(), json!("other")))), TokenError::Audience),
-        (with(|c| drop(c.insert("iss".into(), json!("https://evil.example")))), TokenError::Issuer),
-        (with(|c| drop(c.insert("iss".into(), json!(format!("{ISSUER}/"))))), TokenError::Issuer),
-        (with(|c| drop(c.remove("aud"))), TokenError::Malformed("aud")),
+        (
+            with(|c| drop(c.insert("aud".into(), json!([CLIENT, "other"])))),
+            TokenError::Audience,
+        ),
+        (
+            with(|c| drop(c.insert("azp".into(), json!("other")))),
+            TokenError::Audience,
+        ),
+        (
+            with(|c| drop(c.insert("iss".into(), json!("https://evil.example")))),
+            TokenError::Issuer,
+        ),
+        (
+            with(|c| drop(c.insert("iss".into(), json!(format!("{ISSUER}/"))))),
+            TokenError::Issuer,
+        ),
+        (
+            with(|c| drop(c.remove("aud"))),
+            TokenError::Malformed("aud"),
+        ),
     ];
     for (claims, want) in cases {
         assert_eq!(check(&s, &s.token("k1", &claims)), Err(want), "{claims}");
@@ -180,16 +201,37 @@ fn wrong_audience_issuer_and_authorized_party_are_refused() {
 fn expiry_and_not_before_allow_only_the_skew() {
     let s = Signer::ed25519();
     let at = |name: &str, t: i64| with(|c| drop(c.insert(name.into(), json!(t))));
-    assert_eq!(check(&s, &s.token("k1", &at("exp", NOW - 61))), Err(TokenError::Expired));
-    assert_eq!(check(&s, &s.token("k1", &at("exp", NOW - 60))), Err(TokenError::Expired));
-    assert!(check(&s, &s.token("k1", &at("exp", NOW - 59))).is_ok(), "within the skew");
-    assert_eq!(check(&s, &s.token("k1", &at("nbf", NOW + 61))), Err(TokenError::NotYetValid));
+    assert_eq!(
+        check(&s, &s.token("k1", &at("exp", NOW - 61))),
+        Err(TokenError::Expired)
+    );
+    assert_eq!(
+        check(&s, &s.token("k1", &at("exp", NOW - 60))),
+        Err(TokenError::Expired)
+    );
+    assert!(
+        check(&s, &s.token("k1", &at("exp", NOW - 59))).is_ok(),
+        "within the skew"
+    );
+    assert_eq!(
+        check(&s, &s.token("k1", &at("nbf", NOW + 61))),
+        Err(TokenError::NotYetValid)
+    );
     assert!(check(&s, &s.token("k1", &at("nbf", NOW + 59))).is_ok());
-    assert_eq!(check(&s, &s.token("k1", &at("iat", NOW + 3600))), Err(TokenError::NotYetValid));
+    assert_eq!(
+        check(&s, &s.token("k1", &at("iat", NOW + 3600))),
+        Err(TokenError::NotYetValid)
+    );
     let no_exp = with(|c| drop(c.remove("exp")));
-    assert_eq!(check(&s, &s.token("k1", &no_exp)), Err(TokenError::Malformed("exp")));
+    assert_eq!(
+        check(&s, &s.token("k1", &no_exp)),
+        Err(TokenError::Malformed("exp"))
+    );
     let text_exp = with(|c| drop(c.insert("exp".into(), json!("tomorrow"))));
-    assert_eq!(check(&s, &s.token("k1", &text_exp)), Err(TokenError::Malformed("exp")));
+    assert_eq!(
+        check(&s, &s.token("k1", &text_exp)),
+        Err(TokenError::Malformed("exp"))
+    );
 }
 
 #[test]
@@ -208,7 +250,12 @@ fn a_tampered_token_does_not_verify() {
         let parts: Vec<&str> = token.split('.').collect();
         // Another payload under the original signature: a user who adds a group.
         let forged = with(|c| drop(c.insert("groups".into(), json!(["admin"]))));
-        let swapped = format!("{}.{}.{}", parts[0], enc(forged.to_string().as_bytes()), parts[2]);
+        let swapped = format!(
+            "{}.{}.{}",
+            parts[0],
+            enc(forged.to_string().as_bytes()),
+            parts[2]
+        );
         assert_eq!(check(&s, &swapped), Err(TokenError::Signature));
         // One bit of the signature flipped.
         let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
@@ -216,8 +263,15 @@ fn a_tampered_token_does_not_verify() {
         let flipped = format!("{}.{}.{}", parts[0], parts[1], enc(&sig));
         assert_eq!(check(&s, &flipped), Err(TokenError::Signature));
         // Signed by another key that claims the same key id.
-        let other = if matches!(s, Signer::Es256(_)) { Signer::es256() } else { Signer::rsa(Alg::RS256) };
-        assert_eq!(check(&s, &other.token("k1", &claims())), Err(TokenError::Signature));
+        let other = if matches!(s, Signer::Es256(_)) {
+            Signer::es256()
+        } else {
+            Signer::rsa(Alg::RS256)
+        };
+        assert_eq!(
+            check(&s, &other.token("k1", &claims())),
+            Err(TokenError::Signature)
+        );
     }
 }
 
@@ -229,14 +283,23 @@ fn alg_none_and_hmac_with_the_public_key_are_refused() {
         let header = enc(json!({"alg": alg, "kid": "k1"}).to_string().as_bytes());
         for sig in ["", "AAAA"] {
             let token = format!("{header}.{payload}.{sig}");
-            assert!(matches!(check(&s, &token), Err(TokenError::Algorithm(_))), "alg {alg}");
+            assert!(
+                matches!(check(&s, &token), Err(TokenError::Algorithm(_))),
+                "alg {alg}"
+            );
         }
     }
     // The classic confusion: HS256 with the provider's public key (its JWK, its DER) as the
     // HMAC secret.
-    let Signer::Rsa(pair, _) = &s else { unreachable!() };
+    let Signer::Rsa(pair, _) = &s else {
+        unreachable!()
+    };
     let c = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
-    for secret in [pair.public().as_ref().to_vec(), c.n.clone(), s.jwk("k1").to_string().into_bytes()] {
+    for secret in [
+        pair.public().as_ref().to_vec(),
+        c.n.clone(),
+        s.jwk("k1").to_string().into_bytes(),
+    ] {
         for alg in ["HS256", "HS384", "HS512"] {
             let header = enc(json!({"alg": alg, "kid": "k1"}).to_string().as_bytes());
             let input = format!("{header}.{payload}");
@@ -285,12 +348,30 @@ fn junk_never_panics() {
     let keys = set(&[Signer::es256().jwk("k1")]);
     let long = "a".repeat(MAX_TOKEN + 1);
     for junk in [
-        "", ".", "..", "...", "a.b.c", "a.b.c.d", "e30.e30.", "e30.e30.AAAA", "!!!.@@@.###",
-        "eyJhbGciOiJFUzI1NiJ9.e30.AAAA", long.as_str(),
+        "",
+        ".",
+        "..",
+        "...",
+        "a.b.c",
+        "a.b.c.d",
+        "e30.e30.",
+        "e30.e30.AAAA",
+        "!!!.@@@.###",
+        "eyJhbGciOiJFUzI1NiJ9.e30.AAAA",
+        long.as_str(),
     ] {
-        assert!(validate(junk, &keys, &Alg::ALL, &expect()).is_err(), "{junk}");
+        assert!(
+            validate(junk, &keys, &Alg::ALL, &expect()).is_err(),
+            "{junk}"
+        );
     }
-    for doc in ["", "{}", "[]", r#"{"keys": 1}"#, r#"{"keys": [1, "x", {"kty": "EC"}]}"#] {
+    for doc in [
+        "",
+        "{}",
+        "[]",
+        r#"{"keys": 1}"#,
+        r#"{"keys": [1, "x", {"kty": "EC"}]}"#,
+    ] {
         let _ = JwkSet::parse(doc.as_bytes());
     }
     let odd = set(&[
