@@ -76,6 +76,9 @@ pub enum ApiError {
     /// `expired`, `unknown_flow`, …), never a token, code or secret.
     #[error("single sign-on refused: {0}")]
     SsoRefused(&'static str),
+    /// A device grant the user has not finished yet; `true`: poll less often.
+    #[error("the sign-in is not finished yet; poll again")]
+    SsoPending(bool),
     /// The identity provider could not be reached or answered wrongly.
     #[error("the identity provider is unreachable or answered wrongly; try again")]
     ProviderUnavailable,
@@ -102,6 +105,8 @@ impl ApiError {
             Self::LocalLoginDisabled => (StatusCode::FORBIDDEN, "local_login_disabled"),
             Self::UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
             Self::SsoRefused(_) => (StatusCode::UNAUTHORIZED, "sso_refused"),
+            Self::SsoPending(false) => (StatusCode::BAD_REQUEST, "authorization_pending"),
+            Self::SsoPending(true) => (StatusCode::BAD_REQUEST, "slow_down"),
             Self::ProviderUnavailable => (StatusCode::BAD_GATEWAY, "provider_unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::AuthSettings;
 use jwt::Claims;
-pub use provider::{Provider, SsoFailure};
+pub use provider::{DevicePoll, DeviceStart, Provider, SsoFailure};
 
 /// How long a begun sign-in may take to finish.
 pub const FLOW_TTL: Duration = Duration::from_secs(300);
@@ -109,6 +109,17 @@ pub struct Flow {
     pub redirect_uri: String,
     /// The client's PKCE challenge towards us.
     pub client_challenge: String,
+}
+
+/// What is kept between a device grant's begin and its polls, under a handle of ours.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceFlow {
+    /// The provider.
+    pub provider: String,
+    /// The provider's device code.
+    pub device_code: String,
+    /// Until when (Unix ms).
+    pub expires_at_ms: i64,
 }
 
 /// A random URL-safe string of `bytes` random bytes.

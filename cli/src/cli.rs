@@ -106,6 +106,10 @@ pub struct LoginArgs {
     #[arg(long, value_name = "PROVIDER", num_args = 0..=1, default_missing_value = "",
           conflicts_with = "password_stdin")]
     pub sso: Option<String>,
+    /// With --sso: sign in on another device (device authorization grant: a page and a code
+    /// are printed), for machines without a browser
+    #[arg(long, requires = "sso")]
+    pub device: bool,
     /// Log in as a bot with the one-time join token in FILE (non-interactive); later
     /// commands renew the bot's short-lived credentials on their own
     #[arg(long, value_name = "FILE", conflicts_with_all = ["password_stdin", "sso"])]

@@ -112,6 +112,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     password_stdin: args.password_stdin,
                     sso: args.sso.map(|p| Some(p).filter(|p| !p.is_empty())),
                     bot_token_file: args.bot_token_file,
+                    device: args.device,
                 },
             )
             .await

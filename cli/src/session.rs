@@ -140,6 +140,8 @@ pub struct LoginRequest {
     pub sso: Option<Option<String>>,
     /// `--bot-token-file`: a bot's one-time join token.
     pub bot_token_file: Option<std::path::PathBuf>,
+    /// `--device` (with `--sso`): the device authorization grant.
+    pub device: bool,
 }
 
 /// `bamf login`.
@@ -188,7 +190,11 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
 
     let (key, csr) = bamf_client::identity::key_and_csr()?;
     let answer = if let Some(provider) = &req.sso {
-        crate::sso::sign_in(&api, provider.as_deref(), csr).await?
+        if req.device {
+            crate::sso::device_sign_in(&api, provider.as_deref(), csr).await?
+        } else {
+            crate::sso::sign_in(&api, provider.as_deref(), csr).await?
+        }
     } else if let Some(file) = &req.bot_token_file {
         crate::bot_login::join(&api, crate::bot_login::read_token(file)?, csr).await?
     } else {

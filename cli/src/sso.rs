@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use bamf_client::https::{Api, HttpsError};
-use bamf_proto::api::{Login, SsoBeginRequest, SsoFinishRequest};
+use bamf_proto::api::{
+    Login, SsoBeginRequest, SsoDeviceBeginRequest, SsoDevicePollRequest, SsoFinishRequest,
+};
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -81,6 +83,64 @@ pub async fn sign_in(api: &Api, provider: Option<&str>, csr: String) -> Result<L
     })
     .await
     .map_err(|e| refused("single sign-on failed", e))
+}
+
+/// Signs in with the device authorization grant: prints the page and the code to enter on
+/// any device with a browser, and polls the API until the user finished (or the grant
+/// expired).
+///
+/// # Errors
+///
+/// The API or the provider refuses, or the grant expires.
+pub async fn device_sign_in(api: &Api, provider: Option<&str>, csr: String) -> Result<Login> {
+    let begin = api
+        .sso_device_begin(&SsoDeviceBeginRequest {
+            provider: provider.map(str::to_owned),
+        })
+        .await
+        .map_err(|e| refused("single sign-on could not begin", e))?;
+    output::note(format!(
+        "sign in with {} on any device: open {}
+  and enter the code {}",
+        begin.provider,
+        begin
+            .verification_uri_complete
+            .as_deref()
+            .unwrap_or(&begin.verification_uri),
+        begin.user_code
+    ));
+    let mut interval = Duration::from_millis(u64::try_from(begin.interval_ms).unwrap_or(5000));
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(
+            u64::try_from(begin.expires_at_ms.saturating_sub(now_ms())).unwrap_or(0),
+        );
+    loop {
+        tokio::time::sleep(interval).await;
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::msg(
+                "single sign-on: the device code expired; try again",
+            ));
+        }
+        let poll = api
+            .sso_device_poll(&SsoDevicePollRequest {
+                handle: begin.handle.clone(),
+                csr: csr.clone(),
+            })
+            .await;
+        match poll {
+            Ok(login) => return Ok(login),
+            Err(HttpsError::Status { code, .. }) if code == "authorization_pending" => {}
+            Err(HttpsError::Status { code, .. }) if code == "slow_down" => {
+                interval = (interval + Duration::from_secs(5)).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(refused("single sign-on failed", e)),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX)
 }
 
 fn refused(what: &str, e: HttpsError) -> Error {

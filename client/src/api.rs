@@ -11,8 +11,8 @@ use bamf_proto::api::{
     ConnectRequest, Health, JoinTokenRecord, JoinTokenRequest, Login, LoginRequest, NewBot,
     NewJoinToken, Page, PasswordRequest, RenewRequest, Reports, ReportsAnswer, Resource,
     ResumeRequest, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest, SessionEnd,
-    SessionGrant, SessionQuery, SessionRecord, SsoBegin, SsoBeginRequest, SsoFinishRequest,
-    UserRecord, UserRequest, Whoami,
+    SessionGrant, SessionQuery, SessionRecord, SsoBegin, SsoBeginRequest, SsoDevice,
+    SsoDeviceBeginRequest, SsoDevicePollRequest, SsoFinishRequest, UserRecord, UserRequest, Whoami,
 };
 use http::Method;
 
@@ -109,6 +109,12 @@ routes! {
     fn sso_begin(request: &SsoBeginRequest) -> SsoBegin: POST("/api/v1/auth/sso/begin"), request;
     /// `POST /api/v1/auth/sso/finish`: answered like a password login.
     fn sso_finish(request: &SsoFinishRequest) -> Login: POST("/api/v1/auth/sso/finish"), request;
+    /// `POST /api/v1/auth/sso/device/begin`: a device sign-in's code and page.
+    fn sso_device_begin(request: &SsoDeviceBeginRequest) -> SsoDevice:
+        POST("/api/v1/auth/sso/device/begin"), request;
+    /// `POST /api/v1/auth/sso/device/poll`: 400 `authorization_pending` until done.
+    fn sso_device_poll(request: &SsoDevicePollRequest) -> Login:
+        POST("/api/v1/auth/sso/device/poll"), request;
     /// `POST /api/v1/bots/join`: a bot's first credentials.
     fn bot_join(request: &BotJoinRequest) -> Login: POST("/api/v1/bots/join"), request;
     /// `POST /api/v1/agents/join`.

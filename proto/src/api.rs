@@ -266,6 +266,44 @@ contract! {
         pub csr: String,
     }
 
+    /// `POST /api/v1/auth/sso/device/begin`: single sign-on for a machine without a
+    /// browser (device authorization grant, where the provider offers it).
+    #[serde(deny_unknown_fields)]
+    pub struct SsoDeviceBeginRequest {
+        /// The provider; the default provider when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub provider: Option<String>,
+    }
+
+    /// The answer to `POST /api/v1/auth/sso/device/begin`: what to show the user.
+    pub struct SsoDevice {
+        /// The provider chosen.
+        pub provider: String,
+        /// What the caller polls with (the provider's device code stays in the API).
+        pub handle: String,
+        /// The code the user enters at the verification page.
+        pub user_code: String,
+        /// The verification page, to open on any device.
+        pub verification_uri: String,
+        /// The page with the code filled in, when the provider offers it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub verification_uri_complete: Option<String>,
+        /// How long to wait between polls.
+        pub interval_ms: i64,
+        /// The grant expires then.
+        pub expires_at_ms: i64,
+    }
+
+    /// `POST /api/v1/auth/sso/device/poll`: answered like a login once the user signed in;
+    /// until then 400 `authorization_pending` (or `slow_down`).
+    #[serde(deny_unknown_fields)]
+    pub struct SsoDevicePollRequest {
+        /// The handle from begin.
+        pub handle: String,
+        /// PEM CSR for the user certificate; the key stays with the client.
+        pub csr: String,
+    }
+
     /// `POST /api/v1/bots`: a machine identity (a user without a password) bound to roles,
     /// and its one-time join token.
     #[serde(deny_unknown_fields)]

@@ -23,15 +23,25 @@ try {
   const page = await browser.newPage();
   page.setDefaultTimeout(30_000);
   await page.goto(url);
-  for (let step = 0; step < 6 && !/\/callback\?/.test(page.url()); step += 1) {
+  // The authorization code flow ends at the CLI's loopback callback; the device grant at the
+  // provider's success page.
+  const done = async () => /\/callback\?/.test(page.url())
+    || /Sign-in Success/.test((await page.textContent('body')) ?? '');
+  for (let step = 0; step < 8 && !(await done()); step += 1) {
+    if (await page.locator('input[name=user_code]').count()) {
+      const code = process.env.BAMF_TEST_SSO_USER_CODE;
+      if (code) await page.fill('input[name=user_code]', code);
+    }
     if (await page.locator('input[name=login]').count()) {
       await page.fill('input[name=login]', login);
       await page.fill('input[name=password]', password);
     }
-    await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+    const button = (await page.locator('button[autofocus]').count())
+      ? 'button[autofocus]' : 'button[type=submit]';
+    await Promise.all([page.waitForNavigation(), page.click(button)]);
   }
   const text = await page.textContent('body');
-  ok = /\/callback\?/.test(page.url()) && /Signed in to BAMF/.test(text ?? '');
+  ok = await done() && (/Signed in to BAMF/.test(text ?? '') || /Sign-in Success/.test(text ?? ''));
   console.error(`browser: ${ok ? 'signed in' : 'did not sign in'} (${new URL(page.url()).pathname}: ${text?.trim().slice(0, 120)})`);
 } catch (e) {
   console.error(`browser: ${e}`);

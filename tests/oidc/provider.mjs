@@ -30,7 +30,7 @@ function provider(issuer, key) {
       client_secret: config.client_secret,
       application_type: 'native',
       redirect_uris: ['http://127.0.0.1/callback'],
-      grant_types: ['authorization_code'],
+      grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
     }],
@@ -46,6 +46,7 @@ function provider(issuer, key) {
     // The claims the scopes grant go into the ID token, which is all BAMF reads.
     conformIdTokenClaims: false,
     pkce: { required: () => true },
+    features: { deviceFlow: { enabled: true } },
     async findAccount(_ctx, sub) {
       const user = users()[sub];
       if (!user) return undefined;

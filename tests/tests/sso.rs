@@ -825,3 +825,77 @@ fn bamf_tests_now() -> i64 {
         .try_into()
         .unwrap()
 }
+
+/// `bamf login --sso --device` for a machine without a browser: the CLI prints a page and a
+/// code; "another device" (the headless browser) signs in there; the CLI's polls end in a
+/// login whose roles follow the groups claim.
+#[test]
+fn sso_device_login_on_another_device() {
+    let stack = Stack::start("sso-device", &alice(&["ops"]));
+    let home = stack.home("alice-device");
+    let via = stack.bridge.front.to_string();
+    let mut child = stack
+        .bamf(&home)
+        .args([
+            "login",
+            "--api",
+            &stack.url(),
+            "--via",
+            &via,
+            "--ca-file",
+            &stack.ca_file.display().to_string(),
+            "--sso",
+            "--device",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut said = Vec::new();
+    let url = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no device page printed: {said:?}"));
+        said.push(line.clone());
+        if let Some(url) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://127.0.0.1:"))
+        {
+            break url.to_owned();
+        }
+    };
+    let browser = Command::new("node")
+        .arg(oidc_dir().join("browser.mjs"))
+        .arg(&url)
+        .env("BAMF_TEST_SSO_LOGIN", "alice")
+        .status()
+        .unwrap();
+    assert!(browser.success(), "the browser did not sign in at {url}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bamf login --device did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+        said.push(line);
+    }
+    assert!(status.success(), "{said:#?}");
+    assert!(said.iter().any(|l| l.contains("logged in to")), "{said:#?}");
+    assert_eq!(stack.listed(&home), ["prod-echo"]);
+}

@@ -4,14 +4,15 @@
 //! secrets are never written anywhere.
 
 use bamf_proto::api::{
-    AuthMethods, Login, SsoBegin, SsoBeginRequest, SsoFinishRequest, SsoProvider,
+    AuthMethods, Login, SsoBegin, SsoBeginRequest, SsoDevice, SsoDeviceBeginRequest,
+    SsoDevicePollRequest, SsoFinishRequest, SsoProvider,
 };
 
 use super::Call;
 use crate::context::{AppState, RequestContext, audit};
 use crate::error::ApiError;
 use crate::now_ms;
-use crate::sso::{self, FLOW_TTL, Flow, SsoFailure};
+use crate::sso::{self, DeviceFlow, DevicePoll, FLOW_TTL, Flow, SsoFailure};
 use crate::store::SsoSignIn;
 
 /// The presence key of a flow.
@@ -193,12 +194,25 @@ pub(super) async fn finish(call: &Call<'_>, body: SsoFinishRequest) -> Result<Lo
             return Err(failure(&e));
         }
     };
+    complete(state, ctx, provider, &claims, &body.csr).await
+}
+
+/// A sign-in whose ID token was validated: the user found or made from the claims, the
+/// roles they map to bound, and a login's answer.
+async fn complete(
+    state: &AppState,
+    ctx: &RequestContext,
+    provider: &sso::Provider,
+    claims: &sso::jwt::Claims,
+    csr: &str,
+) -> Result<Login, ApiError> {
+    let name = provider.settings.name.clone();
     let settings = &provider.settings;
-    let Some(user) = sso::user_name(&claims, &settings.username_claims) else {
+    let Some(user) = sso::user_name(claims, &settings.username_claims) else {
         audited(state, ctx, &name, "denied", "no_user_name", None).await;
         return Err(ApiError::SsoRefused("no_user_name"));
     };
-    let roles = sso::mapped_roles(&claims, &settings.rules);
+    let roles = sso::mapped_roles(claims, &settings.rules);
     let signed = state
         .store
         .sso_sign_in(&name, &claims.sub, user.as_str(), &roles, now_ms())
@@ -233,7 +247,7 @@ pub(super) async fn finish(call: &Call<'_>, body: SsoFinishRequest) -> Result<Lo
         tracing::warn!(provider = %name, user = %user_name, wanted = ?roles, bound = ?bound,
             "some roles the claims map to do not exist");
     }
-    match super::session::grant(state, &user, &body.csr, state.lifetimes.user).await {
+    match super::session::grant(state, &user, csr, state.lifetimes.user).await {
         Ok(login) => {
             let detail = serde_json::json!({
                 "provider": name, "reason": "-", "created": created, "roles": bound,
@@ -252,6 +266,105 @@ pub(super) async fn finish(call: &Call<'_>, body: SsoFinishRequest) -> Result<Lo
         Err(e) => {
             audited(state, ctx, &name, "failed", "csr", Some(&user_name)).await;
             Err(e)
+        }
+    }
+}
+
+/// The presence key of a device grant.
+fn device_key(handle: &str) -> String {
+    format!("sso-device:{handle}")
+}
+
+pub(super) async fn device_begin(
+    call: &Call<'_>,
+    body: SsoDeviceBeginRequest,
+) -> Result<SsoDevice, ApiError> {
+    let (state, ctx) = (call.state, call.ctx);
+    let asked = body.provider.as_deref();
+    let Some(provider) = state.sso.provider(asked) else {
+        audited(
+            state,
+            ctx,
+            asked.unwrap_or("-"),
+            "denied",
+            "unknown_provider",
+            None,
+        )
+        .await;
+        return Err(unknown_provider(asked));
+    };
+    let name = provider.settings.name.clone();
+    let start = match provider.device_begin().await {
+        Ok(start) => start,
+        Err(e) => {
+            tracing::warn!(provider = %name, error = %e, "device sign-in could not begin");
+            audited(state, ctx, &name, "failed", e.reason(), None).await;
+            return Err(failure(&e));
+        }
+    };
+    let handle = sso::random(32).map_err(|_| ApiError::Internal)?;
+    let ttl = std::time::Duration::from_secs(start.expires_in);
+    let expires_at_ms = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(0));
+    let flow = DeviceFlow {
+        provider: name.clone(),
+        device_code: start.device_code,
+        expires_at_ms,
+    };
+    let value = serde_json::to_string(&flow).map_err(|_| ApiError::Internal)?;
+    if !state
+        .presence
+        .put_once(&device_key(&handle), &value, ttl)
+        .await?
+    {
+        return Err(ApiError::Unavailable("sign-in flows"));
+    }
+    audited(state, ctx, &name, "begun", "device", None).await;
+    Ok(SsoDevice {
+        provider: name,
+        handle,
+        user_code: start.user_code,
+        verification_uri: start.verification_uri,
+        verification_uri_complete: start.verification_uri_complete,
+        interval_ms: i64::try_from(start.interval.saturating_mul(1000)).unwrap_or(5000),
+        expires_at_ms,
+    })
+}
+
+pub(super) async fn device_poll(
+    call: &Call<'_>,
+    body: SsoDevicePollRequest,
+) -> Result<Login, ApiError> {
+    let (state, ctx) = (call.state, call.ctx);
+    if body.handle.is_empty() || body.handle.len() > 128 {
+        return Err(ApiError::BadRequest("handle: 1-128 characters".into()));
+    }
+    // Taken for the poll and put back while the user has not finished: a finished grant is
+    // used once.
+    let key = device_key(&body.handle);
+    let Some(text) = state.presence.take_once(&key).await? else {
+        audited(state, ctx, "-", "denied", "unknown_flow", None).await;
+        return Err(ApiError::SsoRefused("unknown_flow"));
+    };
+    let flow: DeviceFlow = serde_json::from_str(&text).map_err(|_| ApiError::Internal)?;
+    let Some(provider) = state.sso.provider(Some(&flow.provider)) else {
+        return Err(unknown_provider(Some(&flow.provider)));
+    };
+    let put_back = |slow| async move {
+        let left = flow.expires_at_ms.saturating_sub(now_ms());
+        if left > 0 {
+            let ttl = std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0));
+            state.presence.put_once(&key, &text, ttl).await?;
+        }
+        Err::<Login, ApiError>(ApiError::SsoPending(slow))
+    };
+    match provider.device_poll(&flow.device_code).await {
+        Ok(DevicePoll::Pending) => put_back(false).await,
+        Ok(DevicePoll::SlowDown) => put_back(true).await,
+        Ok(DevicePoll::Done(claims)) => complete(state, ctx, provider, &claims, &body.csr).await,
+        Err(e) => {
+            tracing::warn!(provider = %flow.provider, error = %e, "device sign-in refused");
+            audited(state, ctx, &flow.provider, "denied", e.reason(), None).await;
+            Err(failure(&e))
         }
     }
 }

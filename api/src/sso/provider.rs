@@ -60,6 +60,8 @@ struct RawDiscovery {
     id_token_signing_alg_values_supported: Vec<String>,
     #[serde(default)]
     code_challenge_methods_supported: Option<Vec<String>>,
+    #[serde(default)]
+    device_authorization_endpoint: Option<String>,
 }
 
 /// A checked discovery document.
@@ -69,6 +71,7 @@ pub struct Discovery {
     pub authorization_endpoint: Url,
     token_endpoint: Url,
     jwks_uri: Url,
+    device_endpoint: Option<Url>,
     algorithms: Vec<Alg>,
 }
 
@@ -86,6 +89,46 @@ pub struct Provider {
     fetcher: Fetcher,
     discovery: Mutex<Option<Cached<Discovery>>>,
     keys: Mutex<Option<Cached<JwkSet>>>,
+}
+
+/// A device grant begun at the provider.
+#[derive(Debug, Clone)]
+pub struct DeviceStart {
+    /// The provider's secret for polling (kept in the API, never shown).
+    pub device_code: String,
+    /// What the user types at the verification page.
+    pub user_code: String,
+    /// Where the user goes.
+    pub verification_uri: String,
+    /// The same with the code filled in, when the provider offers it.
+    pub verification_uri_complete: Option<String>,
+    /// Seconds the grant lives.
+    pub expires_in: u64,
+    /// Seconds between polls.
+    pub interval: u64,
+}
+
+#[derive(Deserialize)]
+struct RawDeviceStart {
+    device_code: String,
+    user_code: String,
+    verification_uri: String,
+    #[serde(default)]
+    verification_uri_complete: Option<String>,
+    expires_in: u64,
+    #[serde(default)]
+    interval: Option<u64>,
+}
+
+/// What a poll of a device grant found.
+#[derive(Debug)]
+pub enum DevicePoll {
+    /// The user has not finished yet.
+    Pending,
+    /// Poll less often.
+    SlowDown,
+    /// Signed in: the validated claims.
+    Done(Box<Claims>),
 }
 
 #[derive(Deserialize)]
@@ -167,6 +210,11 @@ impl Provider {
             authorization_endpoint: Url::parse(&raw.authorization_endpoint)?,
             token_endpoint: Url::parse(&raw.token_endpoint)?,
             jwks_uri: Url::parse(&raw.jwks_uri)?,
+            device_endpoint: raw
+                .device_authorization_endpoint
+                .as_deref()
+                .map(Url::parse)
+                .transpose()?,
             algorithms,
         })
     }
@@ -230,8 +278,84 @@ impl Provider {
             )
             .await?;
         let token = answer.id_token.ok_or(SsoFailure::NoIdToken)?;
-        self.validate(&d, &token, nonce, crate::now_ms() / 1000)
+        self.validate(&d, &token, Some(nonce), crate::now_ms() / 1000)
             .await
+    }
+
+    /// Starts a device authorization grant (RFC 8628) at the provider.
+    ///
+    /// # Errors
+    ///
+    /// [`SsoFailure::Discovery`] when the provider has no device endpoint, else as
+    /// [`Provider::sign_in`].
+    pub async fn device_begin(&self) -> Result<DeviceStart, SsoFailure> {
+        let d = self.discovery().await?;
+        let endpoint = d
+            .device_endpoint
+            .as_ref()
+            .ok_or(SsoFailure::Discovery("no device authorization endpoint"))?;
+        let scope = self.settings.scopes.join(" ");
+        let raw: RawDeviceStart = self
+            .fetcher
+            .post_form(
+                endpoint,
+                &[
+                    ("client_id", self.settings.client_id.as_str()),
+                    ("scope", scope.as_str()),
+                ],
+                (
+                    &self.settings.client_id,
+                    self.settings.client_secret.expose(),
+                ),
+            )
+            .await?;
+        Ok(DeviceStart {
+            device_code: raw.device_code,
+            user_code: raw.user_code,
+            verification_uri: raw.verification_uri,
+            verification_uri_complete: raw.verification_uri_complete,
+            expires_in: raw.expires_in.clamp(10, 1800),
+            interval: raw.interval.unwrap_or(5).clamp(1, 60),
+        })
+    }
+
+    /// Asks the token endpoint whether the user finished the device grant.
+    ///
+    /// # Errors
+    ///
+    /// As [`Provider::sign_in`]; the provider's `expired_token` and `access_denied` are
+    /// [`SsoFailure::Provider`].
+    pub async fn device_poll(&self, device_code: &str) -> Result<DevicePoll, SsoFailure> {
+        let d = self.discovery().await?;
+        let answer: Result<TokenAnswer, FetchError> = self
+            .fetcher
+            .post_form(
+                &d.token_endpoint,
+                &[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                    ("device_code", device_code),
+                ],
+                (
+                    &self.settings.client_id,
+                    self.settings.client_secret.expose(),
+                ),
+            )
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(FetchError::Status { error: Some(e), .. }) if e == "authorization_pending" => {
+                return Ok(DevicePoll::Pending);
+            }
+            Err(FetchError::Status { error: Some(e), .. }) if e == "slow_down" => {
+                return Ok(DevicePoll::SlowDown);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let token = answer.id_token.ok_or(SsoFailure::NoIdToken)?;
+        let claims = self
+            .validate(&d, &token, None, crate::now_ms() / 1000)
+            .await?;
+        Ok(DevicePoll::Done(Box::new(claims)))
     }
 
     /// Validates an ID token with the provider's keys (fetched again once when the token
@@ -244,7 +368,7 @@ impl Provider {
         &self,
         d: &Discovery,
         token: &str,
-        nonce: &str,
+        nonce: Option<&str>,
         now: i64,
     ) -> Result<Claims, SsoFailure> {
         let jws = Jws::parse(token, &d.algorithms)?;

@@ -117,7 +117,7 @@ fn expect() -> Expect<'static> {
     Expect {
         issuer: ISSUER,
         client_id: CLIENT,
-        nonce: NONCE,
+        nonce: Some(NONCE),
         now: NOW,
         skew: 60,
     }
@@ -241,6 +241,23 @@ fn a_missing_or_other_nonce_is_refused() {
     assert_eq!(check(&s, &s.token("k1", &other)), Err(TokenError::Nonce));
     let none = with(|c| drop(c.remove("nonce")));
     assert_eq!(check(&s, &s.token("k1", &none)), Err(TokenError::Nonce));
+}
+
+#[test]
+fn the_device_grant_expects_no_nonce_and_gets_none() {
+    let s = Signer::es256();
+    let device = Expect {
+        nonce: None,
+        ..expect()
+    };
+    let keys = set(&[s.jwk("k1")]);
+    let without = with(|c| drop(c.remove("nonce")));
+    assert!(validate(&s.token("k1", &without), &keys, &Alg::ALL, &device).is_ok());
+    // A nonce where none was sent is another flow's token.
+    assert_eq!(
+        validate(&s.token("k1", &claims()), &keys, &Alg::ALL, &device),
+        Err(TokenError::Nonce)
+    );
 }
 
 #[test]
