@@ -46,6 +46,10 @@ pub struct AppState {
     /// `resume_timeout` (the agent's own deadline; the API waits a little longer for the
     /// agent's account).
     pub resume_deadline: std::time::Duration,
+    /// Sign-in methods: password login's switch and the single sign-on providers.
+    pub sso: crate::sso::Sso,
+    /// How long a bot's API token and certificate live (it renews them at half-life).
+    pub bot_lifetime: std::time::Duration,
 }
 
 /// What the router knows about a request besides the request itself.

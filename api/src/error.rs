@@ -64,6 +64,24 @@ pub enum ApiError {
     /// It existed and is over for good (an ended session cannot resume).
     #[error("{0}")]
     Gone(&'static str),
+    /// Password login is turned off here (`auth.local.enabled: false`).
+    #[error(
+        "password login is disabled on this server: sign in with single sign-on (bamf login --sso)"
+    )]
+    LocalLoginDisabled,
+    /// No such single sign-on provider (or none is configured).
+    #[error("{0}")]
+    UnknownProvider(String),
+    /// A single sign-on was refused; the reason is a stable word (`audience`, `nonce`,
+    /// `expired`, `unknown_flow`, …), never a token, code or secret.
+    #[error("single sign-on refused: {0}")]
+    SsoRefused(&'static str),
+    /// A device grant the user has not finished yet; `true`: poll less often.
+    #[error("the sign-in is not finished yet; poll again")]
+    SsoPending(bool),
+    /// The identity provider could not be reached or answered wrongly.
+    #[error("the identity provider is unreachable or answered wrongly; try again")]
+    ProviderUnavailable,
     /// Anything else; details are in the log under the request id.
     #[error("internal error")]
     Internal,
@@ -84,6 +102,12 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Offline(_) => (StatusCode::SERVICE_UNAVAILABLE, "offline"),
             Self::Gone(_) => (StatusCode::GONE, "gone"),
+            Self::LocalLoginDisabled => (StatusCode::FORBIDDEN, "local_login_disabled"),
+            Self::UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
+            Self::SsoRefused(_) => (StatusCode::UNAUTHORIZED, "sso_refused"),
+            Self::SsoPending(false) => (StatusCode::BAD_REQUEST, "authorization_pending"),
+            Self::SsoPending(true) => (StatusCode::BAD_REQUEST, "slow_down"),
+            Self::ProviderUnavailable => (StatusCode::BAD_GATEWAY, "provider_unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -22,6 +22,8 @@
 //! - [`placement`] and [`reconcile`]: which bridge a session goes to, and ending the sessions
 //!   of bridges that are gone. [`metrics`]: the API's Prometheus metrics.
 //! - [`auth`]: argon2id password hashes, opaque API tokens (kept as hashes), login limits.
+//!   [`sso`]: single sign-on with OpenID Connect (the API as confidential client), the
+//!   ID-token validator, claims to roles.
 //! - [`tls`]: the certificate the API presents: the internal CA's, or a public one from
 //!   files for its public host, reloaded when they change. [`purge`]: the hourly purge
 //!   of audit events and ended sessions past the retention period.
@@ -41,6 +43,7 @@ pub mod reconcile;
 pub mod routes;
 pub mod seal;
 pub mod server;
+pub mod sso;
 pub mod store;
 pub mod tls;
 

@@ -84,6 +84,9 @@ struct Cli {
     /// Bridge certificate lifetime (bridges renew at half-life)
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     bridge_cert_lifetime: Duration,
+    /// A bot's API token and certificate lifetime (bots renew at half-life)
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    bot_credential_lifetime: Duration,
     /// Session certificate lifetime: the time a tunnel has to be established
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     session_cert_lifetime: Duration,
@@ -124,6 +127,11 @@ struct Cli {
     /// How long shutdown waits for open requests
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Sign-in configuration (TOML): password login on or off, break-glass users, the
+    /// OpenID Connect providers and their claim-to-role rules (docs/sso.md); without it,
+    /// password login only
+    #[arg(long, env = "BAMF_AUTH_CONFIG")]
+    auth_config: Option<std::path::PathBuf>,
     /// Log format on stderr; level from BAMF_LOG (default: info)
     #[arg(long, value_enum, default_value_t = bamf_runtime::LogFormat::Text)]
     log_format: bamf_runtime::LogFormat,
@@ -167,11 +175,33 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
             anyhow::bail!("--{name}-cert-lifetime must be between 10s and 5 years");
         }
     }
+    if cli.bot_credential_lifetime < Duration::from_secs(10)
+        || cli.bot_credential_lifetime > lifetimes.user
+    {
+        anyhow::bail!("--bot-credential-lifetime must be between 10s and --user-cert-lifetime");
+    }
     if cli.max_connections == 0 || cli.max_connections_per_address == 0 {
         anyhow::bail!("--max-connections and --max-connections-per-address must be at least 1");
     }
     if cli.idle_timeout < Duration::from_secs(1) {
         anyhow::bail!("--idle-timeout must be at least 1s");
+    }
+    let sso = match &cli.auth_config {
+        Some(path) => {
+            let settings = bamf_api::sso::AuthSettings::load(path)
+                .map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+            bamf_api::sso::Sso::new(settings).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        None => bamf_api::sso::Sso::local_only(),
+    };
+    if !sso.local_enabled {
+        tracing::info!(
+            break_glass = ?sso.break_glass_users,
+            "password login is disabled (auth.local.enabled = false)"
+        );
+    }
+    for name in sso.providers.keys() {
+        tracing::info!(provider = %name, "single sign-on provider configured");
     }
     let mut policy = server::ConnectionPolicy {
         idle_timeout: cli.idle_timeout,
@@ -302,6 +332,8 @@ async fn start(mut cli: Cli) -> anyhow::Result<()> {
         openapi: bamf_api::openapi::document_json(),
         lost_bridges: Arc::default(),
         resume_deadline: cli.resume_deadline,
+        sso,
+        bot_lifetime: cli.bot_credential_lifetime,
     });
     server::serve(listener, tls, state, policy, shutdown, cli.shutdown_grace).await;
     Ok(())

@@ -26,7 +26,10 @@ Every error is `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a sta
 `unauthenticated` (401), `forbidden` (403), `not_found` (404), `method_not_allowed` (405), \
 `conflict` (409), `bad_request` (400), `payload_too_large` (413, bodies over 64 KiB), \
 `rate_limited` (429, with `Retry-After`), `not_ready` (503: store or presence down), \
-`offline` (503: the agent is offline or no bridge is live), `internal` (500).
+`offline` (503: the agent is offline or no bridge is live), `gone` (410), `internal` (500); \
+for signing in: `local_login_disabled` (403: password login is off, use single sign-on), \
+`unknown_provider` (404), `sso_refused` (401, with the reason: `unknown_flow`, `nonce`, \
+`audience`, …), `provider_unavailable` (502: the identity provider failed).
 ";
 
 /// The access names of `x-bamf-access`.

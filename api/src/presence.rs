@@ -86,6 +86,31 @@ macro_rules! dispatch {
 }
 
 impl Presence {
+    /// Keeps `value` under `key` for `ttl`, for [`Presence::take_once`] (single sign-on
+    /// flows). `false` when the key is taken or the in-process table is full.
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn put_once(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, PresenceError> {
+        dispatch!(self.put_once(key, value, ttl))
+    }
+
+    /// The value kept under `key`, removed in the same step: a second take (a replay) and
+    /// a take after the TTL find nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn take_once(&self, key: &str) -> Result<Option<String>, PresenceError> {
+        dispatch!(self.take_once(key))
+    }
+
     /// Records a bridge heartbeat, alive for `ttl`.
     ///
     /// # Errors
@@ -186,7 +211,11 @@ struct MemoryState {
     bridges: HashMap<u32, (BridgeStatus, Instant)>,
     agents: HashMap<AgentId, Instant>,
     subscribers: HashMap<AgentId, Vec<mpsc::Sender<String>>>,
+    once: HashMap<String, (String, Instant)>,
 }
+
+/// Values kept for one use at most, in process (pending single sign-on flows).
+pub const MAX_ONCE: usize = 10_000;
 
 impl MemoryPresence {
     fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> T) -> T {
@@ -201,6 +230,30 @@ impl MemoryPresence {
 }
 
 impl MemoryPresence {
+    async fn put_once(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, PresenceError> {
+        let now = Instant::now();
+        Ok(self.with(|s| {
+            if s.once.len() >= MAX_ONCE {
+                s.once.retain(|_, (_, until)| *until > now);
+            }
+            if s.once.len() >= MAX_ONCE || s.once.get(key).is_some_and(|(_, until)| *until > now) {
+                return false;
+            }
+            s.once.insert(key.to_owned(), (value.to_owned(), now + ttl));
+            true
+        }))
+    }
+
+    async fn take_once(&self, key: &str) -> Result<Option<String>, PresenceError> {
+        let now = Instant::now();
+        Ok(self.with(|s| {
+            s.once
+                .remove(key)
+                .filter(|(_, until)| *until > now)
+                .map(|(value, _)| value)
+        }))
+    }
+
     async fn heartbeat_bridge(
         &self,
         status: BridgeStatus,
@@ -339,11 +392,37 @@ fn command_channel(agent: AgentId) -> String {
     format!("{PREFIX}:commands:{agent}")
 }
 
+fn once_key(key: &str) -> String {
+    format!("{PREFIX}:once:{key}")
+}
+
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 impl RedisPresence {
+    async fn put_once(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, PresenceError> {
+        let mut c = self.conn().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(once_key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async(&mut c)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn take_once(&self, key: &str) -> Result<Option<String>, PresenceError> {
+        let mut c = self.conn().await?;
+        // GETDEL (Redis 6.2): read and delete in one step, so a value is taken once.
+        Ok(redis::cmd("GETDEL")
+            .arg(once_key(key))
+            .query_async(&mut c)
+            .await?)
+    }
+
     async fn heartbeat_bridge(
         &self,
         status: BridgeStatus,

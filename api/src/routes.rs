@@ -7,10 +7,12 @@
 //! the committed document differs.
 
 mod admin;
+mod bots;
 mod call;
 mod fleet;
 mod join;
 mod session;
+mod sso;
 mod status;
 mod tunnel;
 
@@ -229,6 +231,27 @@ pub static ROUTES: &[Route] = &[
     r(M::POST, "/api/v1/auth/login", Public,
         "Sign in: an API token, and a user certificate for the CSR. Attempts are audited and limited per address and per user.",
         json!(OK, session::login[wire::LoginRequest] => wire::Login)),
+    r(M::GET, "/api/v1/auth/providers", Public,
+        "How users sign in here: whether password login is open, and the single sign-on providers.",
+        json!(OK, sso::providers => wire::AuthMethods)),
+    r(M::POST, "/api/v1/auth/sso/begin", Public,
+        "Begin a single sign-on: the provider's authorization URL for the caller's loopback redirect; the flow (state, nonce, PKCE) is kept for 5 minutes, for one use.",
+        json!(OK, sso::begin[wire::SsoBeginRequest] => wire::SsoBegin)),
+    r(M::POST, "/api/v1/auth/sso/finish", Public,
+        "Finish a single sign-on with the code and state the provider returned: the ID token is validated, roles follow the claims, and the answer is a login's. Attempts are audited.",
+        json!(OK, sso::finish[wire::SsoFinishRequest] => wire::Login)),
+    r(M::POST, "/api/v1/auth/sso/device/begin", Public,
+        "Begin a single sign-on for a machine without a browser (device authorization grant): a code and a page for the user; the provider's device code stays here.",
+        json!(OK, sso::device_begin[wire::SsoDeviceBeginRequest] => wire::SsoDevice)),
+    r(M::POST, "/api/v1/auth/sso/device/poll", Public,
+        "Poll a device sign-in: 400 authorization_pending (or slow_down) until the user finished, then a login's answer, once.",
+        json!(OK, sso::device_poll[wire::SsoDevicePollRequest] => wire::Login)),
+    r(M::POST, "/api/v1/bots/join", JoinToken,
+        "A bot's first credentials for its one-time join token: an API token and a user certificate, both short-lived.",
+        json!(OK, bots::join[wire::BotJoinRequest] => wire::Login)),
+    r(M::POST, "/api/v1/bots/renew", User,
+        "A bot renews its credentials before they expire: a new token and certificate; the token of this request stops working.",
+        json!(OK, bots::renew[wire::BotRenewRequest] => wire::Login)),
     r(M::POST, "/api/v1/auth/logout", User, "Revoke the API token of this request.",
         none!(session::logout)),
     r(M::GET, "/api/v1/whoami", UserOrCertificate,
@@ -306,6 +329,9 @@ pub static ROUTES: &[Route] = &[
         none!(admin::bind_role)),
     r(M::DELETE, "/api/v1/users/{name}/roles/{role}", Admin, "Unbind a role from a user.",
         none!(admin::unbind_role)),
+    r(M::POST, "/api/v1/bots", Admin,
+        "Create a bot (a machine identity: a user without a password) bound to roles, with its one-time join token; delete it as a user to revoke it.",
+        json!(CREATED, bots::create[wire::BotRequest] => wire::NewBot)),
     r(M::GET, "/api/v1/roles", Admin, "Roles with their rules.",
         json!(OK, admin::list_roles => Page<wire::RoleRecord>)),
     r(M::POST, "/api/v1/roles", Admin, "Create a role.",
@@ -456,17 +482,23 @@ async fn issue(
     identity: &Identity,
     dns: Option<&bamf_proto::HostName>,
 ) -> Result<crate::ca::Issued, ApiError> {
+    let lifetime = state.lifetimes.for_identity(identity);
+    issue_for(state, csr, identity, dns, lifetime).await
+}
+
+/// [`issue`] with a lifetime of the caller's choosing (a bot's shorter one).
+async fn issue_for(
+    state: &AppState,
+    csr: &str,
+    identity: &Identity,
+    dns: Option<&bamf_proto::HostName>,
+    lifetime: std::time::Duration,
+) -> Result<crate::ca::Issued, ApiError> {
     use crate::store::CertificateSubject as Subject;
     let now = time::OffsetDateTime::now_utc();
     let issued = state
         .ca
-        .issue(
-            csr,
-            identity,
-            dns,
-            state.lifetimes.for_identity(identity),
-            now,
-        )
+        .issue(csr, identity, dns, lifetime, now)
         .map_err(|e| ApiError::BadRequest(format!("csr: {e}")))?;
     let subject = match identity {
         Identity::User { user } => Subject::User(user.to_string()),

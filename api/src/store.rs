@@ -17,6 +17,7 @@ use sqlx::migrate::Migrator;
 
 mod agents;
 mod audit;
+mod bots;
 mod bridges;
 mod ca;
 mod certificates;
@@ -24,11 +25,13 @@ mod join_tokens;
 mod retention;
 mod roles;
 mod sessions;
+mod sso;
 mod tokens;
 mod users;
 
 pub use agents::{Agent, Resource};
 pub use audit::{AuditEvent, AuditFilter, MAX_AUDIT_PAGE, NewAuditEvent};
+pub use bots::BotCreated;
 pub use bridges::Bridge;
 pub use ca::StoredCa;
 pub use certificates::{CertificateRef, CertificateSubject, Revocation, Revoked};
@@ -36,6 +39,7 @@ pub use join_tokens::{JoinKind, JoinOutcome, JoinToken};
 pub use retention::{Checkpoint, PURGE_ACTOR, PurgeBatch, PurgeOutcome};
 pub use roles::{Role, RoleChange};
 pub use sessions::{Report, Session, SessionFilter};
+pub use sso::{NO_PASSWORD, SsoSignIn};
 pub use users::User;
 
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");

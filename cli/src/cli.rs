@@ -59,6 +59,9 @@ pub enum Command {
     /// Tokens with which agents and bridges join (admin)
     #[command(subcommand)]
     JoinTokens(JoinTokensCommand),
+    /// Machine identities for automation: bots bound to roles (admin)
+    #[command(subcommand)]
+    Bots(BotsCommand),
     /// Agents (admin)
     #[command(subcommand)]
     Agents(AgentsCommand),
@@ -98,6 +101,19 @@ pub struct LoginArgs {
     /// Read the password from stdin instead of asking on the terminal
     #[arg(long)]
     pub password_stdin: bool,
+    /// Sign in with single sign-on (OpenID Connect) in a browser instead of a password:
+    /// with the provider named, or the API's default provider
+    #[arg(long, value_name = "PROVIDER", num_args = 0..=1, default_missing_value = "",
+          conflicts_with = "password_stdin")]
+    pub sso: Option<String>,
+    /// With --sso: sign in on another device (device authorization grant: a page and a code
+    /// are printed), for machines without a browser
+    #[arg(long, requires = "sso")]
+    pub device: bool,
+    /// Log in as a bot with the one-time join token in FILE (non-interactive); later
+    /// commands renew the bot's short-lived credentials on their own
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["password_stdin", "sso"])]
+    pub bot_token_file: Option<PathBuf>,
     /// Connect to this ip:port for the API and tunnels instead of resolving names (kept for
     /// later commands; BAMF_VIA overrides it) [default: 127.0.0.1:PORT for *.localhost]
     #[arg(long, env = "BAMF_VIA", hide_env_values = true, value_name = "ADDR")]
@@ -298,6 +314,23 @@ pub enum JoinTokensCommand {
     Rm {
         /// Token id
         id: String,
+    },
+}
+
+/// `bamf bots …`.
+#[derive(Debug, Subcommand)]
+pub enum BotsCommand {
+    /// Create a bot bound to roles; its one-time join token is printed once, on stdout (the
+    /// bot logs in with `bamf login --bot-token-file FILE`; delete it with `bamf users rm`)
+    Add {
+        /// The bot's user name
+        name: String,
+        /// Bind this role (repeatable)
+        #[arg(long = "role", short = 'r', value_name = "ROLE")]
+        roles: Vec<String>,
+        /// How long the join token stays valid (e.g. 30m, 1h, 7d)
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        token_ttl: std::time::Duration,
     },
 }
 

@@ -23,6 +23,8 @@
 //! its status.
 
 pub mod admin;
+pub mod bot;
+pub mod bot_login;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -31,6 +33,7 @@ pub mod docs;
 pub mod error;
 pub mod output;
 pub mod session;
+pub mod sso;
 pub mod tofu;
 
 use std::process::ExitCode;
@@ -107,6 +110,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     via: args.via,
                     ca_file: args.ca_file,
                     password_stdin: args.password_stdin,
+                    sso: args.sso.map(|p| Some(p).filter(|p| !p.is_empty())),
+                    bot_token_file: args.bot_token_file,
+                    device: args.device,
                 },
             )
             .await
@@ -114,7 +120,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logout => session::logout(home).await,
         Command::Status => session::status(home, json).await,
         command => {
-            let ctx = Arc::new(Ctx::load(home)?);
+            let ctx = Arc::new(bot::renewed(Ctx::load(home)?).await?);
             logged_in(ctx, command, json).await
         }
     }
@@ -142,6 +148,11 @@ async fn logged_in(ctx: Arc<Ctx>, command: Command, json: bool) -> Result<()> {
         Command::Bind(args) => admin::bind(&ctx, &args, true).await,
         Command::Unbind(args) => admin::bind(&ctx, &args, false).await,
         Command::JoinTokens(c) => admin::join_tokens(&ctx, c, json).await,
+        Command::Bots(cli::BotsCommand::Add {
+            name,
+            roles,
+            token_ttl,
+        }) => bot::add(&ctx, name, roles, token_ttl).await,
         Command::Agents(c) => admin::agents(&ctx, c, json).await,
         Command::Bridges(c) => admin::bridges(&ctx, c, json).await,
         Command::Sessions(c) => admin::sessions(&ctx, c, json).await,

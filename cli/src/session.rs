@@ -136,6 +136,12 @@ pub struct LoginRequest {
     pub ca_file: Option<std::path::PathBuf>,
     /// `--password-stdin`.
     pub password_stdin: bool,
+    /// `--sso [PROVIDER]`: single sign-on, with the provider named or the default one.
+    pub sso: Option<Option<String>>,
+    /// `--bot-token-file`: a bot's one-time join token.
+    pub bot_token_file: Option<std::path::PathBuf>,
+    /// `--device` (with `--sso`): the device authorization grant.
+    pub device: bool,
 }
 
 /// `bamf login`.
@@ -162,6 +168,8 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
     };
     let user = match req.user.clone().or_else(|| std::env::var("USER").ok()) {
         Some(user) if !user.is_empty() => user,
+        // Single sign-on: the provider says who the user is.
+        _ if req.sso.is_some() || req.bot_token_file.is_some() => String::new(),
         _ => return Err(Error::msg("which user? pass --user NAME")),
     };
 
@@ -180,31 +188,46 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
     };
     let api = api_endpoint(&url, &ca_pem, via)?;
 
-    let password = read_password(&user, &host, req.password_stdin)?;
     let (key, csr) = bamf_client::identity::key_and_csr()?;
-    let request = wire::LoginRequest {
-        user: user.clone(),
-        password,
-        csr,
-    };
-    let answer = match api.login(&request).await {
-        Ok(answer) => answer,
-        Err(HttpsError::Status { code, .. }) if code == "unauthenticated" => {
-            return Err(Error::msg("login failed: wrong user name or password"));
+    let answer = if let Some(provider) = &req.sso {
+        if req.device {
+            crate::sso::device_sign_in(&api, provider.as_deref(), csr).await?
+        } else {
+            crate::sso::sign_in(&api, provider.as_deref(), csr).await?
         }
-        Err(HttpsError::Status { code, .. }) if code == "rate_limited" => {
-            return Err(Error::msg(
-                "login failed: too many failed attempts; wait a few minutes (rate_limited)",
-            ));
-        }
-        Err(e @ HttpsError::Connect(..)) if !first_use && e.to_string().contains("certificate") => {
-            return Err(Error::msg(format!(
-                "{e}\nthe API's certificate does not chain to the CA pinned at the first login \
+    } else if let Some(file) = &req.bot_token_file {
+        crate::bot_login::join(&api, crate::bot_login::read_token(file)?, csr).await?
+    } else {
+        let password = read_password(&user, &host, req.password_stdin)?;
+        let request = wire::LoginRequest {
+            user: user.clone(),
+            password,
+            csr,
+        };
+        match api.login(&request).await {
+            Ok(answer) => answer,
+            Err(HttpsError::Status { code, .. }) if code == "unauthenticated" => {
+                return Err(Error::msg("login failed: wrong user name or password"));
+            }
+            Err(HttpsError::Status { code, .. }) if code == "rate_limited" => {
+                return Err(Error::msg(
+                    "login failed: too many failed attempts; wait a few minutes (rate_limited)",
+                ));
+            }
+            Err(e @ HttpsError::Connect(..))
+                if !first_use && e.to_string().contains("certificate") =>
+            {
+                return Err(Error::msg(format!(
+                    "{e}\nthe API's certificate does not chain to the CA pinned at the first login \
                  ({}): if the deployment's CA really changed, log in with --ca-file",
-                home.path(CA).display()
-            )));
+                    home.path(CA).display()
+                )));
+            }
+            Err(HttpsError::Status { code, message, .. }) if code == "local_login_disabled" => {
+                return Err(Error::msg(format!("login failed: {message}")));
+            }
+            Err(e) => return Err(Error::msg(format!("login failed: {}", Error::api(e)))),
         }
-        Err(e) => return Err(Error::msg(format!("login failed: {}", Error::api(e)))),
     };
     let token = Token {
         token: answer.token,
@@ -231,6 +254,11 @@ pub async fn login(home: Home, req: LoginRequest) -> Result<()> {
     };
     home.write_config(&config)?;
     home.write_token(&token)?;
+    if req.bot_token_file.is_some() {
+        crate::bot_login::mark(&home, token.expires_at)?;
+    } else {
+        let _ = std::fs::remove_file(home.path(crate::bot_login::BOT));
+    }
 
     if first_use {
         output::note(format!(

@@ -6,11 +6,13 @@
 
 use bamf_proto::api::{
     AgentCertificate, AgentHeartbeat, AgentHeartbeatAnswer, AgentJoinRequest, AgentRecord,
-    AuditEvent, AuditQuery, BridgeCertificate, BridgeHeartbeat, BridgeHeartbeatAnswer,
-    BridgeJoinRequest, BridgeRecord, ConnectRequest, Health, JoinTokenRecord, JoinTokenRequest,
-    Login, LoginRequest, NewJoinToken, Page, PasswordRequest, RenewRequest, Reports, ReportsAnswer,
-    Resource, ResumeRequest, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest,
-    SessionEnd, SessionGrant, SessionQuery, SessionRecord, UserRecord, UserRequest, Whoami,
+    AuditEvent, AuditQuery, AuthMethods, BotJoinRequest, BotRenewRequest, BotRequest,
+    BridgeCertificate, BridgeHeartbeat, BridgeHeartbeatAnswer, BridgeJoinRequest, BridgeRecord,
+    ConnectRequest, Health, JoinTokenRecord, JoinTokenRequest, Login, LoginRequest, NewBot,
+    NewJoinToken, Page, PasswordRequest, RenewRequest, Reports, ReportsAnswer, Resource,
+    ResumeRequest, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest, SessionEnd,
+    SessionGrant, SessionQuery, SessionRecord, SsoBegin, SsoBeginRequest, SsoDevice,
+    SsoDeviceBeginRequest, SsoDevicePollRequest, SsoFinishRequest, UserRecord, UserRequest, Whoami,
 };
 use http::Method;
 
@@ -101,6 +103,20 @@ routes! {
     fn health() -> Health: GET("/health");
     /// `POST /api/v1/auth/login`.
     fn login(request: &LoginRequest) -> Login: POST("/api/v1/auth/login"), request;
+    /// `GET /api/v1/auth/providers`: password login's switch and the SSO providers.
+    fn auth_methods() -> AuthMethods: GET("/api/v1/auth/providers");
+    /// `POST /api/v1/auth/sso/begin`.
+    fn sso_begin(request: &SsoBeginRequest) -> SsoBegin: POST("/api/v1/auth/sso/begin"), request;
+    /// `POST /api/v1/auth/sso/finish`: answered like a password login.
+    fn sso_finish(request: &SsoFinishRequest) -> Login: POST("/api/v1/auth/sso/finish"), request;
+    /// `POST /api/v1/auth/sso/device/begin`: a device sign-in's code and page.
+    fn sso_device_begin(request: &SsoDeviceBeginRequest) -> SsoDevice:
+        POST("/api/v1/auth/sso/device/begin"), request;
+    /// `POST /api/v1/auth/sso/device/poll`: 400 `authorization_pending` until done.
+    fn sso_device_poll(request: &SsoDevicePollRequest) -> Login:
+        POST("/api/v1/auth/sso/device/poll"), request;
+    /// `POST /api/v1/bots/join`: a bot's first credentials.
+    fn bot_join(request: &BotJoinRequest) -> Login: POST("/api/v1/bots/join"), request;
     /// `POST /api/v1/agents/join`.
     fn join_agent(request: &AgentJoinRequest) -> AgentCertificate:
         POST("/api/v1/agents/join"), request;
@@ -129,6 +145,10 @@ routes! {
     impl UserApi<'_> { |this| this.api, Some(this.token) }
     /// `POST /api/v1/auth/logout`: this token stops working.
     fn logout() -> (): POST("/api/v1/auth/logout");
+    /// `POST /api/v1/bots/renew`: a bot's new credentials; this token stops working.
+    fn bot_renew(request: &BotRenewRequest) -> Login: POST("/api/v1/bots/renew"), request;
+    /// `POST /api/v1/bots` (admin): a bot and its one-time join token.
+    fn create_bot(request: &BotRequest) -> NewBot: POST("/api/v1/bots"), request;
     /// `GET /api/v1/whoami`.
     fn whoami() -> Whoami: GET("/api/v1/whoami");
     /// `GET /api/v1/resources`: what the caller may reach.

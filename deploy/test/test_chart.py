@@ -23,8 +23,10 @@ values:
   BAMF_TUNNEL_PORT, BAMF_AUDIT_RETENTION_DAYS, public TLS and CA mounts, the sealing key, images,
   the `helm test` pods, NOTES' `bamf login` line; for the guide's blocks, their documented effect
   written out literally (GUIDE_EFFECTS);
-- the guide's auth and web blocks pass the schema and fail the render naming the missing
-  capability; the guide's subchart example renders inside a parent chart;
+- the guide's minimal production values render with single sign-on wired in (auth.toml, the
+  client secret mounted from bamf-auth0-credentials); its web block passes the schema and fails
+  the render naming the missing capability; the guide's subchart example renders inside a
+  parent chart;
 - values.schema.json refuses unknown keys (the chart's earlier keys too) and bad values; every
   value is in docs/deploy.md.
 And outside the chart: `systemd-analyze verify` on the three units (ExecStart pointed at stub
@@ -218,7 +220,7 @@ SCENARIOS: dict[str, dict] = {
 
 # The upstream guide's values blocks, verbatim (deploy/test/guide/). Each block is layered on
 # the guide's minimal production values as an operator would add it to production-values.yaml
-# (without its auth block, which fails on its own: SSO is not built yet).
+# (its auth block included: password login off, single sign-on through auth0).
 GUIDE = ROOT / "deploy/test/guide"
 
 
@@ -226,7 +228,7 @@ def guide(name: str) -> dict:
     return yaml.safe_load((GUIDE / f"{name}.yaml").read_text())
 
 
-GUIDE_MINIMAL = {k: v for k, v in guide("minimal-production").items() if k != "auth"}
+GUIDE_MINIMAL = guide("minimal-production")
 GUIDE_SCENARIOS: dict[str, dict] = {
     f"guide-{name}": merge(GUIDE_MINIMAL, guide(name)) if name != "minimal-production" else GUIDE_MINIMAL
     for name in ("minimal-production", "api", "bridge", "redis-external", "tls-cert-manager", "tls-existing",
@@ -252,6 +254,7 @@ GUIDE_EFFECTS: dict[str, dict[str, str]] = {
         "DATABASE_URL": GUIDE_DB,
         "REDIS_URL": "redis://bamf-redis.xxx.cache.amazonaws.com:6379/0?protocol=resp3",
         "BAMF_API_HOST": "bamf.example.com", "BAMF_TUNNEL_DOMAIN": "tunnel.bamf.example.com", "BAMF_TUNNEL_PORT": "443",
+        "BAMF_AUTH_CONFIG": "/etc/bamf/auth/auth.toml",
     },
     "guide-api": {
         "BAMF_LOG": "info", "BAMF_AUDIT_RETENTION_DAYS": "90", "--user-cert-lifetime": "12h",
@@ -294,11 +297,50 @@ def check_effects(docs, values, name: str):
             got = resolve_env(c, var)
             expect(got == want, f"API {var}:\n  got      {got}\n  expected {want}")
     objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    if name == "guide-minimal-production":
+        check_sso_wiring(docs, values, c)
     if name == "guide-tls-cert-manager":
         for name, dns in (("bamf-api-tls", "bamf.example.com"), ("bamf-tunnel-tls", "*.tunnel.bamf.example.com")):
             crt = objects[("Certificate", name)]["spec"]
             expect(crt["dnsNames"] == [dns] and crt["issuerRef"]["name"] == "letsencrypt-prod" and crt["issuerRef"]["kind"] == "ClusterIssuer",
                    f"Certificate {name}: {crt}")
+
+def check_sso_wiring(docs, values, c):
+    """The guide's auth block reaches the API: auth.toml in the ConfigMap says password login
+    off, auth0 the default provider with the guide's issuer, and its client secret and client id
+    are files from bamf-auth0-credentials (keys client_secret and client_id) mounted where
+    auth.toml names them; no secret value is in the ConfigMap."""
+    fullname = full_name(values)
+    cm = one(docs, "ConfigMap", f"{fullname}-auth")
+    conf = tomllib.loads(cm["data"]["auth.toml"])
+    expect(conf["local"] == {"enabled": False, "break_glass_users": ["admin"]}, f"auth.toml [local]: {conf['local']}")
+    expect(conf["sso"]["default_provider"] == "auth0", f"auth.toml [sso]: {conf['sso']}")
+    auth0 = conf["sso"]["oidc"]["auth0"]
+    expect(auth0 == {"issuer_url": "https://myorg.us.auth0.com/",
+                     "client_id_file": "/etc/bamf/sso/auth0/client_id",
+                     "client_secret_file": "/etc/bamf/sso/auth0/client_secret"}, f"auth.toml auth0: {auth0}")
+    pod = one(docs, "Deployment", f"{fullname}-api")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    expect(mounts["auth"]["mountPath"] == "/etc/bamf/auth" and volumes["auth"]["configMap"]["name"] == f"{fullname}-auth",
+           "auth.toml is not mounted from its ConfigMap at /etc/bamf/auth")
+    expect(mounts["sso-auth0"]["mountPath"] == "/etc/bamf/sso/auth0" and mounts["sso-auth0"].get("readOnly"),
+           f"the auth0 secret mount: {mounts.get('sso-auth0')}")
+    secret = volumes["sso-auth0"]["secret"]
+    expect(secret["secretName"] == "bamf-auth0-credentials"
+           and sorted((i["key"], i["path"]) for i in secret["items"]) == [("client_id", "client_id"), ("client_secret", "client_secret")],
+           f"the auth0 secret volume: {secret}")
+    # With clientId given, only the secret is mounted and the id is in auth.toml.
+    docs2, _ = render(merge(values, {"auth": {"sso": {"oidc": {"auth0": {"clientId": "abc123",
+        "roleRules": [{"value": "ops", "roles": ["ssh-prod", "db-readonly"]}]}}}}}))
+    conf2 = tomllib.loads(one(docs2, "ConfigMap", f"{fullname}-auth")["data"]["auth.toml"])
+    expect(conf2["sso"]["oidc"]["auth0"]["client_id"] == "abc123"
+           and conf2["sso"]["oidc"]["auth0"]["role_rules"] == [{"value": "ops", "roles": ["ssh-prod", "db-readonly"]}],
+           f"auth.toml with clientId and roleRules: {conf2}")
+    pod2 = one(docs2, "Deployment", f"{fullname}-api")["spec"]["template"]["spec"]
+    items = [i["path"] for v in pod2["volumes"] if v["name"] == "sso-auth0" for i in v["secret"]["items"]]
+    expect(items == ["client_secret"], f"with clientId only the secret is mounted: {items}")
+
 
 # Scenario -> expected gateway provider, for the per-pod assertions.
 PER_POD_KINDS = {"traefik": "IngressRouteTCP", "istio": "TLSRoute"}
@@ -1182,21 +1224,24 @@ def check_schema_refuses():
                 {"ca": {"existingSecret": "x"}}, {"postgresql": {"external": {"url": "postgres://x"}}},
                 {"redis": {"external": {"url": "redis://x"}}}, {"postgresql": {"bundled": {"database": "bamf"}}}):
         expect_render_fails(merge(ok, old), "additional properties")
+    # Single sign-on: password login off needs a provider; a provider needs its issuer and Secret.
+    expect_render_fails(merge(ok, {"auth": {"local": {"enabled": False}}}), "needs single sign-on")
+    expect_render_fails(merge(ok, {"auth": {"sso": {"oidc": {"okta": {"enabled": True, "issuerUrl": "https://x"}}}}}), "existingSecret is required")
+    expect_render_fails(merge(ok, {"auth": {"sso": {"oidc": {"okta": {"enabled": True, "existingSecret": "s"}}}}}), "issuerUrl is required")
+    expect_render_fails(merge(ok, {"auth": {"sso": {"oidc": {"okta": {"enabled": True, "issuerUrl": "https://x", "existingSecret": "s", "clientSecret": "inline"}}}}}), "not take the client secret inline")
+    expect_render_fails(merge(ok, {"auth": {"sso": {"defaultProvider": "okta"}}}), "not an enabled provider")
+    expect_render_fails(merge(ok, {"auth": {"sso": {"oidc": {"Bad_Name": {"enabled": False}}}}}), "provider name")
+    expect_render_fails(merge(ok, {"auth": {"sso": {"oidc": {"okta": {"algorithms": ["HS256"]}}}}}), "algorithms")
     # Capabilities not built yet: the render fails and says which.
-    expect_render_fails(merge(ok, {"auth": {"local": {"enabled": False}}}), "single sign-on")
-    expect_render_fails(merge(ok, {"auth": {"sso": {"oidc": {"okta": {"enabled": True, "issuerUrl": "https://x"}}}}}), "SSO")
     expect_render_fails(merge(ok, {"web": {"standalone": {"enabled": True}}}), "web UI is not built yet")
 
 
 def check_guide_refusals():
-    """The guide's auth and web blocks are accepted by the schema but fail the render with the
-    missing capability named: the minimal production values as written (their auth block),
-    and the web block."""
+    """The guide's web block is accepted by the schema but fails the render with the missing
+    capability named; its auth block (in the minimal production values) renders (see
+    check_sso_wiring)."""
     minimal = guide("minimal-production")
     expect("auth" in minimal, "the guide's minimal production values have an auth block")
-    expect_render_fails(minimal, "auth.local.enabled=false needs single sign-on")
-    expect_render_fails(merge(GUIDE_MINIMAL, {"auth": {"sso": minimal["auth"]["sso"]}}),
-                        "auth.sso.defaultProvider=auth0: single sign-on (SSO) is not built yet")
     expect_render_fails(merge(GUIDE_MINIMAL, guide("web")), "web UI is not built yet")
     for block in (minimal, guide("web")):
         errors = list(jsonschema.Draft7Validator(json.loads((CHART / "values.schema.json").read_text())).iter_errors(merge(DEFAULTS, block)))
@@ -1364,7 +1409,7 @@ def check_systemd_units():
 API_ENV = {"BAMF_API_LISTEN", "BAMF_API_HOST", "BAMF_API_ALT_NAMES", "BAMF_TUNNEL_DOMAIN", "DATABASE_URL", "REDIS_URL",
            "BAMF_ADMIN_PASSWORD", "BAMF_CA_ENCRYPTION_KEY", "BAMF_CA_CERT_FILE", "BAMF_CA_KEY_FILE", "BAMF_LOG",
            "BAMF_DATABASE_READ_URL", "BAMF_DATABASE_CA_FILE", "BAMF_API_TLS_CERT_FILE", "BAMF_API_TLS_KEY_FILE",
-           "BAMF_AUDIT_RETENTION_DAYS"}
+           "BAMF_AUDIT_RETENTION_DAYS", "BAMF_AUTH_CONFIG"}
 
 
 def check_examples():
@@ -1464,7 +1509,7 @@ def main() -> int:
     check("bamf-bridge --check accepts every rendered bridge.toml", check_bridge_binary_accepts, bridge_tomls)
     check("bamf-api --migrate-only, and bamf-api serving with the generated CA", check_api_binary_with_generated_ca)
     check("values.schema.json and the templates refuse bad values", check_schema_refuses)
-    check("the guide's auth and web blocks: accepted by the schema, refused by the render with the reason", check_guide_refusals)
+    check("the guide's web block: accepted by the schema, refused by the render with the reason", check_guide_refusals)
     check("the guide's subchart example renders in a parent chart", check_subchart)
     check("a kind without a schema fails validation", check_unknown_kind_fails)
     check("our CRD schemas refuse unknown fields", check_own_schemas_are_strict)

@@ -206,6 +206,147 @@ contract! {
         pub certificate: IssuedCertificate,
     }
 
+    /// `GET /api/v1/auth/providers`: how users sign in here.
+    pub struct AuthMethods {
+        /// Whether password login is open (`auth.local.enabled`).
+        pub local_enabled: bool,
+        /// The single sign-on provider used when none is named.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub default_provider: Option<String>,
+        /// The single sign-on (OpenID Connect) providers, by name.
+        pub providers: Vec<SsoProvider>,
+    }
+
+    /// One single sign-on provider.
+    pub struct SsoProvider {
+        /// Its name (`bamf login --sso NAME`).
+        pub name: String,
+        /// Its issuer URL.
+        pub issuer: String,
+    }
+
+    /// `POST /api/v1/auth/sso/begin`: start a single sign-on. The API keeps the flow (state,
+    /// nonce, its own PKCE verifier) for a few minutes, for one use.
+    #[serde(deny_unknown_fields)]
+    pub struct SsoBeginRequest {
+        /// The provider; the default provider when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub provider: Option<String>,
+        /// Where the provider sends the browser back: the CLI's loopback listener,
+        /// `http://127.0.0.1:<port>/callback` (or `[::1]`, `localhost`).
+        pub redirect_uri: String,
+        /// BASE64URL(SHA-256(verifier)) of a verifier the client keeps: finishing the flow
+        /// needs it, so a code and state seen elsewhere are not enough.
+        pub code_challenge: String,
+    }
+
+    /// The answer to `POST /api/v1/auth/sso/begin`.
+    pub struct SsoBegin {
+        /// The provider chosen.
+        pub provider: String,
+        /// Open this in a browser.
+        pub authorization_url: String,
+        /// The state the provider returns with the code.
+        pub state: String,
+        /// The flow must finish before this.
+        pub expires_at_ms: i64,
+    }
+
+    /// `POST /api/v1/auth/sso/finish`: the code and state the provider returned; answered
+    /// like a password login.
+    #[serde(deny_unknown_fields)]
+    pub struct SsoFinishRequest {
+        /// The `state` returned with the code.
+        pub state: String,
+        /// The authorization code.
+        pub code: String,
+        /// The verifier whose challenge began the flow.
+        pub code_verifier: String,
+        /// PEM CSR for the user certificate; the key stays with the client.
+        pub csr: String,
+    }
+
+    /// `POST /api/v1/auth/sso/device/begin`: single sign-on for a machine without a
+    /// browser (device authorization grant, where the provider offers it).
+    #[serde(deny_unknown_fields)]
+    pub struct SsoDeviceBeginRequest {
+        /// The provider; the default provider when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub provider: Option<String>,
+    }
+
+    /// The answer to `POST /api/v1/auth/sso/device/begin`: what to show the user.
+    pub struct SsoDevice {
+        /// The provider chosen.
+        pub provider: String,
+        /// What the caller polls with (the provider's device code stays in the API).
+        pub handle: String,
+        /// The code the user enters at the verification page.
+        pub user_code: String,
+        /// The verification page, to open on any device.
+        pub verification_uri: String,
+        /// The page with the code filled in, when the provider offers it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub verification_uri_complete: Option<String>,
+        /// How long to wait between polls.
+        pub interval_ms: i64,
+        /// The grant expires then.
+        pub expires_at_ms: i64,
+    }
+
+    /// `POST /api/v1/auth/sso/device/poll`: answered like a login once the user signed in;
+    /// until then 400 `authorization_pending` (or `slow_down`).
+    #[serde(deny_unknown_fields)]
+    pub struct SsoDevicePollRequest {
+        /// The handle from begin.
+        pub handle: String,
+        /// PEM CSR for the user certificate; the key stays with the client.
+        pub csr: String,
+    }
+
+    /// `POST /api/v1/bots`: a machine identity (a user without a password) bound to roles,
+    /// and its one-time join token.
+    #[serde(deny_unknown_fields)]
+    pub struct BotRequest {
+        /// The bot's user name.
+        pub name: String,
+        /// Roles it is bound to.
+        #[serde(default)]
+        pub roles: Vec<String>,
+        /// How long the join token lives (default one hour).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub token_ttl_ms: Option<u64>,
+    }
+
+    /// A new bot: the join token is shown this once.
+    pub struct NewBot {
+        /// The bot's user name.
+        pub name: String,
+        /// The one-time join token.
+        pub token: String,
+        /// When the join token expires.
+        pub token_expires_at_ms: i64,
+        /// How long each of its credentials lives (it renews them at half-life).
+        pub credential_lifetime_ms: i64,
+    }
+
+    /// `POST /api/v1/bots/join`: a bot's first credentials, for its join token.
+    #[serde(deny_unknown_fields)]
+    pub struct BotJoinRequest {
+        /// The one-time join token.
+        pub token: String,
+        /// PEM CSR for the user certificate; the key stays with the bot.
+        pub csr: String,
+    }
+
+    /// `POST /api/v1/bots/renew`: new credentials for the bot of this token (which then
+    /// stops working).
+    #[serde(deny_unknown_fields)]
+    pub struct BotRenewRequest {
+        /// PEM CSR for the new user certificate.
+        pub csr: String,
+    }
+
     /// `GET /api/v1/whoami`.
     #[serde(tag = "via", rename_all = "snake_case")]
     pub enum Whoami {

@@ -114,11 +114,42 @@ async fn commands_reach_the_subscriber(publisher: &Presence, subscriber: &Presen
     subscriber.ping().await.unwrap();
 }
 
+/// A value kept once is taken once, by any replica, and not after its TTL.
+async fn kept_once_is_taken_once(one: &Presence, two: &Presence) {
+    let key = format!("test-{}", agent());
+    assert!(
+        one.put_once(&key, "v1", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !one.put_once(&key, "v2", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        "a live key is not replaced"
+    );
+    assert_eq!(two.take_once(&key).await.unwrap().as_deref(), Some("v1"));
+    assert_eq!(one.take_once(&key).await.unwrap(), None, "taken twice");
+    let short = format!("{key}-short");
+    assert!(
+        one.put_once(&short, "v", Duration::from_millis(100))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        two.take_once(&short).await.unwrap(),
+        None,
+        "outlived its TTL"
+    );
+}
+
 #[tokio::test]
 async fn memory_presence() {
     let p = Presence::Memory(MemoryPresence::default());
     heartbeats_expire(&p, 1).await;
     commands_reach_the_subscriber(&p, &p).await;
+    kept_once_is_taken_once(&p, &p).await;
 }
 
 #[tokio::test]
@@ -131,6 +162,7 @@ async fn redis_presence_shared_by_two_replicas() {
     // An ordinal no real bridge uses, so a shared Redis is safe.
     heartbeats_expire(&one, 4_000_000_000 + (std::process::id() % 1000)).await;
     commands_reach_the_subscriber(&one, &two).await;
+    kept_once_is_taken_once(&one, &two).await;
 }
 
 #[test]

@@ -20,6 +20,20 @@ pub(super) async fn login(call: &Call<'_>, body: LoginRequest) -> Result<Login, 
         || format!("anonymous:{}", ctx.peer.ip()),
         |n| format!("user:{n}"),
     );
+    // Password login off (`auth.local.enabled: false`): refused before any work, except
+    // for the break-glass users the configuration names.
+    if !state.sso.password_allowed(&body.user) {
+        let detail = serde_json::json!({"address": ctx.peer.ip().to_string(),
+            "request_id": ctx.request_id, "reason": "local_login_disabled"});
+        audit(state, actor, "auth.login", "denied", detail).await;
+        return Err(ApiError::LocalLoginDisabled);
+    }
+    let detail = if state.sso.local_enabled {
+        detail
+    } else {
+        serde_json::json!({"address": ctx.peer.ip().to_string(),
+            "request_id": ctx.request_id, "break_glass": true})
+    };
     // Limits are decided before any work, and the attempt counts from now on.
     let user_key: String = body.user.chars().take(64).collect();
     let attempt = match state.login_limits.admit(ctx.peer.ip(), &user_key) {
@@ -50,16 +64,29 @@ pub(super) async fn login(call: &Call<'_>, body: LoginRequest) -> Result<Login, 
     };
     attempt.succeeded();
 
-    let identity = Identity::User { user: user.clone() };
-    let lifetime = state.lifetimes.user;
-    let issued = match super::issue(state, &body.csr, &identity, None).await {
-        Ok(issued) => issued,
+    match grant(state, &user, &body.csr, state.lifetimes.user).await {
+        Ok(login) => {
+            audit(state, actor, "auth.login", "allowed", detail).await;
+            Ok(login)
+        }
         Err(e) => {
             let detail = serde_json::json!({"reason": "csr", "request_id": ctx.request_id});
             audit(state, actor, "auth.login", "failed", detail).await;
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
+
+/// What every successful sign-in gets, password, single sign-on or bot: a user certificate
+/// for the CSR and an API token, both with `lifetime` (the user lifetime, or a bot's).
+pub(super) async fn grant(
+    state: &crate::context::AppState,
+    user: &Name,
+    csr: &str,
+    lifetime: std::time::Duration,
+) -> Result<Login, ApiError> {
+    let identity = Identity::User { user: user.clone() };
+    let issued = super::issue_for(state, csr, &identity, None, lifetime).await?;
     let token = auth::new_token().map_err(|_| ApiError::Internal)?;
     let now = now_ms();
     let expires_ms = now.saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));
@@ -67,7 +94,6 @@ pub(super) async fn login(call: &Call<'_>, body: LoginRequest) -> Result<Login, 
         .store
         .put_token(&auth::token_hash(&token), user.as_str(), expires_ms, now)
         .await?;
-    audit(state, actor, "auth.login", "allowed", detail).await;
     Ok(Login {
         user: user.as_str().to_owned(),
         token,

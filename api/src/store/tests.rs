@@ -654,3 +654,82 @@ fn the_builtin_rules_parse() {
 }
 
 mod retention;
+
+#[tokio::test]
+async fn sso_users_are_found_by_subject_and_their_roles_follow_the_claims() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let s = &fresh.store;
+        for role in ["ops-role", "dev-role", "kept"] {
+            s.create_role(role, &crate::rbac::Rules::default(), 1)
+                .await
+                .unwrap();
+        }
+        assert!(s.create_user("admin", "hash", 1).await.unwrap());
+        let roles = |r: &[&str]| r.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        // First sign-in: a user, bound to the roles that exist.
+        let first = s
+            .sso_sign_in(
+                "idp",
+                "sub-1",
+                "alice",
+                &roles(&["ops-role", "missing"]),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            SsoSignIn::User {
+                name: "alice".into(),
+                created: true,
+                roles: roles(&["ops-role"])
+            },
+            "{backend:?}"
+        );
+        assert_eq!(
+            s.password_hash("alice").await.unwrap().as_deref(),
+            Some(NO_PASSWORD)
+        );
+        // An administrator's binding stays; the provider's are replaced at each sign-in.
+        s.bind_role("alice", "kept").await.unwrap();
+        let again = s
+            .sso_sign_in("idp", "sub-1", "renamed-at-idp", &roles(&["dev-role"]), 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            SsoSignIn::User {
+                name: "alice".into(),
+                created: false,
+                roles: roles(&["dev-role"])
+            }
+        );
+        assert_eq!(s.user_roles("alice").await.unwrap(), ["dev-role", "kept"]);
+        s.sso_sign_in("idp", "sub-1", "alice", &[], 30)
+            .await
+            .unwrap();
+        assert_eq!(s.user_roles("alice").await.unwrap(), ["kept"]);
+        // A provider cannot take over a user by asserting their name.
+        assert_eq!(
+            s.sso_sign_in("idp", "sub-2", "admin", &roles(&["ops-role"]), 40)
+                .await
+                .unwrap(),
+            SsoSignIn::NameTaken
+        );
+        assert_eq!(
+            s.sso_sign_in("other-idp", "sub-1", "alice", &[], 40)
+                .await
+                .unwrap(),
+            SsoSignIn::NameTaken
+        );
+        // Deleting the user forgets the link: the next sign-in starts a new user.
+        s.delete_user("alice", "test", 50).await.unwrap();
+        let fresh_user = s
+            .sso_sign_in("idp", "sub-1", "alice", &[], 60)
+            .await
+            .unwrap();
+        assert!(matches!(fresh_user, SsoSignIn::User { created: true, .. }));
+        fresh.drop_now().await;
+    }
+}

@@ -161,6 +161,14 @@ impl Store {
             name,
         )
         .await?;
+        run_for(
+            &mut tx,
+            "DELETE FROM sso_identities WHERE user_name = $1",
+            name,
+        )
+        .await?;
+        run_for(&mut tx, "DELETE FROM bot_tokens WHERE bot_name = $1", name).await?;
+        run_for(&mut tx, "DELETE FROM bots WHERE name = $1", name).await?;
         run_for(&mut tx, "DELETE FROM users WHERE name = $1", name).await?;
         tx.commit().await?;
         Ok(Some(ended))
@@ -189,7 +197,8 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Binds a user to a role (idempotent).
+    /// Binds a user to a role (idempotent). A binding an administrator makes stays when the
+    /// user's single sign-on no longer grants the role.
     ///
     /// # Errors
     ///
@@ -197,7 +206,7 @@ impl Store {
     pub async fn bind_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO role_bindings (user_name, role_name) VALUES ($1, $2) \
-             ON CONFLICT (user_name, role_name) DO NOTHING",
+             ON CONFLICT (user_name, role_name) DO UPDATE SET origin = ''",
         )
         .bind(user)
         .bind(role)

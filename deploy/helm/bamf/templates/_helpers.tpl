@@ -360,9 +360,19 @@ holds under that key (lookup; empty in `helm template`), else a new random one.
 {{- if not $gw.tunnelDomain }}{{ fail "gateway.tunnelDomain is required: bridges are <n>.bridge.<tunnelDomain>, e.g. --set gateway.tunnelDomain=tunnel.bamf.example.com" }}{{ end }}
 {{- if hasSuffix (printf ".bridge.%s" $gw.tunnelDomain) $gw.hostname }}{{ fail "gateway.hostname may not be inside the bridge names (*.bridge.<tunnelDomain>)" }}{{ end }}
 {{- /* Capabilities the values layout has but BAMF has not built yet: refuse, never ignore. */}}
-{{- if not .Values.auth.local.enabled }}{{ fail "auth.local.enabled=false needs single sign-on, which BAMF does not have yet (SSO is not built): keep auth.local.enabled=true" }}{{ end }}
-{{- if .Values.auth.sso.defaultProvider }}{{ fail (printf "auth.sso.defaultProvider=%s: single sign-on (SSO) is not built yet in BAMF; remove auth.sso" .Values.auth.sso.defaultProvider) }}{{ end }}
-{{- range $name, $p := .Values.auth.sso.oidc }}{{ if $p.enabled }}{{ fail (printf "auth.sso.oidc.%s.enabled: single sign-on (SSO, OIDC) is not built yet in BAMF; remove auth.sso" $name) }}{{ end }}{{ end }}
+{{- /* Sign-in: password login off needs an enabled single sign-on provider (docs/sso.md). */}}
+{{- $enabled := list }}
+{{- range $name, $p := .Values.auth.sso.oidc }}
+{{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$" $name) }}{{ fail (printf "auth.sso.oidc.%s: a provider name is lower-case letters, digits and '-' (it names a volume and a config section)" $name) }}{{ end }}
+{{- if $p.enabled }}
+{{- $enabled = append $enabled $name }}
+{{- if not $p.issuerUrl }}{{ fail (printf "auth.sso.oidc.%s.issuerUrl is required (exactly the issuer of its ID tokens, e.g. https://myorg.us.auth0.com/)" $name) }}{{ end }}
+{{- if not $p.existingSecret }}{{ fail (printf "auth.sso.oidc.%s.existingSecret is required: the Secret holding the client secret (key existingSecretKey) and, without clientId, the client id (key clientIdKey)" $name) }}{{ end }}
+{{- if $p.clientSecret }}{{ fail (printf "auth.sso.oidc.%s.clientSecret: the chart does not take the client secret inline; put it in a Secret and name it in existingSecret" $name) }}{{ end }}
+{{- end }}
+{{- end }}
+{{- if and (not .Values.auth.local.enabled) (empty $enabled) }}{{ fail "auth.local.enabled=false needs single sign-on: enable a provider under auth.sso.oidc (docs/sso.md)" }}{{ end }}
+{{- with .Values.auth.sso.defaultProvider }}{{ if not (has . $enabled) }}{{ fail (printf "auth.sso.defaultProvider=%s is not an enabled provider of auth.sso.oidc" .) }}{{ end }}{{ end }}
 {{- if .Values.web.standalone.enabled }}{{ fail "web.standalone.enabled: the web UI is not built yet in BAMF; set web.standalone.enabled=false (the CLI is the client)" }}{{ end }}
 {{- $pg := .Values.postgresql }}
 {{- $pe := $pg.external }}
@@ -402,4 +412,58 @@ holds under that key (lookup; empty in `helm template`), else a new random one.
 {{- if and .Values.api.autoscaling.enabled (gt (int .Values.api.autoscaling.minReplicas) (int .Values.api.autoscaling.maxReplicas)) }}{{ fail "api.autoscaling.minReplicas may not exceed maxReplicas" }}{{ end }}
 {{- if and (eq $gw.provider "istio") (not $gw.istio.createGateway) (not $gw.istio.gatewayName) }}{{ fail "gateway.istio.createGateway=false needs gateway.istio.gatewayName" }}{{ end }}
 {{- if and .Values.postgresql.backup.enabled (lt (int .Values.postgresql.backup.retentionDays) 1) }}{{ fail "postgresql.backup.retentionDays must be at least 1" }}{{ end }}
+{{- end -}}
+
+{{/* Whether the API gets a sign-in configuration: password login off, or a provider on. */}}
+{{- define "bamf.auth.enabled" -}}
+{{- $on := not .Values.auth.local.enabled -}}
+{{- range $name, $p := .Values.auth.sso.oidc }}{{ if $p.enabled }}{{ $on = true }}{{ end }}{{ end -}}
+{{- if $on }}true{{ end -}}
+{{- end -}}
+
+{{/* The API's auth.toml (--auth-config) from auth.*: secrets are files mounted from each
+provider's existingSecret under /etc/bamf/sso/<name>/, never values here. */}}
+{{- define "bamf.auth.toml" -}}
+[local]
+enabled = {{ .Values.auth.local.enabled }}
+break_glass_users = {{ toJson (.Values.auth.local.breakGlassUsers | default list) }}
+
+[sso]
+{{- with .Values.auth.sso.defaultProvider }}
+default_provider = {{ toJson . }}
+{{- end }}
+{{- range $name, $p := .Values.auth.sso.oidc }}
+{{- if $p.enabled }}
+
+[sso.oidc.{{ $name }}]
+issuer_url = {{ toJson $p.issuerUrl }}
+{{- if $p.clientId }}
+client_id = {{ toJson $p.clientId }}
+{{- else }}
+client_id_file = "/etc/bamf/sso/{{ $name }}/client_id"
+{{- end }}
+client_secret_file = "/etc/bamf/sso/{{ $name }}/client_secret"
+{{- with $p.scopes }}
+scopes = {{ toJson . }}
+{{- end }}
+{{- with $p.groupsClaim }}
+groups_claim = {{ toJson . }}
+{{- end }}
+{{- with $p.usernameClaims }}
+username_claims = {{ toJson . }}
+{{- end }}
+{{- with $p.algorithms }}
+algorithms = {{ toJson . }}
+{{- end }}
+{{- range $p.roleRules }}
+
+[[sso.oidc.{{ $name }}.role_rules]]
+{{- with .claim }}
+claim = {{ toJson . }}
+{{- end }}
+value = {{ toJson .value }}
+roles = {{ toJson .roles }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end -}}
