@@ -23,7 +23,13 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// Use this profile (one per API; see `bamf profiles ls`) instead of the current one
-    #[arg(long, global = true, env = "BAMF_PROFILE", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "BAMF_PROFILE",
+        hide_env_values = true,
+        value_name = "NAME"
+    )]
     pub profile: Option<ProfileName>,
     /// Print each API request's method, path, status and request id on stderr (never
     /// tokens or bodies)

@@ -238,6 +238,8 @@ struct LoginDone<'a> {
 /// An untrusted or changed CA (nothing is sent then), a wrong user or password (one message
 /// for both), an unreachable API, or files that cannot be written.
 pub async fn login(home: Home, net: &Net, req: LoginRequest, json: bool) -> Result<()> {
+    // Which API first: without one, the user does not matter yet.
+    Destination::resolve(&home, &req)?;
     let user = match req.user.clone().or_else(|| std::env::var("USER").ok()) {
         Some(user) if !user.is_empty() => user,
         _ => return Err(Error::usage("which user? pass --user NAME")),
