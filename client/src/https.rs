@@ -470,3 +470,26 @@ fn answer<A: DeserializeOwned>(
         request_id: request_id.or(body_id),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn refusals_keep_the_code_and_the_request_id() {
+        let body = br#"{"error":{"code":"forbidden","message":"no","request_id":"body-id"}}"#;
+        let refused = answer::<serde_json::Value>(StatusCode::FORBIDDEN, None, body).unwrap_err();
+        assert_eq!(refused.request_id(), Some("body-id"));
+        assert_eq!(refused.status(), Some(StatusCode::FORBIDDEN));
+        let header = Some("header-id".to_owned());
+        let refused = answer::<()>(StatusCode::FORBIDDEN, header, body).unwrap_err();
+        assert_eq!(refused.request_id(), Some("header-id"), "the header wins");
+        let opaque = answer::<()>(StatusCode::BAD_GATEWAY, None, b"<html>").unwrap_err();
+        assert!(
+            matches!(&opaque, HttpsError::Status { code, request_id: None, .. } if code == "unknown"),
+            "{opaque:?}"
+        );
+        answer::<()>(StatusCode::NO_CONTENT, None, b"").unwrap();
+    }
+}
