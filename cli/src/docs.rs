@@ -62,9 +62,10 @@ tunnels (`--via`), because not every resolver answers for `*.localhost` names.
   `rsync`, `git`, Ansible and editors reach `RESOURCE.SUFFIX` with no wrapper; the suffix
   is stripped before the name reaches the API.
 - **tcp and psql** listen on 127.0.0.1; each accepted connection opens its own session.
-- **The network.** `HTTPS_PROXY` (or `ALL_PROXY`) and `NO_PROXY` are honoured for API calls,
-  as curl reads them (an `http://[user:password@]host:port` proxy, asked to `CONNECT`); each
-  command keeps one connection to the API for all its requests.
+- **The network.** `HTTPS_PROXY` (or `ALL_PROXY`) and `NO_PROXY` are honoured for API calls
+  and tunnels to bridges, as curl reads them (an `http://[user:password@]host:port` proxy,
+  asked to `CONNECT`; TLS runs end to end inside); each command keeps one connection to the
+  API for all its requests.
 
 ## Files
 
@@ -92,7 +93,7 @@ and the pinned CA; `bamf profiles rm` forgets them too.
 | `BAMF_API` | `--api` of `bamf login` |
 | `BAMF_USER` | `--user` of `bamf login` |
 | `BAMF_VIA` | `ip:port` to connect to for the API and tunnels; overrides the login's `--via` |
-| `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY` | the HTTP proxy for API calls, and the hosts reached directly (lower-case names too) |
+| `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY` | the HTTP proxy for API calls and tunnels, and the hosts reached directly (lower-case names too) |
 | `SSL_CERT_FILE`, `SSL_CERT_DIR` | the system trust store, for publicly certified APIs |
 | `NO_COLOR` | no colours (also off when stdout is not a terminal) |
 | `CLICOLOR_FORCE` | colours even when stdout is not a terminal (`NO_COLOR` wins) |
