@@ -117,7 +117,8 @@ pub fn token_hash(token: &str) -> String {
 ///   refused, so memory stays flat under a flood.
 ///
 /// Every table is bounded (`MAX_TRACKED` entries, swept when full); it lives in the
-/// process, so each API replica limits on its own.
+/// process. With Redis, the login route also counts each address's failures there, so that
+/// the per-address limit holds across API replicas (`Presence::login_failures`).
 #[derive(Debug)]
 pub struct LoginGuard {
     max: u32,
@@ -223,6 +224,16 @@ impl LoginGuard {
             state: Mutex::default(),
             hashing: Hashers::start(hashing, waiting),
         }
+    }
+
+    /// Attempts per address (and failures per user) allowed in a window.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// The window the limits count in.
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, LoginState> {

@@ -11,6 +11,7 @@
 //! growing memory.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -198,6 +199,30 @@ impl Presence {
     pub async fn ping(&self) -> Result<(), PresenceError> {
         dispatch!(self.ping())
     }
+
+    /// Failed sign-ins from `address` counted by every replica in the current window
+    /// (always 0 in process: a single node's `LoginGuard` counts them itself).
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn login_failures(&self, address: IpAddr) -> Result<u32, PresenceError> {
+        dispatch!(self.login_failures(address))
+    }
+
+    /// Counts a failed sign-in from `address`; the count expires `window` after its first
+    /// failure.
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError`] when the backend fails.
+    pub async fn record_login_failure(
+        &self,
+        address: IpAddr,
+        window: Duration,
+    ) -> Result<(), PresenceError> {
+        dispatch!(self.record_login_failure(address, window))
+    }
 }
 
 /// Presence for a single node: in this process, gone with it.
@@ -317,6 +342,18 @@ impl MemoryPresence {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         self.with(|s| s.subscribers.entry(agent).or_default().push(tx));
         Ok(rx)
+    }
+
+    async fn login_failures(&self, _address: IpAddr) -> Result<u32, PresenceError> {
+        Ok(0)
+    }
+
+    async fn record_login_failure(
+        &self,
+        _address: IpAddr,
+        _window: Duration,
+    ) -> Result<(), PresenceError> {
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), PresenceError> {
@@ -513,6 +550,38 @@ impl RedisPresence {
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
         Ok(())
     }
+
+    async fn login_failures(&self, address: IpAddr) -> Result<u32, PresenceError> {
+        let mut c = self.conn().await?;
+        let count: Option<u32> = c.get(login_failures_key(address)).await?;
+        Ok(count.unwrap_or(0))
+    }
+
+    async fn record_login_failure(
+        &self,
+        address: IpAddr,
+        window: Duration,
+    ) -> Result<(), PresenceError> {
+        let key = login_failures_key(address);
+        let mut c = self.conn().await?;
+        // One round trip; the window starts at the first failure (NX), as in process.
+        let _: () = redis::pipe()
+            .atomic()
+            .incr(&key, 1)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(millis(window))
+            .arg("NX")
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+}
+
+fn login_failures_key(address: IpAddr) -> String {
+    format!("{PREFIX}:login-failures:{address}")
 }
 
 #[cfg(test)]

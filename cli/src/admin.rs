@@ -16,7 +16,7 @@ use crate::cli::{
     AgentsCommand, AuditArgs, BindArgs, BridgesCommand, JoinKind, JoinTokensCommand, LsArgs,
     RevocationsCommand, RolesCommand, RuleArgs, SessionState, SessionsCommand, UsersCommand,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Status};
 use crate::output::{self, Cell, Style, Table};
 use crate::session::Ctx;
 
@@ -51,6 +51,15 @@ fn labels(map: &BTreeMap<String, String>) -> String {
 /// A listing as JSON on stdout (`--json`): the API's items, as the API names their fields.
 fn print_json<T: Serialize>(items: &T) {
     output::json(&serde_json::to_value(items).unwrap_or_default());
+}
+
+/// What a mutation did: `value` as JSON on stdout with `--json`, else `note` on stderr.
+fn done(json: bool, value: serde_json::Value, note: String) {
+    if json {
+        output::json(&value);
+    } else {
+        output::note(note);
+    }
 }
 
 /// The API as the logged-in user.
@@ -161,12 +170,20 @@ pub async fn users(ctx: &Ctx, command: UsersCommand, json: bool) -> Result<()> {
                 password,
                 roles,
             };
-            api(ctx).create_user(&request).await.map_err(Error::api)?;
-            output::note(format!("created user {name}"));
+            let created = api(ctx).create_user(&request).await.map_err(Error::api)?;
+            done(
+                json,
+                serde_json::json!({"created": "user", "user": created}),
+                format!("created user {name}"),
+            );
         }
         UsersCommand::Rm { name } => {
             api(ctx).delete_user(&name).await.map_err(Error::api)?;
-            output::note(format!("deleted user {name}"));
+            done(
+                json,
+                serde_json::json!({"deleted": "user", "name": name}),
+                format!("deleted user {name}"),
+            );
         }
         UsersCommand::Passwd {
             name,
@@ -177,7 +194,11 @@ pub async fn users(ctx: &Ctx, command: UsersCommand, json: bool) -> Result<()> {
                 .set_password(&name, &PasswordRequest { password })
                 .await
                 .map_err(Error::api)?;
-            output::note(format!("set the password of {name}"));
+            done(
+                json,
+                serde_json::json!({"updated": "password", "name": name}),
+                format!("set the password of {name}"),
+            );
         }
     }
     Ok(())
@@ -287,20 +308,32 @@ pub async fn roles(ctx: &Ctx, command: RolesCommand, json: bool) -> Result<()> {
         }
         RolesCommand::Add { name, rules: args } => {
             let request = role_request(Some(name.clone()), rules(&args)?);
-            api(ctx).create_role(&request).await.map_err(Error::api)?;
-            output::note(format!("created role {name}"));
+            let created = api(ctx).create_role(&request).await.map_err(Error::api)?;
+            done(
+                json,
+                serde_json::json!({"created": "role", "role": created}),
+                format!("created role {name}"),
+            );
         }
         RolesCommand::Set { name, rules: args } => {
             let request = role_request(None, rules(&args)?);
-            api(ctx)
+            let updated = api(ctx)
                 .update_role(&name, &request)
                 .await
                 .map_err(Error::api)?;
-            output::note(format!("replaced the rules of role {name}"));
+            done(
+                json,
+                serde_json::json!({"updated": "role", "role": updated}),
+                format!("replaced the rules of role {name}"),
+            );
         }
         RolesCommand::Rm { name } => {
             api(ctx).delete_role(&name).await.map_err(Error::api)?;
-            output::note(format!("deleted role {name}"));
+            done(
+                json,
+                serde_json::json!({"deleted": "role", "name": name}),
+                format!("deleted role {name}"),
+            );
         }
     }
     Ok(())
@@ -311,17 +344,31 @@ pub async fn roles(ctx: &Ctx, command: RolesCommand, json: bool) -> Result<()> {
 /// # Errors
 ///
 /// The API refuses or fails.
-pub async fn bind(ctx: &Ctx, args: &BindArgs, bind: bool) -> Result<()> {
-    let done = if bind {
+pub async fn bind(ctx: &Ctx, args: &BindArgs, bind: bool, json: bool) -> Result<()> {
+    let answered = if bind {
         api(ctx).bind_role(&args.user, &args.role).await
     } else {
         api(ctx).unbind_role(&args.user, &args.role).await
     };
-    done.map_err(Error::api)?;
-    if bind {
-        output::note(format!("{} now has role {}", args.user, args.role));
+    answered.map_err(Error::api)?;
+    let pair = serde_json::json!({"user": args.user, "role": args.role});
+    let value = if bind {
+        serde_json::json!({ "bound": pair })
     } else {
-        output::note(format!("{} no longer has role {}", args.user, args.role));
+        serde_json::json!({ "unbound": pair })
+    };
+    if bind {
+        done(
+            json,
+            value,
+            format!("{} now has role {}", args.user, args.role),
+        );
+    } else {
+        done(
+            json,
+            value,
+            format!("{} no longer has role {}", args.user, args.role),
+        );
     }
     Ok(())
 }
@@ -398,7 +445,11 @@ pub async fn join_tokens(ctx: &Ctx, command: JoinTokensCommand, json: bool) -> R
         }
         JoinTokensCommand::Rm { id } => {
             api(ctx).revoke_join_token(&id).await.map_err(Error::api)?;
-            output::note(format!("revoked join token {id}"));
+            done(
+                json,
+                serde_json::json!({"revoked": "join_token", "id": id}),
+                format!("revoked join token {id}"),
+            );
         }
     }
     Ok(())
@@ -442,12 +493,18 @@ pub async fn agents(ctx: &Ctx, command: AgentsCommand, json: bool) -> Result<()>
             let found = listed
                 .iter()
                 .find(|a| a.id == agent || a.name == agent)
-                .ok_or_else(|| Error::msg(format!("there is no agent '{agent}'")))?;
+                .ok_or_else(|| {
+                    Error::of(Status::NotFound, format!("there is no agent '{agent}'"))
+                })?;
             api(ctx).delete_agent(&found.id).await.map_err(Error::api)?;
-            output::note(format!(
-                "deleted agent {} ({}); its certificates are revoked",
-                found.name, found.id
-            ));
+            done(
+                json,
+                serde_json::json!({"deleted": "agent", "id": found.id, "name": found.name}),
+                format!(
+                    "deleted agent {} ({}); its certificates are revoked",
+                    found.name, found.id
+                ),
+            );
         }
     }
     Ok(())
@@ -536,9 +593,11 @@ pub async fn sessions(ctx: &Ctx, command: SessionsCommand, json: bool) -> Result
         }
         SessionsCommand::Kill { id } => {
             api(ctx).kill_session(&id).await.map_err(Error::api)?;
-            output::note(format!(
-                "ended session {id}; its bridge closes the tunnel within a heartbeat"
-            ));
+            done(
+                json,
+                serde_json::json!({"killed": "session", "id": id}),
+                format!("ended session {id}; its bridge closes the tunnel within a heartbeat"),
+            );
         }
     }
     Ok(())
@@ -600,7 +659,9 @@ pub async fn audit(ctx: &Ctx, args: AuditArgs, json: bool) -> Result<()> {
         }
     };
     if json {
-        print_json(&all);
+        // The cursor belongs to the answer: a script pages on with it.
+        output::json(&serde_json::json!({"items": all, "next_cursor": next}));
+        return Ok(());
     } else {
         let mut table = Table::new(&["TIME", "ACTOR", "KIND", "OUTCOME", "DETAIL"]);
         for e in &all {
@@ -663,11 +724,11 @@ pub async fn revocations(ctx: &Ctx, command: RevocationsCommand, json: bool) -> 
                 reason,
             };
             let answer = api(ctx).revoke(&request).await.map_err(Error::api)?;
-            if json {
-                print_json(&answer);
-            } else {
-                output::note("revoked");
-            }
+            done(
+                json,
+                serde_json::json!({"revoked": "certificate", "revocation": answer}),
+                "revoked".into(),
+            );
         }
     }
     Ok(())

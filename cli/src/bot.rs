@@ -8,6 +8,7 @@ use bamf_proto::api::{BotRenewRequest, BotRequest};
 use crate::bot_login::{BOT, mark, now};
 use crate::config::{Token, USER_CERT, USER_KEY};
 use crate::error::{Error, Result};
+use crate::net::Net;
 use crate::output;
 use crate::session::Ctx;
 
@@ -17,9 +18,9 @@ use crate::session::Ctx;
 /// # Errors
 ///
 /// The renewal is refused (the bot was deleted or revoked) or the files cannot be written.
-pub async fn renewed(ctx: Ctx) -> Result<Ctx> {
+pub async fn renewed(ctx: Ctx, net: &Net) -> Result<Ctx> {
     let Some(lifetime) = ctx
-        .home
+        .profile
         .read(BOT)?
         .and_then(|t| t.trim().parse::<i64>().ok())
     else {
@@ -34,21 +35,21 @@ pub async fn renewed(ctx: Ctx) -> Result<Ctx> {
         .bot_renew(&BotRenewRequest { csr })
         .await
         .map_err(Error::api)?;
-    let home = ctx.home.clone();
-    home.write(USER_KEY, &key)?;
-    home.write(USER_CERT, &answer.certificate.certificate)?;
+    let profile = ctx.profile.clone();
+    profile.write(USER_KEY, &key)?;
+    profile.write(USER_CERT, &answer.certificate.certificate)?;
     let expires_at = answer.token_expires_at_ms / 1000;
-    home.write_token(&Token {
+    profile.write_token(&Token {
         token: answer.token,
         user: answer.user,
         expires_at,
     })?;
-    mark(&home, expires_at)?;
+    mark(&profile, expires_at)?;
     output::note(format!(
         "renewed the bot's credentials until {}",
         output::time(Some(expires_at))
     ));
-    Ctx::load(home)
+    Ctx::load(profile, net)
 }
 
 /// `bamf bots add NAME --role R`: prints the one-time join token on stdout.

@@ -4,7 +4,7 @@
 use bamf_client::https::{Api, HttpsError};
 use bamf_proto::api::{BotJoinRequest, Login};
 
-use crate::config::Home;
+use crate::config::Profile;
 use crate::error::{Error, Result};
 
 /// Marks a login as a bot's; holds its credentials' lifetime in seconds.
@@ -45,11 +45,12 @@ pub async fn join(api: &Api, token: String, csr: String) -> Result<Login> {
         })
 }
 
-/// Marks `home`'s login as a bot's whose credentials live until `expires_at` (Unix seconds).
+/// Marks `profile`'s login as a bot's whose credentials live until `expires_at` (Unix
+/// seconds).
 ///
 /// # Errors
 ///
 /// The file cannot be written.
-pub fn mark(home: &Home, expires_at: i64) -> Result<()> {
-    home.write(BOT, &(expires_at - now()).max(1).to_string())
+pub fn mark(profile: &Profile, expires_at: i64) -> Result<()> {
+    profile.write(BOT, &(expires_at - now()).max(1).to_string())
 }

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::ProfileName;
+use crate::trust::Fingerprint;
+
 /// Secure access to SSH servers, databases and TCP services through BAMF.
 #[derive(Debug, Parser)]
 #[command(
@@ -15,9 +18,23 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   see `bamf help <command>` for each command."
 )]
 pub struct Cli {
-    /// Print JSON instead of tables (listings, status)
+    /// Print JSON on stdout: listings, status, and what mutations did; errors become one
+    /// JSON object on stderr
     #[arg(long, global = true)]
     pub json: bool,
+    /// Use this profile (one per API; see `bamf profiles ls`) instead of the current one
+    #[arg(
+        long,
+        global = true,
+        env = "BAMF_PROFILE",
+        hide_env_values = true,
+        value_name = "NAME"
+    )]
+    pub profile: Option<ProfileName>,
+    /// Print each API request's method, path, status and request id on stderr (never
+    /// tokens or bodies)
+    #[arg(long, global = true)]
+    pub debug: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -25,10 +42,13 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Log in: an API token and a user certificate, kept under ~/.bamf
+    /// Log in: an API token and a user certificate, kept in the API's profile under ~/.bamf
     Login(LoginArgs),
     /// Log out: revoke the token and remove it, the key and the certificate
     Logout,
+    /// Profiles, one per API: list, choose the current one, remove
+    #[command(subcommand)]
+    Profiles(ProfilesCommand),
     /// Who is logged in, with which roles, and until when
     Status,
     /// List the resources you may reach, with kind, labels and online state
@@ -76,11 +96,71 @@ pub enum Command {
     /// Revoked certificates (admin)
     #[command(subcommand)]
     Revocations(RevocationsCommand),
-    /// Print a shell completion script: bamf completions bash > /etc/bash_completion.d/bamf
+    /// Print configuration for other tools: `bamf config ssh` for OpenSSH
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script (resource names complete too):
+    /// bamf completions bash > /etc/bash_completion.d/bamf
     Completions(CompletionsArgs),
     /// Print the CLI reference (docs/cli.md) in Markdown
     #[command(hide = true)]
     DocsMarkdown,
+    /// Print candidates for shell completion, one per line (used by the completion scripts)
+    #[command(name = "__complete", hide = true)]
+    Complete(CompleteArgs),
+}
+
+/// `bamf profiles …`.
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// List profiles: API, user, whether logged in; * marks the current one
+    Ls,
+    /// Make a profile the current one
+    Use {
+        /// Profile name
+        name: ProfileName,
+    },
+    /// Log out of a profile and forget it, its pinned CA included
+    Rm {
+        /// Profile name
+        name: ProfileName,
+    },
+}
+
+/// `bamf config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print an ssh_config block so that plain ssh, scp, rsync, git and editors reach
+    /// resources as RESOURCE.SUFFIX through BAMF: bamf config ssh >> ~/.ssh/config
+    Ssh(SshConfigArgs),
+}
+
+/// `bamf config ssh`.
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    /// The host name suffix that marks BAMF resources [default: the profile's name]
+    #[arg(long, value_name = "SUFFIX")]
+    pub suffix: Option<String>,
+}
+
+/// What `bamf __complete` lists.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompleteWhat {
+    /// Resources the user may reach
+    Resources,
+    /// Profiles
+    Profiles,
+}
+
+/// `bamf __complete`.
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// What to list
+    #[arg(value_enum)]
+    pub what: CompleteWhat,
+    /// Only candidates starting with this
+    #[arg(default_value = "")]
+    pub prefix: String,
 }
 
 /// `bamf login`.
@@ -118,10 +198,17 @@ pub struct LoginArgs {
     /// later commands; BAMF_VIA overrides it) [default: 127.0.0.1:PORT for *.localhost]
     #[arg(long, env = "BAMF_VIA", hide_env_values = true, value_name = "ADDR")]
     pub via: Option<String>,
-    /// The BAMF CA (PEM) to verify the API with; without it the first login trusts the CA
-    /// the API serves and shows its fingerprint
+    /// The BAMF CA (PEM) to verify the API with (and to pin)
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Trust the CA the API serves only if its SHA-256 fingerprint is this (hex, colons
+    /// allowed): a first contact without a question, or accepting a CA that changed
+    #[arg(long, value_name = "SHA256")]
+    pub ca_fingerprint: Option<Fingerprint>,
+    /// Trust the CA of an API never seen before without asking (its fingerprint is still
+    /// printed); never accepts a CA that changed
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// `bamf ls`.
@@ -151,8 +238,11 @@ pub struct PassThrough {
 /// `bamf pipe`.
 #[derive(Debug, Args)]
 pub struct PipeArgs {
-    /// Resource name
+    /// Resource name (or a host name ending with --strip-suffix)
     pub resource: String,
+    /// Remove this suffix from the name first (ssh_config's `%h` for RESOURCE.SUFFIX)
+    #[arg(long, value_name = "SUFFIX")]
+    pub strip_suffix: Option<String>,
 }
 
 /// `bamf tcp`.
@@ -467,6 +557,7 @@ mod tests {
         let Ok(Cli {
             command: Command::Ssh(p),
             json: false,
+            ..
         }) = cli
         else {
             panic!("{cli:?}");

@@ -22,7 +22,7 @@ use bamf_proto::api::{ConnectRequest, Resource};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Status};
 use crate::output;
 use crate::session::Ctx;
 
@@ -60,23 +60,27 @@ pub fn check_name(resource: &str) -> Result<()> {
         .parse::<bamf_proto::san::Name>()
         .map(|_| ())
         .map_err(|_| {
-            Error::msg(format!(
+            Error::usage(format!(
                 "'{resource}' is not a resource name (1-63 of a-z 0-9 - _ ., see `bamf ls`)"
             ))
         })
 }
 
-/// How a refused `/connect` reads.
+/// How a refused `/connect` reads: not found (status 5) and offline (6) get their own words;
+/// the API's request id stays.
 pub fn refusal(resource: &str, e: HttpsError) -> Error {
     match e {
         // The API answers a missing resource and a denied one alike (no existence oracle).
-        HttpsError::Status { code, .. } if code == "not_found" => Error::msg(format!(
-            "there is no resource '{resource}' you may reach: `bamf ls` lists yours; \
-             ask an administrator for a role that allows it"
-        )),
-        HttpsError::Status { code, message, .. } if code == "offline" => Error::msg(format!(
-            "'{resource}' cannot be reached now: {message} (offline)"
-        )),
+        HttpsError::Status { ref code, .. } if code == "not_found" => {
+            Error::api(e).reworded(|_| {
+                format!(
+                    "there is no resource '{resource}' you may reach: `bamf ls` lists yours; \
+                     ask an administrator for a role that allows it"
+                )
+            })
+        }
+        HttpsError::Status { ref code, .. } if code == "offline" => Error::api(e)
+            .reworded(|message| format!("'{resource}' cannot be reached now: {message}")),
         other => Error::api(other),
     }
 }
@@ -116,22 +120,30 @@ pub async fn open(ctx: &Ctx, resource: &str) -> Result<Tunnel> {
             *b = Some(host.clone());
         }
         let (ca, cert) = (&grant.certificate.ca, &grant.certificate.certificate);
-        let stream = bamf_client::e2e::open(host, port, ctx.via, ca, cert, &key)
-            .await
-            .map_err(|e| match e {
-                OpenError::Tls(e) => Error::from(e),
-                OpenError::Handover(HandoverError::TargetUnreachable) => Error::msg(format!(
-                    "'{resource}' cannot be reached now: its agent could not connect to it (offline)"
-                )),
-                e => {
-                    let at = ctx
-                        .via
-                        .map_or_else(|| format!("{host}:{port}"), |v| v.to_string());
-                    Error::msg(format!(
-                        "cannot open the tunnel to '{resource}' through {host} at {at}: {e}"
-                    ))
-                }
-            })?;
+        let stream =
+            bamf_client::e2e::open_through(ctx.api.proxies(), host, port, ctx.via, ca, cert, &key)
+                .await
+                .map_err(|e| match e {
+                    OpenError::Tls(e) => Error::from(e),
+                    OpenError::Handover(HandoverError::TargetUnreachable) => Error::of(
+                        Status::Offline,
+                        format!(
+                            "'{resource}' cannot be reached now: its agent could not connect to it \
+                         (offline)"
+                        ),
+                    ),
+                    e => {
+                        let at = ctx
+                            .via
+                            .map_or_else(|| format!("{host}:{port}"), |v| v.to_string());
+                        Error::of(
+                            Status::Offline,
+                            format!(
+                                "cannot open the tunnel to '{resource}' through {host} at {at}: {e}"
+                            ),
+                        )
+                    }
+                })?;
         Ok(Tunnel {
             stream,
             session: session.clone(),
@@ -157,9 +169,10 @@ pub async fn preflight(ctx: &Ctx, resource: &str) -> Result<Option<Resource>> {
     let found = listed.items.into_iter().find(|r| r.name == resource);
     match found {
         Some(item) if item.online => Ok(Some(item)),
-        Some(_) => Err(Error::msg(format!(
-            "'{resource}' cannot be reached now: its agent is offline (offline)"
-        ))),
+        Some(_) => Err(Error::of(
+            Status::Offline,
+            format!("'{resource}' cannot be reached now: its agent is offline (offline)"),
+        )),
         None => {
             let (_, csr) = bamf_client::identity::key_and_csr()?;
             ctx.user()
@@ -242,9 +255,10 @@ pub async fn splice_stdio(ctx: &Ctx, resource: &str, tunnel: Tunnel) -> Result<(
     let local = tokio::io::join(tokio::io::stdin(), stdout);
     let report = carry(ctx, local, tunnel, done.notified()).await;
     ended_well(&report.end).map_err(|e| {
-        Error::msg(format!(
-            "the tunnel to '{resource}' was cut: {e} (session {session}, bridge {bridge})"
-        ))
+        Error::of(
+            Status::Offline,
+            format!("the tunnel to '{resource}' was cut: {e} (session {session}, bridge {bridge})"),
+        )
     })
 }
 

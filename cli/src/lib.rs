@@ -9,74 +9,101 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line (clap derive); [`docs`]: the Markdown reference from it.
-//! - [`config`]: `~/.bamf` (or `$BAMF_HOME`): a 0700 directory of 0600 files.
-//! - [`session`]: login, logout, status, and [`session::Ctx`], the login every other command
-//!   starts from; [`tofu`]: fetching the CA on a first login without `--ca-file`.
+//! - [`config`]: `~/.bamf` (or `$BAMF_HOME`): one profile per API, 0700 directories of 0600
+//!   files; the single-profile layout of earlier versions is moved into a profile.
+//! - [`session`]: login, logout, status, profiles, and [`session::Ctx`], the login every
+//!   other command starts from.
+//! - [`trust`]: first contact like ssh: which CA the API must chain to, decided before any
+//!   credential is sent; [`tofu`]: fetching the CA the API serves, unverified.
+//! - [`net`]: proxies from the environment, one kept connection per endpoint, `--debug`.
 //! - [`connect`]: `/connect`, dialling the bridge, copying bytes with half-close.
-//! - [`commands`]: `pipe`, `ssh`/`scp`/`sftp`, `tcp`, `psql`.
+//! - [`commands`]: `pipe`, `ssh`/`scp`/`sftp`, `tcp`, `psql`; [`sshconfig`]: `bamf config
+//!   ssh`; [`complete`]: completion scripts and the candidates they ask for.
 //! - [`admin`]: the administrators' commands.
 //! - [`output`]: all printing: tables, JSON, colours (off with `NO_COLOR` or when stdout is
 //!   not a terminal), notes and errors on stderr.
-//! - [`error`]: failures as one line for a person, and exit statuses.
-//!
-//! Exit status: 0 success, 1 failure, 2 usage (clap); commands that run a program exit with
-//! its status.
+//! - [`error`]: failures as one line for a person, and their exit statuses (see there:
+//!   distinct statuses for usage, authentication needed, denied, not found, offline, not
+//!   trusted); commands that run a program exit with its status.
 
 pub mod admin;
 pub mod bot;
 pub mod bot_login;
 pub mod cli;
 pub mod commands;
+pub mod complete;
 pub mod config;
 pub mod connect;
 pub mod docs;
 pub mod error;
+pub mod net;
 pub mod output;
 pub mod session;
+pub mod sshconfig;
 pub mod sso;
 pub mod tofu;
+pub mod trust;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ProfilesCommand};
 use crate::commands::ssh::Tool;
-use crate::config::Home;
+use crate::config::{Home, ProfileName};
 use crate::error::{Error, Result};
+use crate::net::Net;
 use crate::session::Ctx;
 
 /// Parses the command line, runs the command, and returns the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     let code = match run(cli) {
         Ok(()) => 0,
         Err(Error::Exit(code)) => code,
         Err(e) => {
-            output::error(&e);
-            1
+            output::failure(&e, json);
+            e.status()
         }
     };
     ExitCode::from(code)
+}
+
+/// The flags every command takes.
+#[derive(Debug, Clone)]
+pub struct Globals {
+    /// `--json`.
+    pub json: bool,
+    /// `--profile` / `BAMF_PROFILE`.
+    pub profile: Option<ProfileName>,
+    /// How to reach the API (proxies, `--debug`).
+    pub net: Net,
 }
 
 fn run(cli: Cli) -> Result<()> {
     // Commands that need neither a login nor a runtime.
     match &cli.command {
         Command::Completions(args) => {
-            let mut out = Vec::new();
-            clap_complete::generate(args.shell, &mut Cli::command(), "bamf", &mut out);
-            output::raw(&String::from_utf8_lossy(&out));
+            output::raw(&complete::script(args.shell));
             return Ok(());
         }
         Command::DocsMarkdown => {
             output::raw(&docs::markdown());
             return Ok(());
         }
-        Command::Ssh(p) => return exec(Tool::Ssh, &p.args),
-        Command::Scp(p) => return exec(Tool::Scp, &p.args),
-        Command::Sftp(p) => return exec(Tool::Sftp, &p.args),
+        _ => {}
+    }
+    let globals = Globals {
+        json: cli.json,
+        profile: cli.profile.clone(),
+        net: Net::from_env(cli.debug)?,
+    };
+    match &cli.command {
+        Command::Ssh(p) => return exec(&globals, Tool::Ssh, &p.args),
+        Command::Scp(p) => return exec(&globals, Tool::Scp, &p.args),
+        Command::Sftp(p) => return exec(&globals, Tool::Sftp, &p.args),
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -84,7 +111,7 @@ fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::msg(format!("cannot start the runtime: {e}")))?;
-    let result = runtime.block_on(dispatch(cli));
+    let result = runtime.block_on(dispatch(cli.command, globals));
     // A read of stdin blocked in a runtime thread must not hold the process open.
     runtime.shutdown_background();
     result
@@ -92,35 +119,46 @@ fn run(cli: Cli) -> Result<()> {
 
 /// The OpenSSH tools replace this process; the login is checked first so that a missing one
 /// is reported by us, not as an ssh connection failure.
-fn exec(tool: Tool, args: &[String]) -> Result<()> {
-    Ctx::load(Home::locate()?)?;
-    commands::ssh::exec(tool, args)
+fn exec(globals: &Globals, tool: Tool, args: &[String]) -> Result<()> {
+    let profile = Home::locate()?.select(globals.profile.as_ref())?;
+    let ctx = Ctx::load(profile, &globals.net)?;
+    commands::ssh::exec(tool, ctx.profile.name(), args)
 }
 
-async fn dispatch(cli: Cli) -> Result<()> {
+async fn dispatch(command: Command, globals: Globals) -> Result<()> {
     let home = Home::locate()?;
-    let json = cli.json;
-    match cli.command {
+    let (json, net) = (globals.json, &globals.net);
+    match command {
         Command::Login(args) => {
-            session::login(
-                home,
-                session::LoginRequest {
-                    api: args.api,
-                    user: args.user,
-                    via: args.via,
+            let request = session::LoginRequest {
+                api: args.api,
+                user: args.user,
+                via: args.via,
+                profile: globals.profile.clone(),
+                trust: trust::TrustArgs {
+                    yes: args.yes,
                     ca_file: args.ca_file,
-                    password_stdin: args.password_stdin,
-                    sso: args.sso.map(|p| Some(p).filter(|p| !p.is_empty())),
-                    bot_token_file: args.bot_token_file,
-                    device: args.device,
+                    ca_fingerprint: args.ca_fingerprint,
                 },
-            )
-            .await
+                password_stdin: args.password_stdin,
+                sso: args.sso.map(|p| Some(p).filter(|p| !p.is_empty())),
+                bot_token_file: args.bot_token_file,
+                device: args.device,
+            };
+            session::login(home, net, request, json).await
         }
-        Command::Logout => session::logout(home).await,
-        Command::Status => session::status(home, json).await,
+        Command::Logout => session::logout(home, net, globals.profile.as_ref(), json).await,
+        Command::Profiles(ProfilesCommand::Ls) => session::profiles_ls(&home, json),
+        Command::Profiles(ProfilesCommand::Use { name }) => {
+            session::profiles_use(&home, &name, json)
+        }
+        Command::Profiles(ProfilesCommand::Rm { name }) => {
+            session::profiles_rm(&home, net, &name, json).await
+        }
+        Command::Complete(args) => complete::candidates(&home, &globals, &args).await,
         command => {
-            let ctx = Arc::new(bot::renewed(Ctx::load(home)?).await?);
+            let profile = home.select(globals.profile.as_ref())?;
+            let ctx = Arc::new(bot::renewed(Ctx::load(profile, net)?, net).await?);
             logged_in(ctx, command, json).await
         }
     }
@@ -128,8 +166,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
 
 async fn logged_in(ctx: Arc<Ctx>, command: Command, json: bool) -> Result<()> {
     match command {
+        Command::Status => session::status(&ctx, json).await,
         Command::Ls(args) => admin::resources(&ctx, &args, json).await,
-        Command::Pipe(args) => commands::pipe::run(&ctx, &args.resource).await,
+        Command::Pipe(args) => {
+            let resource = commands::pipe::resource_name(&args);
+            commands::pipe::run(&ctx, &resource).await
+        }
         Command::Tcp(args) => {
             commands::tcp::run(ctx, &args.resource, args.port, args.exec.as_deref(), json).await
         }
@@ -145,8 +187,8 @@ async fn logged_in(ctx: Arc<Ctx>, command: Command, json: bool) -> Result<()> {
         }
         Command::Users(c) => admin::users(&ctx, c, json).await,
         Command::Roles(c) => admin::roles(&ctx, c, json).await,
-        Command::Bind(args) => admin::bind(&ctx, &args, true).await,
-        Command::Unbind(args) => admin::bind(&ctx, &args, false).await,
+        Command::Bind(args) => admin::bind(&ctx, &args, true, json).await,
+        Command::Unbind(args) => admin::bind(&ctx, &args, false, json).await,
         Command::JoinTokens(c) => admin::join_tokens(&ctx, c, json).await,
         Command::Bots(cli::BotsCommand::Add {
             name,
@@ -158,13 +200,17 @@ async fn logged_in(ctx: Arc<Ctx>, command: Command, json: bool) -> Result<()> {
         Command::Sessions(c) => admin::sessions(&ctx, c, json).await,
         Command::Audit(args) => admin::audit(&ctx, args, json).await,
         Command::Revocations(c) => admin::revocations(&ctx, c, json).await,
+        Command::Config(cli::ConfigCommand::Ssh(args)) => {
+            sshconfig::print(&ctx, args.suffix.as_deref(), json).await
+        }
         Command::Login(_)
         | Command::Logout
-        | Command::Status
+        | Command::Profiles(_)
         | Command::Ssh(_)
         | Command::Scp(_)
         | Command::Sftp(_)
         | Command::Completions(_)
+        | Command::Complete(_)
         | Command::DocsMarkdown => Err(Error::msg("unreachable command dispatch")),
     }
 }

@@ -95,10 +95,42 @@ pub fn warn(text: impl Display) {
     let _ = writeln!(std::io::stderr().lock(), "{label} {text}");
 }
 
-/// An error on stderr (the process then exits 1).
+/// An error on stderr (the process then exits non-zero).
 pub fn error(text: impl Display) {
     let label = paint("error:", Style::Red, stderr_colour());
     let _ = writeln!(std::io::stderr().lock(), "{label} {text}");
+}
+
+/// A failed command on stderr: its message and the API's request id; with `--json`, one
+/// JSON object (`{"error": {"kind", "message", "exit_status", "request_id"}}`).
+pub fn failure(e: &crate::error::Error, json: bool) {
+    if json {
+        let value = serde_json::json!({"error": {
+            "kind": e.kind(),
+            "message": e.to_string(),
+            "exit_status": e.status(),
+            "request_id": e.request_id(),
+        }});
+        let _ = writeln!(std::io::stderr().lock(), "{value}");
+        return;
+    }
+    match e.request_id() {
+        Some(id) => error(format!("{e} (request id {id})")),
+        None => error(e),
+    }
+}
+
+/// A `--debug` line on stderr.
+pub fn debug(text: impl Display) {
+    let label = paint("debug:", Style::Dim, stderr_colour());
+    let _ = writeln!(std::io::stderr().lock(), "{label} {text}");
+}
+
+/// A question on stderr, without a newline: the answer is typed after it.
+pub fn prompt(text: impl Display) {
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{text}");
+    let _ = err.flush();
 }
 
 /// A cell of a [`Table`].

@@ -1,25 +1,24 @@
-//! Trust on first use: fetching the CA from `GET /api/v1/ca` before anything can be verified.
+//! Fetching the CA from `GET /api/v1/ca` before anything can be verified.
 //!
-//! Only the first login to an API without `--ca-file` does this. The connection accepts any
-//! server certificate, so what it brings back is only a candidate: the login that follows
-//! verifies the API's certificate (chain *and* name) against it, the user is shown its
-//! SHA-256 fingerprint to compare, and it is pinned for every later login.
+//! A first contact without `--ca-file` does this, and so does a login whose pinned CA no
+//! longer verifies (to show what changed). The connection accepts any server certificate, so
+//! what it brings back is only a candidate: [`crate::trust`] decides whether to trust it
+//! (the user compares its fingerprint, or a script gives the expected one) before any
+//! credential is sent, and the login then verifies the API's certificate (chain *and* name)
+//! against it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use bamf_client::https::HttpsError;
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Status};
+use crate::net::Net;
 
 /// Connect, handshake and answer together.
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -76,62 +75,43 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-/// `GET https://host:port/api/v1/ca` without verifying the server; returns the PEM.
+/// `GET https://host:port/api/v1/ca` without verifying the server (through the proxy the
+/// environment names, like every API call); returns the PEM. Nothing else is sent.
 ///
 /// # Errors
 ///
-/// The API cannot be reached or does not answer with a PEM certificate.
-pub async fn fetch_ca(host: &str, port: u16, via: Option<SocketAddr>) -> Result<String> {
-    let fail = |what: &dyn std::fmt::Display| {
-        Error::msg(format!(
-            "cannot fetch the CA from https://{host}:{port}/api/v1/ca: {what}"
-        ))
+/// The API cannot be reached (offline) or does not answer with a PEM certificate.
+pub async fn fetch_ca(net: &Net, url: &str, via: Option<SocketAddr>) -> Result<String> {
+    let fail = |status: Status, what: &dyn std::fmt::Display| {
+        Error::of(
+            status,
+            format!("cannot fetch the CA from {url}/api/v1/ca: {what}"),
+        )
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| fail(&e))?
+        .map_err(|e| fail(Status::Failure, &e))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let exchange = async {
-        let tcp = match via {
-            Some(addr) => TcpStream::connect(addr).await,
-            None => TcpStream::connect((host, port)).await,
-        }
-        .map_err(|e| fail(&e))?;
-        let name = ServerName::try_from(host.to_owned()).map_err(|e| fail(&e))?;
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| fail(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| fail(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let request = http::Request::get("/api/v1/ca")
-            .header(http::header::HOST, format!("{host}:{port}"))
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| fail(&e))?;
-        let response = sender.send_request(request).await.map_err(|e| fail(&e))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_PEM)
-            .collect()
-            .await
-            .map_err(|e| fail(&e))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(fail(&format!("the API answered {status}")));
-        }
-        String::from_utf8(body.to_vec()).map_err(|e| fail(&e))
-    };
-    let pem = tokio::time::timeout(DEADLINE, exchange)
+    let api = net.endpoint(url, Arc::new(config), via)?;
+    let pem = tokio::time::timeout(DEADLINE, api.text("/api/v1/ca"))
         .await
-        .map_err(|_| fail(&"timed out"))??;
+        .map_err(|_| fail(Status::Offline, &"timed out"))?
+        .map_err(|e| {
+            let status = if matches!(e, HttpsError::Connect(..)) {
+                Status::Offline
+            } else {
+                Status::Failure
+            };
+            fail(status, &e)
+        })?;
+    if pem.len() > MAX_PEM {
+        return Err(fail(Status::Failure, &"the answer is too long for a CA"));
+    }
     // It must be certificates (tls_config refuses anything else).
-    bamf_client::tls_config(&pem, None, &[]).map_err(|e| fail(&e))?;
+    bamf_client::tls_config(&pem, None, &[]).map_err(|e| fail(Status::Failure, &e))?;
     Ok(pem)
 }

@@ -62,6 +62,13 @@ pub struct UserApi<'a> {
     token: &'a str,
 }
 
+impl<'a> UserApi<'a> {
+    /// The endpoint it calls.
+    pub fn api(&self) -> &'a Api {
+        self.api
+    }
+}
+
 impl std::fmt::Debug for UserApi<'_> {
     /// Never the token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

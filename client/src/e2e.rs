@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::TlsError;
+use crate::proxy::Proxies;
 
 /// The name the client gives the inner session's server. Not checked (the agent is checked by
 /// the identity its certificate carries); `.invalid` so it can never name a real host.
@@ -178,9 +179,26 @@ pub async fn open(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<ClientSession, OpenError> {
+    open_through(&Proxies::none(), host, port, via, ca_pem, cert_pem, key_pem).await
+}
+
+/// [`open`], dialling the bridge through the proxy `proxies` choose for its name, if any.
+///
+/// # Errors
+///
+/// As [`open`].
+pub async fn open_through(
+    proxies: &Proxies,
+    host: &str,
+    port: u16,
+    via: Option<std::net::SocketAddr>,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<ClientSession, OpenError> {
     let outer_tls = crate::tls_config(ca_pem, Some((cert_pem, key_pem)), &[])?;
     let inner_tls = client_config(ca_pem, cert_pem, key_pem)?;
-    let outer = crate::tunnel::dial(host, port, via, outer_tls)
+    let outer = crate::tunnel::dial_through(proxies.for_host(host), host, port, via, outer_tls)
         .await
         .map_err(OpenError::Dial)?;
     let raw = hand_over(outer, HANDOVER_TIMEOUT).await?;
@@ -235,7 +253,17 @@ impl Reopen<'_> {
         };
         let (ca, cert) = (&grant.certificate.ca, &grant.certificate.certificate);
         let host = &grant.bridge_host;
-        let opened = open(host, grant.bridge_port, self.via, ca, cert, &self.key).await;
+        let proxies = self.api.api().proxies();
+        let opened = open_through(
+            proxies,
+            host,
+            grant.bridge_port,
+            self.via,
+            ca,
+            cert,
+            &self.key,
+        )
+        .await;
         self.broken = host.split('.').next().and_then(|n| n.parse().ok());
         opened.map_err(|e| Some(format!("{host}: {e}")))
     }

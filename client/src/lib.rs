@@ -6,6 +6,7 @@
 //! - [`https`]: a small JSON-over-HTTPS client for the API, with the CA as the only trust
 //!   root (the CLI adds the system's roots: [`api_tls_config`]) and an optional client
 //!   certificate (agents and bridges authenticate by it).
+//! - [`proxy`]: HTTP proxies from the environment and the `CONNECT` through one.
 //! - [`identity`]: private keys and CSRs made locally (the key never leaves the host),
 //!   certificate files written 0600, and when a certificate is due for renewal.
 //! - [`tunnel`]: dialling a bridge by its name (SNI) with a session or agent certificate.
@@ -19,6 +20,7 @@ pub mod e2e;
 pub mod enroll;
 pub mod https;
 pub mod identity;
+pub mod proxy;
 pub mod resume;
 pub mod tunnel;
 
@@ -56,6 +58,23 @@ pub fn api_tls_config(
         tracing::debug!("no system trust roots: trusting the BAMF CA only");
     }
     config_with_roots(roots, client, alpn)
+}
+
+/// A configuration that trusts only the system's trust store (`SSL_CERT_FILE` /
+/// `SSL_CERT_DIR` name another): whether an API is publicly certified, before any BAMF CA is
+/// known.
+///
+/// # Errors
+///
+/// [`TlsError::Pem`] when the system store holds no usable root.
+pub fn public_tls_config(alpn: &[&[u8]]) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) =
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if added == 0 {
+        return Err(TlsError::Pem("system trust store"));
+    }
+    config_with_roots(roots, None, alpn)
 }
 
 fn config_with_roots(

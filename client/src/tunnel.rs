@@ -30,10 +30,33 @@ pub async fn dial(
     via: Option<SocketAddr>,
     tls: Arc<rustls::ClientConfig>,
 ) -> std::io::Result<Outer> {
+    dial_through(None, host, port, via, tls).await
+}
+
+/// [`dial`] through `proxy` when given: it is asked to `CONNECT` to `via`, else to
+/// `host:port`, and TLS with the bridge runs inside that tunnel.
+///
+/// # Errors
+///
+/// As [`dial`]; a proxy's refusal is an I/O error naming it.
+pub async fn dial_through(
+    proxy: Option<&crate::proxy::Proxy>,
+    host: &str,
+    port: u16,
+    via: Option<SocketAddr>,
+    tls: Arc<rustls::ClientConfig>,
+) -> std::io::Result<Outer> {
     let attempt = async {
-        let tcp = match via {
-            Some(addr) => TcpStream::connect(addr).await?,
-            None => TcpStream::connect((host, port)).await?,
+        let tcp = match (proxy, via) {
+            (Some(proxy), via) => {
+                let target = via.map_or_else(|| format!("{host}:{port}"), |a| a.to_string());
+                proxy
+                    .connect(&target)
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+            (None, Some(addr)) => TcpStream::connect(addr).await?,
+            (None, None) => TcpStream::connect((host, port)).await?,
         };
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(host.to_owned())

@@ -14,7 +14,8 @@
 //! - [`fixture`]: captured ClientHellos from `proto/testdata`.
 //! - [`User`]: a signed-in user calling the API, opening sessions and carrying them over the
 //!   resumable stream ([`Carried`]); [`Balancer`]: a TCP load balancer in front of bridges;
-//!   [`redis_db`]: a Redis database of one's own.
+//!   [`redis_db`]: a Redis database of one's own; [`ConnectProxy`]: an HTTP proxy that
+//!   records the tunnels it is asked for.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -1288,4 +1289,93 @@ impl Drop for Sshd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An HTTP proxy on loopback that only tunnels (`CONNECT host:port`), like a corporate
+/// egress proxy: it records each tunnel's target, answers 200 and relays bytes both ways
+/// (threads, so any test can use it).
+#[derive(Debug, Clone)]
+pub struct ConnectProxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    targets: Arc<Mutex<Vec<String>>>,
+}
+
+impl ConnectProxy {
+    /// Starts the proxy.
+    ///
+    /// # Panics
+    ///
+    /// No loopback port can be bound.
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let seen = targets.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let seen = seen.clone();
+                std::thread::spawn(move || proxy_one(client, &seen));
+            }
+        });
+        Self { addr, targets }
+    }
+
+    /// The `host:port` of every `CONNECT` so far, in order.
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+/// One proxied connection: the `CONNECT` head (read byte by byte, at most 8 KiB, within
+/// 10 s), the upstream connection, then bytes both ways until each side closes.
+fn proxy_one(mut client: std::net::TcpStream, seen: &Mutex<Vec<String>>) {
+    use std::io::{Read, Write};
+    let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 || client.read_exact(&mut byte).is_err() {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut words = head.split_whitespace();
+    let (Some("CONNECT"), Some(target)) = (words.next(), words.next()) else {
+        let _ = client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n");
+        return;
+    };
+    if let Ok(mut t) = seen.lock() {
+        t.push(target.to_owned());
+    }
+    let upstream = target
+        .parse::<SocketAddr>()
+        .ok()
+        .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(5)).ok())
+        .or_else(|| std::net::TcpStream::connect(target).ok());
+    let Some(upstream) = upstream else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+        return;
+    };
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .is_err()
+    {
+        return;
+    }
+    let _ = client.set_read_timeout(None);
+    let (Ok(mut client_in), Ok(mut upstream_out)) = (client.try_clone(), upstream.try_clone())
+    else {
+        return;
+    };
+    let (mut upstream_in, mut client_out) = (upstream, client);
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_in, &mut upstream_out);
+        let _ = upstream_out.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut upstream_in, &mut client_out);
+    let _ = client_out.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
 }

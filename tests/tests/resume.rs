@@ -250,6 +250,7 @@ impl Fleet {
                 "--user",
                 "admin",
                 "--password-stdin",
+                "--yes",
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -91,6 +91,7 @@ fn the_quick_start_reaches_the_demo_resource() {
             "--user",
             "admin",
             "--password-stdin",
+            "--yes",
         ],
         Some(&format!("{password}\n")),
     );

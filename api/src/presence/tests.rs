@@ -165,6 +165,30 @@ async fn redis_presence_shared_by_two_replicas() {
     kept_once_is_taken_once(&one, &two).await;
 }
 
+#[tokio::test]
+async fn login_failures_are_counted_across_replicas_and_expire() {
+    let (one, two) = (
+        Presence::Redis(redis().await),
+        Presence::Redis(redis().await),
+    );
+    // A documentation address (TEST-NET-2) no real client has, so a shared Redis is safe.
+    let octet = u8::try_from(std::process::id() % 250).unwrap_or(0);
+    let address = std::net::IpAddr::from([198, 51, 100, octet]);
+    let window = std::time::Duration::from_secs(2);
+    for replica in [&one, &two, &one] {
+        replica.record_login_failure(address, window).await.unwrap();
+    }
+    assert_eq!(one.login_failures(address).await.unwrap(), 3);
+    assert_eq!(two.login_failures(address).await.unwrap(), 3);
+    // The window runs from the first failure: later ones do not extend it.
+    tokio::time::sleep(window + std::time::Duration::from_millis(300)).await;
+    assert_eq!(two.login_failures(address).await.unwrap(), 0);
+    // In process, the guard counts by itself: nothing is shared.
+    let memory = Presence::Memory(MemoryPresence::default());
+    memory.record_login_failure(address, window).await.unwrap();
+    assert_eq!(memory.login_failures(address).await.unwrap(), 0);
+}
+
 #[test]
 fn bridge_status_round_trips_and_rejects_junk() {
     let b = BridgeStatus {

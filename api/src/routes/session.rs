@@ -34,9 +34,24 @@ pub(super) async fn login(call: &Call<'_>, body: LoginRequest) -> Result<Login, 
         serde_json::json!({"address": ctx.peer.ip().to_string(),
             "request_id": ctx.request_id, "break_glass": true})
     };
+    // Failures from this address that any replica saw (Redis; none in process, where the
+    // guard below counts them all). A presence outage leaves each replica's own limits.
+    let address = ctx.peer.ip();
+    let limits = &state.login_limits;
+    let shared = match state.presence.login_failures(address).await {
+        Ok(failures) => failures,
+        Err(e) => {
+            tracing::warn!(error = %e, "shared login limits unavailable; this replica's apply");
+            0
+        }
+    };
+    if shared >= limits.max() {
+        audit(state, actor, "auth.login", "rate_limited", detail).await;
+        return Err(ApiError::TooManyRequests(limits.window().as_secs()));
+    }
     // Limits are decided before any work, and the attempt counts from now on.
     let user_key: String = body.user.chars().take(64).collect();
-    let attempt = match state.login_limits.admit(ctx.peer.ip(), &user_key) {
+    let attempt = match limits.admit(address, &user_key) {
         Ok(attempt) => attempt,
         Err(refused) => {
             audit(state, actor, "auth.login", "rate_limited", detail).await;
@@ -59,6 +74,13 @@ pub(super) async fn login(call: &Call<'_>, body: LoginRequest) -> Result<Login, 
     };
     let Some(user) = name.filter(|_| matched) else {
         drop(attempt);
+        if let Err(e) = state
+            .presence
+            .record_login_failure(address, limits.window())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot count a login failure across replicas");
+        }
         audit(state, actor, "auth.login", "denied", detail).await;
         return Err(ApiError::Unauthenticated);
     };

@@ -9,6 +9,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
+use crate::config::ProfileName;
 use crate::connect;
 use crate::error::{Error, Result};
 
@@ -118,18 +119,23 @@ fn remote_hosts(tool: Tool, operands: &[String]) -> Vec<String> {
 
 /// `text` quoted for `sh -c` (ssh runs ProxyCommand through the shell), with `%` doubled
 /// (ssh expands `%` tokens in ProxyCommand).
-fn shell_quote(text: &str) -> String {
+pub(crate) fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''").replace('%', "%%"))
 }
 
 /// The full command line: our options first (ssh keeps the first value of an option, so
 /// the ProxyCommand cannot be overridden by accident), then the user's arguments.
-fn command_line(tool: Tool, exe: &Path, args: &[String]) -> Result<Vec<String>> {
+fn command_line(
+    tool: Tool,
+    exe: &Path,
+    profile: &ProfileName,
+    args: &[String],
+) -> Result<Vec<String>> {
     let ops = operands(tool, args);
     let (target, alias) = match tool {
         Tool::Ssh => {
             let destination = ops.first().ok_or_else(|| {
-                Error::msg("which resource? usage: bamf ssh [user@]RESOURCE [ssh args…]")
+                Error::usage("which resource? usage: bamf ssh [user@]RESOURCE [ssh args…]")
             })?;
             let host = ssh_host(destination);
             connect::check_name(host)?;
@@ -151,9 +157,13 @@ fn command_line(tool: Tool, exe: &Path, args: &[String]) -> Result<Vec<String>> 
     let exe = exe
         .to_str()
         .ok_or_else(|| Error::msg("the path of this program is not UTF-8"))?;
+    // The profile is named: the ProxyCommand must use the login this command checked.
     let mut line = vec![
         "-o".to_owned(),
-        format!("ProxyCommand={} pipe {target}", shell_quote(exe)),
+        format!(
+            "ProxyCommand={} --profile {profile} pipe {target}",
+            shell_quote(exe)
+        ),
     ];
     let user_sets_alias = args
         .iter()
@@ -171,10 +181,10 @@ fn command_line(tool: Tool, exe: &Path, args: &[String]) -> Result<Vec<String>> 
 ///
 /// Not logged in (checked first, so the message is ours, not ssh's), a destination that is
 /// not a resource name, or the tool cannot be run.
-pub fn exec(tool: Tool, args: &[String]) -> Result<()> {
+pub fn exec(tool: Tool, profile: &ProfileName, args: &[String]) -> Result<()> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::msg(format!("cannot find this program's path: {e}")))?;
-    let line = command_line(tool, &exe, args)?;
+    let line = command_line(tool, &exe, profile, args)?;
     let program = std::env::var(format!("BAMF_{}", tool.program().to_ascii_uppercase()))
         .unwrap_or_else(|_| tool.program().to_owned());
     let e = std::process::Command::new(&program).args(&line).exec();
@@ -188,6 +198,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn p() -> ProfileName {
+        "prod".parse().unwrap()
+    }
+
     fn strings(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -200,19 +214,19 @@ mod tests {
         assert_eq!(operands(Tool::Ssh, &args)[0], "box");
         assert_eq!(ssh_host("ssh://bob@db-1:2222"), "db-1");
         assert_eq!(ssh_host("bob@box"), "box");
-        let line = command_line(Tool::Ssh, Path::new("/opt/it's/bamf"), &args).unwrap();
+        let line = command_line(Tool::Ssh, Path::new("/opt/it's/bamf"), &p(), &args).unwrap();
         assert_eq!(
             line[..4],
             strings(&[
                 "-o",
-                r"ProxyCommand='/opt/it'\''s/bamf' pipe box",
+                r"ProxyCommand='/opt/it'\''s/bamf' --profile prod pipe box",
                 "-o",
                 "HostKeyAlias=box"
             ])
         );
         assert_eq!(line[4..], args[..]);
-        assert!(command_line(Tool::Ssh, Path::new("/b"), &strings(&["-v"])).is_err());
-        assert!(command_line(Tool::Ssh, Path::new("/b"), &strings(&["Box;rm"])).is_err());
+        assert!(command_line(Tool::Ssh, Path::new("/b"), &p(), &strings(&["-v"])).is_err());
+        assert!(command_line(Tool::Ssh, Path::new("/b"), &p(), &strings(&["Box;rm"])).is_err());
     }
 
     #[test]
@@ -222,11 +236,11 @@ mod tests {
             remote_hosts(Tool::Scp, &operands(Tool::Scp, &args)),
             ["box"]
         );
-        let line = command_line(Tool::Scp, Path::new("/b"), &args).unwrap();
-        assert_eq!(line[1], "ProxyCommand='/b' pipe %h");
+        let line = command_line(Tool::Scp, Path::new("/b"), &p(), &args).unwrap();
+        assert_eq!(line[1], "ProxyCommand='/b' --profile prod pipe %h");
         assert_eq!(line[3], "HostKeyAlias=box");
         let two = strings(&["a:/x", "b:/y"]);
-        let line = command_line(Tool::Scp, Path::new("/b"), &two).unwrap();
+        let line = command_line(Tool::Scp, Path::new("/b"), &p(), &two).unwrap();
         assert_eq!(line.len(), 4, "no alias for two hosts: {line:?}");
         let sftp = strings(&["-b", "batch", "bob@box"]);
         assert_eq!(
