@@ -1379,3 +1379,92 @@ fn proxy_one(mut client: std::net::TcpStream, seen: &Mutex<Vec<String>>) {
     let _ = client_out.shutdown(std::net::Shutdown::Write);
     let _ = up.join();
 }
+
+/// What a finished command said: its exit status and what it printed.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit status (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Asserts the command succeeded.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "{self:#?}");
+        self
+    }
+
+    /// Asserts the command failed with status `code`, saying `message`, without a panic.
+    #[track_caller]
+    pub fn fails_with(self, code: i32, message: &str) -> Self {
+        assert_eq!(self.code, code, "{self:#?}");
+        self.fails(message)
+    }
+
+    /// Asserts the command failed (any status), saying `message`, without a panic.
+    #[track_caller]
+    pub fn fails(self, message: &str) -> Self {
+        assert_ne!(self.code, 0, "{self:#?}");
+        assert!(
+            self.stderr.contains(message),
+            "wanted {message:?}: {self:#?}"
+        );
+        assert!(!self.stderr.contains("panicked"), "{self:#?}");
+        self
+    }
+}
+
+/// Runs `cmd` with `stdin` as its input, killing it (and failing the test) after `deadline`.
+///
+/// # Panics
+///
+/// When it cannot be spawned or does not finish in time.
+pub fn run_command(cmd: &mut Command, stdin: &str, deadline: Duration) -> Output {
+    use std::io::{Read, Write};
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let stdin = stdin.to_owned();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = r.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("stdout is piped")));
+    let err = reader(Box::new(child.stderr.take().expect("stderr is piped")));
+    let until = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the command") {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish in {deadline:?}; stderr:\n{}",
+                err.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    Output {
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}

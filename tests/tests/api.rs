@@ -601,10 +601,12 @@ async fn agents_and_bridges_join_with_tokens_that_expire_run_out_and_can_be_revo
         &["--cert", &cert, "--key", &key],
     );
     assert_eq!(status, 200, "{body}");
+    // Refused: 413, or the reset of the connection the API closes with the body unread,
+    // whichever curl sees first.
     let (status, body, _) = post(&api, &ca, "/api/v1/auth/login", &beat, &[]);
-    assert_eq!(
-        (status, error_code(&body).as_str()),
-        (413, "payload_too_large")
+    assert!(
+        status == 0 || (status, error_code(&body).as_str()) == (413, "payload_too_large"),
+        "{status} {body}"
     );
     // The listing shows uses and revocation, never a token secret.
     let (_, status, listing) = curl(&api, &ca, "/api/v1/join-tokens", &["-H", &auth]);

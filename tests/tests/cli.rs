@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bamf_tests::{Agent, Api, Bridge, TempDir, binary, echo_server, workspace};
+use bamf_tests::{Agent, Api, Bridge, Output, TempDir, binary, echo_server, workspace};
 
 const BRIDGE_TOKEN: &str = "bamf_bridge-bootstrap-token-for-cli-tests";
 const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -34,76 +34,9 @@ mod status {
     pub(crate) const UNTRUSTED: i32 = 7;
 }
 
-/// What a finished command said.
-#[derive(Debug)]
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "{self:#?}");
-        self
-    }
-
-    #[track_caller]
-    fn fails_with(self, code: i32, message: &str) -> Self {
-        assert_eq!(self.code, code, "{self:#?}");
-        assert!(
-            self.stderr.contains(message),
-            "wanted {message:?}: {self:#?}"
-        );
-        assert!(!self.stderr.contains("panicked"), "{self:#?}");
-        self
-    }
-}
-
 /// Runs `cmd` with `stdin`, killing it at [`COMMAND_DEADLINE`].
 fn run(cmd: &mut Command, stdin: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_owned();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(stdin.as_bytes());
-    });
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = r.read_to_string(&mut text);
-            text
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().unwrap()));
-    let err = reader(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + COMMAND_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} did not finish in {COMMAND_DEADLINE:?}; stderr:\n{}",
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = writer.join();
-    Output {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    bamf_tests::run_command(cmd, stdin, COMMAND_DEADLINE)
 }
 
 /// `bamf` with its own home and none of the caller's BAMF or colour settings.

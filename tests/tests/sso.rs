@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bamf_tests::{Agent, Api, Bridge, TempDir, binary, echo_server, workspace};
+use bamf_tests::{Agent, Api, Bridge, Output, TempDir, binary, echo_server, workspace};
 
 const BRIDGE_TOKEN: &str = "bamf_bridge-bootstrap-token-for-sso-tests";
 const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -27,74 +27,9 @@ const CLIENT_ID: &str = "bamf-test";
 const CLIENT_SECRET: &str = "client-secret-for-the-sso-test-0123456789";
 const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
 
-#[derive(Debug)]
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "{self:#?}");
-        self
-    }
-
-    #[track_caller]
-    fn fails_with(self, message: &str) -> Self {
-        assert_ne!(self.code, 0, "{self:#?}");
-        assert!(
-            self.stderr.contains(message),
-            "wanted {message:?}: {self:#?}"
-        );
-        assert!(!self.stderr.contains("panicked"), "{self:#?}");
-        self
-    }
-}
-
+/// Runs `cmd` with `stdin`, killing it at [`COMMAND_DEADLINE`].
 fn run(cmd: &mut Command, stdin: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_owned();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(stdin.as_bytes());
-    });
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = r.read_to_string(&mut text);
-            text
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().unwrap()));
-    let err = reader(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + COMMAND_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} did not finish in time; stderr:\n{}",
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = writer.join();
-    Output {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    bamf_tests::run_command(cmd, stdin, COMMAND_DEADLINE)
 }
 
 fn parse(text: &str) -> serde_json::Value {
@@ -468,7 +403,7 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
     let bob = stack.home("bob");
     stack
         .password_login(&bob, "bob", "some-password-1")
-        .fails_with("password login is disabled on this server: sign in with single sign-on");
+        .fails("password login is disabled on this server: sign in with single sign-on");
 
     // bamf login --sso: the browser signs in at the provider's page; groups -> roles.
     let home = stack.home("alice");
@@ -490,11 +425,11 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
     assert!(echoed.stdout.contains("hello through sso"), "{echoed:#?}");
     stack
         .cli(&home, &["tcp", "dev-echo", "-p", "0", "--exec", &exec])
-        .fails_with("there is no resource 'dev-echo' you may reach");
+        .fails("there is no resource 'dev-echo' you may reach");
     // The SSO user has no password.
     stack
         .password_login(&stack.home("alice-pw"), "alice", "any-password")
-        .fails_with("password login is disabled");
+        .fails("password login is disabled");
 
     // The provider rotates its signing key: the API fetches the new keys (after its
     // minimum interval between fetches).
@@ -509,7 +444,7 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
     );
     stack
         .cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec])
-        .fails_with("there is no resource 'prod-echo' you may reach");
+        .fails("there is no resource 'prod-echo' you may reach");
     // Fetched at the first sign-in, and again for the new key id.
     let fetches = stack
         .api
@@ -525,7 +460,7 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
     // An unknown provider is refused before any browser opens.
     stack
         .sso_login(&stack.home("nobody"), "alice", Some("nope"))
-        .fails_with("unknown_provider");
+        .fails("unknown_provider");
 
     // Every attempt is audited with the provider and the outcome; no code, state or token
     // appears in the audit log or the API's log.
@@ -739,7 +674,7 @@ fn a_bot_joins_renews_past_its_first_lifetime_and_is_refused_after_revocation() 
     let home = stack.home("bot");
     bot_login(&home).ok();
     // The join token is one-time.
-    bot_login(&stack.home("bot-again")).fails_with("the bot token is unknown, used or expired");
+    bot_login(&stack.home("bot-again")).fails("the bot token is unknown, used or expired");
     let expiry = |home: &Path| {
         parse(&std::fs::read_to_string(home.join("token.json")).unwrap())["expires_at"]
             .as_i64()
@@ -800,11 +735,11 @@ fn a_bot_joins_renews_past_its_first_lifetime_and_is_refused_after_revocation() 
     stack.cli(&admin, &["users", "rm", "ci-bot"]).ok();
     stack
         .cli(&home, &["tcp", "prod-echo", "-p", "0", "--exec", &exec])
-        .fails_with("not logged in");
+        .fails("not logged in");
     // A bot cannot sign in with a password, and people cannot renew as bots.
     stack
         .password_login(&stack.home("bot-pw"), "ci-bot", "x")
-        .fails_with("password login is disabled");
+        .fails("password login is disabled");
     let admin_token = token_of(&admin);
     let (_, csr) = bamf_client::identity::key_and_csr().unwrap();
     let refused = runtime.block_on(

@@ -74,6 +74,20 @@ fn unknown_provider(name: Option<&str>) -> ApiError {
     })
 }
 
+/// The provider a sign-in asks for (`None`: the default), or the refusal, audited.
+async fn asked_provider<'s>(
+    state: &'s AppState,
+    ctx: &RequestContext,
+    asked: Option<&str>,
+) -> Result<&'s crate::sso::Provider, ApiError> {
+    if let Some(provider) = state.sso.provider(asked) {
+        return Ok(provider);
+    }
+    let name = asked.unwrap_or("-");
+    audited(state, ctx, name, "denied", "unknown_provider", None).await;
+    Err(unknown_provider(asked))
+}
+
 /// A provider failure as the caller sees it: the provider's own trouble is a 502, a token
 /// we refuse is a 401 with the reason.
 fn failure(e: &SsoFailure) -> ApiError {
@@ -86,18 +100,7 @@ fn failure(e: &SsoFailure) -> ApiError {
 pub(super) async fn begin(call: &Call<'_>, body: SsoBeginRequest) -> Result<SsoBegin, ApiError> {
     let (state, ctx) = (call.state, call.ctx);
     let asked = body.provider.as_deref();
-    let Some(provider) = state.sso.provider(asked) else {
-        audited(
-            state,
-            ctx,
-            asked.unwrap_or("-"),
-            "denied",
-            "unknown_provider",
-            None,
-        )
-        .await;
-        return Err(unknown_provider(asked));
-    };
+    let provider = asked_provider(state, ctx, asked).await?;
     let name = provider.settings.name.clone();
     if !sso::loopback_redirect(&body.redirect_uri) {
         return Err(ApiError::BadRequest(
@@ -281,18 +284,7 @@ pub(super) async fn device_begin(
 ) -> Result<SsoDevice, ApiError> {
     let (state, ctx) = (call.state, call.ctx);
     let asked = body.provider.as_deref();
-    let Some(provider) = state.sso.provider(asked) else {
-        audited(
-            state,
-            ctx,
-            asked.unwrap_or("-"),
-            "denied",
-            "unknown_provider",
-            None,
-        )
-        .await;
-        return Err(unknown_provider(asked));
-    };
+    let provider = asked_provider(state, ctx, asked).await?;
     let name = provider.settings.name.clone();
     let start = match provider.device_begin().await {
         Ok(start) => start,
