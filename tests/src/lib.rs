@@ -1468,3 +1468,13 @@ pub fn run_command(cmd: &mut Command, stdin: &str, deadline: Duration) -> Output
         stderr: err.join().unwrap_or_default(),
     }
 }
+
+/// The directory of the current `bamf` profile in `home` (`BAMF_HOME`).
+///
+/// # Panics
+///
+/// When no profile is current.
+pub fn bamf_profile_dir(home: &Path) -> PathBuf {
+    let name = std::fs::read_to_string(home.join("current-profile")).expect("a current profile");
+    home.join("profiles").join(name.trim())
+}

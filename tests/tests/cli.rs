@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bamf_tests::{Agent, Api, Bridge, Output, TempDir, binary, echo_server, workspace};
+use bamf_tests::{
+    Agent, Api, Bridge, Output, TempDir, bamf_profile_dir, binary, echo_server, workspace,
+};
 
 const BRIDGE_TOKEN: &str = "bamf_bridge-bootstrap-token-for-cli-tests";
 const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -198,13 +200,8 @@ impl Stack {
 }
 
 /// The directory of the current profile in `home`.
-fn profile_dir(home: &Path) -> PathBuf {
-    let name = std::fs::read_to_string(home.join("current-profile")).unwrap();
-    home.join("profiles").join(name.trim())
-}
-
 fn token_of(home: &Path) -> String {
-    let text = std::fs::read_to_string(profile_dir(home).join("token.json")).unwrap();
+    let text = std::fs::read_to_string(bamf_profile_dir(home).join("token.json")).unwrap();
     parse(&text)["token"].as_str().unwrap().to_owned()
 }
 
@@ -839,7 +836,7 @@ fn logins_replace_each_other_cleanly_and_failures_say_little() {
     // A login: private files, a status with expiries.
     stack.login(&carol, "carol", "carol-password-1").ok();
     assert_eq!(mode(&carol), 0o700);
-    let profile = profile_dir(&carol);
+    let profile = bamf_profile_dir(&carol);
     assert_eq!(mode(&profile), 0o700);
     for file in [
         "config.json",
@@ -1071,7 +1068,7 @@ fn first_contact_is_confirmed_before_any_credential_is_sent() {
     let yes = on_terminal(&home, &terminal_login, &format!("yes\n{ADMIN_PASSWORD}\n"));
     assert_eq!(yes.code, 0, "{yes:?}");
     assert_eq!(logins(), 1);
-    let pin = profile_dir(&home).join("ca.pem");
+    let pin = bamf_profile_dir(&home).join("ca.pem");
     assert_eq!(fingerprint_of(&pin), fingerprint);
     // Later logins verify against the pin: no question, no flag, no terminal.
     run(

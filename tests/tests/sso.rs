@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bamf_tests::{Agent, Api, Bridge, Output, TempDir, binary, echo_server, workspace};
+use bamf_tests::{
+    Agent, Api, Bridge, Output, TempDir, bamf_profile_dir, binary, echo_server, workspace,
+};
 
 const BRIDGE_TOKEN: &str = "bamf_bridge-bootstrap-token-for-sso-tests";
 const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -413,7 +415,8 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
         out.stderr.contains("http://127.0.0.1:"),
         "the URL is always printed: {out:#?}"
     );
-    let whoami = parse(&std::fs::read_to_string(home.join("token.json")).unwrap());
+    let whoami =
+        parse(&std::fs::read_to_string(bamf_profile_dir(&home).join("token.json")).unwrap());
     assert_eq!(whoami["user"], "alice");
     assert_eq!(stack.listed(&home), ["prod-echo"]);
     let script = stack.dir.path().join("echo_once.py");
@@ -471,7 +474,7 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
         )
         .ok();
     let events = parse(&audit.stdout);
-    let outcomes: Vec<String> = events
+    let outcomes: Vec<String> = events["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -495,7 +498,9 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
         .cli(&admin, &["audit", "--kind", "auth.login", "--json"])
         .ok();
     assert!(login.stdout.contains("local_login_disabled"), "{login:#?}");
-    let token = parse(&std::fs::read_to_string(home.join("token.json")).unwrap())["token"]
+    let token = parse(
+        &std::fs::read_to_string(bamf_profile_dir(&home).join("token.json")).unwrap(),
+    )["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -676,12 +681,12 @@ fn a_bot_joins_renews_past_its_first_lifetime_and_is_refused_after_revocation() 
     // The join token is one-time.
     bot_login(&stack.home("bot-again")).fails("the bot token is unknown, used or expired");
     let expiry = |home: &Path| {
-        parse(&std::fs::read_to_string(home.join("token.json")).unwrap())["expires_at"]
+        parse(&std::fs::read_to_string(bamf_profile_dir(home).join("token.json")).unwrap())["expires_at"]
             .as_i64()
             .unwrap()
     };
     let token_of = |home: &Path| {
-        parse(&std::fs::read_to_string(home.join("token.json")).unwrap())["token"]
+        parse(&std::fs::read_to_string(bamf_profile_dir(home).join("token.json")).unwrap())["token"]
             .as_str()
             .unwrap()
             .to_owned()
