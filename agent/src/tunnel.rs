@@ -11,10 +11,10 @@
 //! API): the client must then present a certificate for the same key as at first. The
 //! session ends when both directions are done, the resource fails, it sits idle for
 //! `idle_timeout`, nobody attaches again in time, the API says it ended (a kill, a
-//! revocation, a deletion: learnt from the heartbeat's answer), or shutdown cuts it; the agent then tells
-//! the API why, with the application's bytes each way. At most `max_tunnels` sessions run
-//! at once; a command beyond is dropped (the bridge gives up pairing the client after its
-//! own deadline).
+//! revocation, a deletion: learnt from the heartbeat's answer), or shutdown cuts it; the
+//! agent then tells the API why, with the application's bytes each way. At most
+//! `max_tunnels` sessions run at once; a command beyond is dropped (the bridge gives up
+//! pairing the client after its own deadline).
 
 use std::collections::HashMap;
 use std::io;

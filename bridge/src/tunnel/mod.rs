@@ -296,7 +296,7 @@ impl Pairing {
         };
         let agent = claim.agent;
         if unreachable || claim.unreachable {
-            return Prepared::Ended(self.unreachable(session, client).await);
+            return Prepared::Ended(self.unreachable(session, agent, client).await);
         }
         match tokio::join!(
             hand_over(client, Handover::Paired),
@@ -315,7 +315,7 @@ impl Pairing {
     }
 
     /// The agent could not reach the target: tell the client's side and close it.
-    async fn unreachable(&self, session: SessionId, client: Stream) -> Outcome {
+    async fn unreachable(&self, session: SessionId, agent: AgentId, client: Stream) -> Outcome {
         let _ = hand_over(client, Handover::TargetUnreachable).await;
         crate::metrics::tunnel_refused("target_unreachable");
         self.report(Event::End {
@@ -324,9 +324,14 @@ impl Pairing {
             at_ms: now_ms(),
             bytes_up: 0,
             bytes_down: 0,
-            reason: "target_unreachable".to_owned(),
+            reason: End::TargetUnreachable.as_str().to_owned(),
         });
-        Outcome::Refused("target_unreachable")
+        tracing::warn!(session = %session, agent = %agent, "tunnel: the agent could not reach the target");
+        Outcome::Relayed {
+            up: 0,
+            down: 0,
+            end: End::TargetUnreachable,
+        }
     }
 
     /// Splices a handed-over pair until it ends, is killed, drained or cut.
