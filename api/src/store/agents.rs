@@ -103,7 +103,7 @@ impl Store {
         revoked_by: &str,
         now_ms: i64,
     ) -> Result<Option<Agent>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT id, name, cert_serial, joined_at, last_seen_at FROM agents WHERE id = $1",
         )
@@ -146,7 +146,7 @@ impl Store {
         resources: &[(String, String, BTreeMap<String, String>)],
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE agents SET last_seen_at = $2 WHERE id = $1")
             .bind(agent_id)
             .bind(now_ms)

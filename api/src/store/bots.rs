@@ -28,7 +28,7 @@ impl Store {
         token_expires_at: i64,
         now_ms: i64,
     ) -> Result<BotCreated, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for role in roles {
             let exists = sqlx::query("SELECT 1 FROM roles WHERE name = $1")
                 .bind(role)
@@ -92,7 +92,7 @@ impl Store {
         token_hash: &str,
         now_ms: i64,
     ) -> Result<Option<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let used = sqlx::query(
             "UPDATE bot_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
              AND expires_at > $2 AND bot_name IN (SELECT name FROM users WHERE disabled = 0)",

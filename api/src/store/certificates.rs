@@ -96,7 +96,7 @@ impl Store {
         revoked_by: &str,
         now_ms: i64,
     ) -> Result<Revoked, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // A certificate the CA recorded is revoked by serial *and* fingerprint, whichever
         // was named, and what derives from it ends with it.
         let issued = sqlx::query(

@@ -173,7 +173,7 @@ impl Store {
         name: &str,
         now_ms: i64,
     ) -> Result<JoinOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if !use_join_token(&mut tx, token_hash, JoinKind::Agent, now_ms).await? {
             return Ok(JoinOutcome::InvalidToken);
         }
@@ -204,7 +204,7 @@ impl Store {
         ordinal: u32,
         now_ms: i64,
     ) -> Result<JoinOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if !use_join_token(&mut tx, token_hash, JoinKind::Bridge, now_ms).await? {
             return Ok(JoinOutcome::InvalidToken);
         }

@@ -77,7 +77,7 @@ impl Store {
         now_ms: i64,
         batch: u32,
     ) -> Result<PurgeOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             let locked: i32 =
                 sqlx::query("SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 1 ELSE 0 END")

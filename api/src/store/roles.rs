@@ -114,7 +114,7 @@ impl Store {
     ///
     /// [`StoreError::Database`].
     pub async fn delete_role(&self, name: &str) -> Result<RoleChange, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query("SELECT builtin FROM roles WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)

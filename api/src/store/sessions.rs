@@ -420,7 +420,7 @@ impl Store {
         detached_before: i64,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let ids: Vec<String> = sqlx::query(
             "SELECT id FROM sessions WHERE state <> 'ended' AND detached_at IS NOT NULL \
              AND detached_at < $1",
@@ -508,7 +508,7 @@ impl Store {
         silent_since: i64,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let ids: Vec<String> = sqlx::query(
             "SELECT s.id FROM sessions s JOIN bridges b ON b.ordinal = s.bridge \
              WHERE s.state <> 'ended' AND s.created_at < $1 AND s.detached_at IS NULL \
@@ -537,7 +537,7 @@ impl Store {
         lost_at: i64,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let seen: Option<i64> = sqlx::query("SELECT last_seen_at FROM bridges WHERE ordinal = $1")
             .bind(i64::from(bridge))
             .fetch_optional(&mut *tx)
@@ -567,7 +567,7 @@ impl Store {
         live: &[String],
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut ids = open_sessions_on(&mut tx, bridge, started_at).await?;
         ids.retain(|id| !live.contains(id));
         lose(&mut tx, &ids, now_ms).await?;

@@ -47,7 +47,7 @@ impl Store {
         roles: &[String],
         now_ms: i64,
     ) -> Result<SsoSignIn, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let linked = sqlx::query(
             "SELECT i.user_name, u.disabled FROM sso_identities i \
              JOIN users u ON u.name = i.user_name WHERE i.provider = $1 AND i.subject = $2",

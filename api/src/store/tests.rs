@@ -69,7 +69,12 @@ impl Fresh {
         self.store.pool.close().await;
         match self.cleanup {
             Cleanup::File(path) => {
-                let _ = std::fs::remove_file(path);
+                // With the write-ahead log's companions.
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(file);
+                }
             }
             Cleanup::Schema { admin, schema } => {
                 let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))

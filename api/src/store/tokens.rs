@@ -21,7 +21,7 @@ impl Store {
         expires_at: i64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         run_for(
             &mut tx,
             "DELETE FROM api_tokens WHERE expires_at <= $1",

@@ -124,7 +124,7 @@ impl Store {
         revoked_by: &str,
         now_ms: i64,
     ) -> Result<Option<Vec<String>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let Some(id) = sqlx::query("SELECT id FROM users WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -180,7 +180,7 @@ impl Store {
     ///
     /// [`StoreError::Database`].
     pub async fn set_password_hash(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query("UPDATE users SET password_hash = $2 WHERE name = $1")
             .bind(name)
             .bind(hash)
