@@ -415,6 +415,26 @@ fn drop_front(buf: &mut BytesMut, n: u64) {
     }
 }
 
+/// Writes a frame's header and payload together without copying them into one buffer: a
+/// vectored write, which TLS seals as one record (a frame is at most one record's worth).
+async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut head: &[u8],
+    mut payload: &[u8],
+) -> std::io::Result<()> {
+    while !head.is_empty() || !payload.is_empty() {
+        let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(payload)];
+        let n = w.write_vectored(&parts).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        payload = &payload[n - from_head..];
+    }
+    Ok(())
+}
+
 /// Reads the peer's frames, never waiting for the application: data and the FIN into the
 /// inbox (at most the peer's window of it), acknowledgements to the writer.
 async fn read_loop<R>(
@@ -604,13 +624,13 @@ where
             let from = usize::try_from(sender.out.next - sender.out.acked.min(sender.out.end))
                 .unwrap_or(usize::MAX);
             let n = (sender.buf.len() - from).min(MAX_DATA);
-            let mut frame = Vec::with_capacity(3 + n);
             let mut head = [0u8; MAX_HEADER_LEN];
             #[allow(clippy::cast_possible_truncation)] // n <= MAX_DATA
             let h = Header::Data { len: n as u16 }.write(&mut head);
-            frame.extend_from_slice(&head[..h]);
-            frame.extend_from_slice(&sender.buf[from..from + n]);
-            if tw.write_all(&frame).await.is_err() {
+            if write_frame(tw, &head[..h], &sender.buf[from..from + n])
+                .await
+                .is_err()
+            {
                 return Step::Broken;
             }
             sender.out.sent(n as u64);
@@ -703,6 +723,62 @@ mod tests {
     use super::*;
     use tokio::io::DuplexStream;
     use tokio::sync::mpsc;
+
+    /// A writer that takes at most 5 bytes per call, across the slices it is given.
+    struct Dribble(Vec<u8>);
+
+    impl AsyncWrite for Dribble {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(5);
+            self.0.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(5 - n);
+                self.0.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_written_in_pieces_arrives_whole() {
+        let mut w = Dribble(Vec::new());
+        write_frame(&mut w, b"\x02\x00\x0b", b"hello world")
+            .await
+            .unwrap();
+        assert_eq!(w.0, b"\x02\x00\x0bhello world");
+    }
 
     /// Attachments handed over a channel, as a bridge would pair them.
     struct Links(mpsc::UnboundedReceiver<DuplexStream>);
