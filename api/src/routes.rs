@@ -35,8 +35,21 @@ pub use call::Call;
 
 /// Largest request body: requests are small JSON documents (a CSR is about 500 bytes).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Most sessions a bridge's or an agent's heartbeat may list (every one it carries).
+const MAX_LISTED_SESSIONS: usize = 20_000;
+
+/// Refuses a heartbeat listing more than [`MAX_LISTED_SESSIONS`] sessions.
+fn check_listed_sessions(sessions: &[String]) -> Result<(), ApiError> {
+    if sessions.len() > MAX_LISTED_SESSIONS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_LISTED_SESSIONS} sessions"
+        )));
+    }
+    Ok(())
+}
+
 /// Largest body on bridges' and agents' routes: their heartbeats list every session they
-/// carry (up to 20 000, at about 40 bytes each). Only holders of a bridge or agent
+/// carry (up to [`MAX_LISTED_SESSIONS`], at about 40 bytes each). Only holders of a bridge or agent
 /// certificate get past authentication, and the body is read before it, so this stays a
 /// small multiple of `MAX_BODY`.
 pub const MAX_PEER_BODY: usize = 1024 * 1024;

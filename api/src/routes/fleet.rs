@@ -18,8 +18,6 @@ const AGENT_HEARTBEAT: Duration = Duration::from_secs(15);
 const AGENT_TTL: Duration = Duration::from_secs(45);
 /// Most resources one agent may report.
 const MAX_RESOURCES: usize = 1000;
-/// Sessions an agent may list in one heartbeat (as many as its tunnel limit allows).
-const MAX_SESSIONS: usize = 20_000;
 /// Most labels per resource.
 const MAX_LABELS: usize = 32;
 
@@ -30,11 +28,7 @@ pub(super) async fn agent_heartbeat(
     let crate::access::Principal::Agent(agent) = call.principal else {
         return Err(ApiError::Forbidden);
     };
-    if body.sessions.len() > MAX_SESSIONS {
-        return Err(ApiError::BadRequest(format!(
-            "at most {MAX_SESSIONS} sessions"
-        )));
-    }
+    super::check_listed_sessions(&body.sessions)?;
     if body.resources.len() > MAX_RESOURCES {
         return Err(ApiError::BadRequest(format!(
             "at most {MAX_RESOURCES} resources"

@@ -28,8 +28,6 @@ use crate::store::{CertificateRef, Report, Session, SessionFilter};
 
 /// Comment lines on an idle command stream, so proxies and the agent see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Most live sessions one heartbeat may list.
-const MAX_LIVE: usize = 20_000;
 /// Most events in one report.
 const MAX_EVENTS: usize = 1000;
 
@@ -435,9 +433,7 @@ pub(super) async fn bridge_heartbeat(
     let Principal::Bridge(ordinal) = call.principal else {
         return Err(ApiError::Forbidden);
     };
-    if body.sessions.len() > MAX_LIVE {
-        return Err(ApiError::BadRequest(format!("at most {MAX_LIVE} sessions")));
-    }
+    super::check_listed_sessions(&body.sessions)?;
     let status = BridgeStatus {
         ordinal,
         load: body.load,
