@@ -120,6 +120,7 @@ pub(crate) async fn authenticate(
                 identity,
                 serial,
                 fingerprint,
+                not_after,
             } = ctx.caller.as_ref()
             else {
                 if access == Access::UserOrCertificate {
@@ -153,6 +154,11 @@ pub(crate) async fn authenticate(
                     return refuse(actor, "wrong certificate kind", ApiError::Forbidden).await;
                 }
             };
+            // The handshake checked it then; a kept connection may be used after.
+            if crate::now_ms() > *not_after {
+                let actor = principal.actor(ctx);
+                return refuse(actor, "expired certificate", ApiError::Unauthenticated).await;
+            }
             let certificate = CertificateRef {
                 serial: Some(serial.clone()),
                 fingerprint: Some(fingerprint.clone()),

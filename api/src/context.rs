@@ -76,6 +76,9 @@ pub enum Caller {
         serial: String,
         /// SHA-256 of its DER, lower-case hex (revocations may name it instead).
         fingerprint: String,
+        /// When it expires, Unix milliseconds: checked at every request, since a kept
+        /// connection outlives the handshake that verified it.
+        not_after: i64,
     },
 }
 
@@ -96,6 +99,7 @@ impl Caller {
                 identity,
                 serial: bamf_proto::hex::encode(cert.raw_serial()),
                 fingerprint: crate::ca::fingerprint(leaf),
+                not_after: cert.validity().not_after.timestamp().saturating_mul(1000),
             },
             Err(_) => Self::Anonymous,
         }
@@ -109,6 +113,22 @@ impl Caller {
     }
 }
 
+/// An audit event happening now.
+pub fn audit_event(
+    actor: String,
+    kind: &str,
+    outcome: &str,
+    detail: &serde_json::Value,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        at: now_ms(),
+        actor,
+        kind: kind.to_owned(),
+        outcome: outcome.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
 /// Appends an audit event. A failure is logged, never shown to the caller, and does not
 /// undo the action (the store being down is already reported by `/ready`).
 pub async fn audit(
@@ -118,14 +138,12 @@ pub async fn audit(
     outcome: &str,
     detail: serde_json::Value,
 ) {
-    let event = NewAuditEvent {
-        at: now_ms(),
-        actor,
-        kind: kind.to_owned(),
-        outcome: outcome.to_owned(),
-        detail: detail.to_string(),
-    };
-    if let Err(e) = state.store.append_audit(&event).await {
-        tracing::error!(error = %e, kind, "audit event could not be written");
+    append(state, &audit_event(actor, kind, outcome, &detail)).await;
+}
+
+/// Appends `event`; a failure is logged (see [`audit`]).
+pub async fn append(state: &AppState, event: &NewAuditEvent) {
+    if let Err(e) = state.store.append_audit(event).await {
+        tracing::error!(error = %e, kind = event.kind, "audit event could not be written");
     }
 }

@@ -507,6 +507,21 @@ async fn issue_for(
     dns: Option<&bamf_proto::HostName>,
     lifetime: std::time::Duration,
 ) -> Result<crate::ca::Issued, ApiError> {
+    let (issued, record) = sign(state, csr, identity, dns, lifetime)?;
+    state.store.record_certificate(&record).await?;
+    Ok(issued)
+}
+
+/// Signs a certificate for `identity` and says how to record it; the caller records it
+/// (before handing it out) in the same transaction as what it is for, or alone
+/// ([`issue_for`]).
+fn sign(
+    state: &AppState,
+    csr: &str,
+    identity: &Identity,
+    dns: Option<&bamf_proto::HostName>,
+    lifetime: std::time::Duration,
+) -> Result<(crate::ca::Issued, crate::store::NewCertificate), ApiError> {
     use crate::store::CertificateSubject as Subject;
     let now = time::OffsetDateTime::now_utc();
     let issued = state
@@ -519,17 +534,14 @@ async fn issue_for(
         Identity::Bridge { ordinal } => Subject::Bridge(*ordinal),
         Identity::Client { session, .. } => Subject::Session(session.to_string()),
     };
-    state
-        .store
-        .record_certificate(
-            &issued.serial,
-            &issued.fingerprint,
-            &subject,
-            crate::unix_ms(now),
-            crate::unix_ms(issued.not_after),
-        )
-        .await?;
-    Ok(issued)
+    let record = crate::store::NewCertificate {
+        serial: issued.serial.clone(),
+        fingerprint: issued.fingerprint.clone(),
+        subject,
+        issued_at: crate::unix_ms(now),
+        expires_at: crate::unix_ms(issued.not_after),
+    };
+    Ok((issued, record))
 }
 
 /// A page's cursor (opaque to clients) as the number it stands for.

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bamf_api::ca::Authority;
@@ -152,6 +153,83 @@ async fn a_client_certificate_from_our_ca_identifies_the_caller_and_others_are_r
             "{label} certificate accepted: exit {exit}, status {status}"
         );
     }
+}
+
+/// A certificate is checked at every request, not only in the handshake: a connection kept
+/// open (as agents, bridges and the CLI keep theirs) is refused once its certificate expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_is_refused_once_its_certificate_expires() {
+    let dir = TempDir::new("api-expiry");
+    let url = sqlite_url(dir.path());
+    let api = Api::start(&["--database-url", &url]).unwrap();
+    let ca_pem = std::fs::read_to_string(api.fetch_ca(dir.path())).unwrap();
+    let ca = bamf_tests::stored_ca(&url).await.unwrap();
+    let bridge = Identity::Bridge { ordinal: 0 };
+    // Valid for 4 more seconds.
+    let issued_at = time::OffsetDateTime::now_utc() - Duration::from_secs(56);
+    let (cert, key) = client_cert(
+        &ca,
+        &bridge,
+        Duration::from_secs(60),
+        issued_at,
+        dir.path(),
+        "b",
+    );
+    let tls = bamf_client::tls_config(
+        &ca_pem,
+        Some((
+            &std::fs::read_to_string(cert).unwrap(),
+            &std::fs::read_to_string(key).unwrap(),
+        )),
+        &[b"http/1.1"],
+    )
+    .unwrap();
+    let reused = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reused.clone();
+    let client =
+        bamf_client::https::Api::new(&format!("https://localhost:{}", api.addr.port()), tls)
+            .unwrap()
+            .connect_to(Some(api.addr))
+            .pooled()
+            .observed(Arc::new(move |x| seen.lock().unwrap().push(x.reused)));
+    let who: serde_json::Value = client
+        .call(http::Method::GET, "/api/v1/whoami", None::<&()>, None)
+        .await
+        .unwrap();
+    assert_eq!(who["kind"], "bridge");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let late = client
+        .call::<serde_json::Value>(http::Method::GET, "/api/v1/whoami", None::<&()>, None)
+        .await;
+    assert_eq!(
+        *reused.lock().unwrap(),
+        vec![false, true],
+        "one connection, kept"
+    );
+    match late {
+        Err(bamf_client::https::HttpsError::Status { status, code, .. }) => {
+            assert_eq!((status.as_u16(), code.as_str()), (401, "unauthenticated"));
+        }
+        other => panic!("an expired certificate was served: {other:?}"),
+    }
+    let store = Store::connect(&url).await.unwrap();
+    let refused = store
+        .audit(
+            &bamf_api::store::AuditFilter {
+                kind: Some("auth.refused".into()),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.event.actor == "bridge:0" && e.event.detail.contains("expired certificate")),
+        "refusal audited: {refused:?}"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::access::Principal;
-use crate::context::{AppState, RequestContext, audit};
+use crate::context::{AppState, RequestContext, append, audit_event};
 use crate::error::ApiError;
 
 /// One request, authenticated, with its body read: what handlers get.
@@ -73,11 +73,32 @@ impl Call<'_> {
         actor: String,
         kind: &str,
         outcome: &str,
-        mut detail: serde_json::Value,
+        detail: serde_json::Value,
     ) {
+        append(self.state, &self.event_as(actor, kind, outcome, detail)).await;
+    }
+
+    /// The event [`Call::audit`] would append, for the caller to write in a transaction of
+    /// its own.
+    pub fn audit_event(
+        &self,
+        kind: &str,
+        outcome: &str,
+        detail: serde_json::Value,
+    ) -> crate::store::NewAuditEvent {
+        self.event_as(self.actor(), kind, outcome, detail)
+    }
+
+    fn event_as(
+        &self,
+        actor: String,
+        kind: &str,
+        outcome: &str,
+        mut detail: serde_json::Value,
+    ) -> crate::store::NewAuditEvent {
         if let Some(object) = detail.as_object_mut() {
             object.insert("request_id".into(), self.ctx.request_id.clone().into());
         }
-        audit(self.state, actor, kind, outcome, detail).await;
+        audit_event(actor, kind, outcome, &detail)
     }
 }

@@ -148,6 +148,7 @@ pub(super) async fn whoami(call: &Call<'_>) -> Result<Whoami, ApiError> {
         identity,
         serial,
         fingerprint,
+        ..
     } = call.ctx.caller.as_ref()
     else {
         return Err(ApiError::Unauthenticated);

@@ -110,32 +110,52 @@ pub(super) async fn connect(
         agent,
         bridge: bridge.ordinal,
     };
+    // Signed before anything is written: the session row, its certificate and the audit
+    // event that allowed it go in one transaction (one commit on the setup path), before
+    // the certificate is handed out (a certificate revoked at once finds its session).
+    let (issued, record) = super::sign(
+        state,
+        &body.csr,
+        &identity,
+        None,
+        state.lifetimes.for_identity(&identity),
+    )?;
+    let allowed = call.audit_event(
+        "connect",
+        "allowed",
+        detail(serde_json::json!({"session": session.to_string(), "bridge": bridge.ordinal,
+            "allowed_by": match &decision { rbac::Decision::Allowed { role } => Some(role.as_str()), _ => None }})),
+    );
     let now = now_ms();
     state
         .store
-        .create_session(&Session {
-            id: session.to_string(),
-            user: user.to_owned(),
-            resource: resource.name.clone(),
-            agent_id: resource.agent_id.clone(),
-            bridge: bridge.ordinal,
-            state: "pending".into(),
-            created_at: now,
-            started_at: None,
-            ended_at: None,
-            bytes_up: 0,
-            bytes_down: 0,
-            end_reason: None,
-            client_key: Some(client_key),
-            bridges: vec![bridge.ordinal],
-            reattaches: 0,
-            detached_at: None,
-        })
+        .create_session(
+            &Session {
+                id: session.to_string(),
+                user: user.to_owned(),
+                resource: resource.name.clone(),
+                agent_id: resource.agent_id.clone(),
+                bridge: bridge.ordinal,
+                state: "pending".into(),
+                created_at: now,
+                started_at: None,
+                ended_at: None,
+                bytes_up: 0,
+                bytes_down: 0,
+                end_reason: None,
+                client_key: Some(client_key),
+                bridges: vec![bridge.ordinal],
+                reattaches: 0,
+                detached_at: None,
+            },
+            &record,
+            &allowed,
+        )
         .await?;
-    // After the row: a certificate revoked at once finds its session to end.
-    let issued = super::issue(state, &body.csr, &identity, None).await?;
     let bridge_host = tell_agent(state, session, agent, &resource.name, bridge.ordinal).await?;
     if bridge_host.is_none() {
+        // Allowed and recorded, but the agent's command stream went away meanwhile: the
+        // session ends at once, with the reason in its row.
         let _ = state
             .store
             .end_session(&session.to_string(), "agent_unreachable", now_ms())
@@ -144,13 +164,6 @@ pub(super) async fn connect(
             "the resource's agent is not listening for commands",
         ));
     }
-    call.audit(
-        "connect",
-        "allowed",
-        detail(serde_json::json!({"session": session.to_string(), "bridge": bridge.ordinal,
-            "allowed_by": match &decision { rbac::Decision::Allowed { role } => Some(role.as_str()), _ => None }})),
-    )
-    .await;
     Ok(SessionGrant {
         session_id: session.to_string(),
         kind: resource.kind.parse().map_err(|_| ApiError::Internal)?,
@@ -313,21 +326,27 @@ pub(super) async fn session_ended(call: &Call<'_>, body: SessionEnd) -> Result<(
         i64::try_from(body.bytes_up).unwrap_or(i64::MAX),
         i64::try_from(body.bytes_down).unwrap_or(i64::MAX),
     );
-    if !call
-        .state
-        .store
-        .end_session_by_agent(&id, &agent.to_string(), &body.reason, bytes, now_ms())
-        .await?
-    {
-        return Err(ApiError::NotFound);
-    }
-    call.audit(
+    let ended = call.audit_event(
         "session.end",
         "allowed",
         serde_json::json!({"session": id, "reason": body.reason, "bytes_up": body.bytes_up,
             "bytes_down": body.bytes_down, "reattaches": body.reattaches, "paused_ms": body.paused_ms}),
-    )
-    .await;
+    );
+    if !call
+        .state
+        .store
+        .end_session_by_agent(
+            &id,
+            &agent.to_string(),
+            &body.reason,
+            bytes,
+            now_ms(),
+            &ended,
+        )
+        .await?
+    {
+        return Err(ApiError::NotFound);
+    }
     Ok(())
 }
 
@@ -477,7 +496,7 @@ pub(super) async fn bridge_reports(
     if body.events.len() > MAX_EVENTS {
         return Err(ApiError::BadRequest(format!("at most {MAX_EVENTS} events")));
     }
-    let mut applied = 0;
+    let mut reports = Vec::with_capacity(body.events.len());
     for event in body.events {
         let (session, report, kind) = match event {
             SessionEvent::Start { session, at_ms } => {
@@ -507,20 +526,26 @@ pub(super) async fn bridge_reports(
             }
         };
         let id = session.to_string();
-        if call.state.store.apply_report(&id, ordinal, &report).await? {
+        let detail = match &report {
+            Report::Started { .. } => serde_json::json!({"session": id}),
+            Report::Ended {
+                bytes_up,
+                bytes_down,
+                reason,
+                ..
+            } => {
+                serde_json::json!({"session": id, "bytes_up": bytes_up, "bytes_down": bytes_down, "reason": reason})
+            }
+        };
+        let event = call.audit_event(kind, "allowed", detail);
+        reports.push((id, report, event));
+    }
+    // One transaction for the whole report.
+    let done = call.state.store.apply_reports(ordinal, &reports).await?;
+    let mut applied = 0;
+    for ((id, _, _), done) in reports.iter().zip(done) {
+        if done {
             applied += 1;
-            let detail = match &report {
-                Report::Started { .. } => serde_json::json!({"session": id}),
-                Report::Ended {
-                    bytes_up,
-                    bytes_down,
-                    reason,
-                    ..
-                } => {
-                    serde_json::json!({"session": id, "bytes_up": bytes_up, "bytes_down": bytes_down, "reason": reason})
-                }
-            };
-            call.audit(kind, "allowed", detail).await;
         } else {
             tracing::warn!(session = %id, bridge = ordinal, "report for an unknown session or another bridge's: ignored");
         }

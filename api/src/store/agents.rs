@@ -57,7 +57,7 @@ impl Store {
         sqlx::query("UPDATE agents SET cert_serial = $2 WHERE id = $1")
             .bind(id)
             .bind(serial)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -58,6 +58,25 @@ pub(super) fn audit_event(r: &AnyRow) -> Result<AuditEvent, StoreError> {
     })
 }
 
+/// Inserts `e` (as part of a larger transaction or on its own); its id.
+pub(super) async fn insert_audit(
+    conn: &mut sqlx::AnyConnection,
+    e: &NewAuditEvent,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "INSERT INTO audit_events (at, actor, kind, outcome, detail) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(e.at)
+    .bind(&e.actor)
+    .bind(&e.kind)
+    .bind(&e.outcome)
+    .bind(&e.detail)
+    .fetch_one(conn)
+    .await?;
+    Ok(row.try_get(0)?)
+}
+
 impl Store {
     /// Appends an audit event and returns its id.
     ///
@@ -65,18 +84,8 @@ impl Store {
     ///
     /// [`StoreError::Database`].
     pub async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO audit_events (at, actor, kind, outcome, detail) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(e.at)
-        .bind(&e.actor)
-        .bind(&e.kind)
-        .bind(&e.outcome)
-        .bind(&e.detail)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
+        let mut conn = self.writer.acquire().await?;
+        insert_audit(&mut conn, e).await
     }
 
     /// Audit events matching `filter`, newest first, at most `limit` (capped at

@@ -27,7 +27,7 @@ impl Store {
         sqlx::query("UPDATE bridges SET cert_serial = $2 WHERE ordinal = $1")
             .bind(i64::from(ordinal))
             .bind(serial)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -64,7 +64,7 @@ impl Store {
         sqlx::query("UPDATE bridges SET last_seen_at = $2 WHERE ordinal = $1")
             .bind(i64::from(ordinal))
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -66,7 +66,7 @@ impl Store {
         .bind(&ca.key_pem)
         .bind(i64::from(ca.key_encrypted))
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.ca()
             .await?
@@ -84,7 +84,7 @@ impl Store {
         )
         .bind(key_pem)
         .bind(i64::from(encrypted))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

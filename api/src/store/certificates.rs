@@ -4,6 +4,21 @@ use sqlx::Row;
 
 use super::*;
 
+/// A certificate the CA has just issued, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCertificate {
+    /// Serial, lower-case hex.
+    pub serial: String,
+    /// SHA-256 of the certificate's DER, lower-case hex.
+    pub fingerprint: String,
+    /// Whom it names.
+    pub subject: CertificateSubject,
+    /// Unix milliseconds.
+    pub issued_at: i64,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
 /// Which certificate to revoke or to check: by serial, by fingerprint, or both.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CertificateRef {
@@ -57,6 +72,35 @@ pub struct Revocation {
 pub(super) const RECORD: &str = "INSERT INTO issued_certificates \
                       (serial, fingerprint, kind, subject, issued_at, expires_at) \
                       VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Inserts `c` (as part of a larger transaction or on its own).
+pub(super) async fn insert_certificate(
+    conn: &mut sqlx::AnyConnection,
+    c: &NewCertificate,
+) -> Result<(), StoreError> {
+    let (sql, kind, key) = match &c.subject {
+        CertificateSubject::User(name) => (
+            "INSERT INTO issued_certificates \
+             (serial, fingerprint, kind, subject, issued_at, expires_at) \
+             SELECT $1, $2, $3, id, $5, $6 FROM users WHERE name = $4",
+            "user",
+            name.clone(),
+        ),
+        CertificateSubject::Agent(id) => (RECORD, "agent", id.clone()),
+        CertificateSubject::Bridge(ordinal) => (RECORD, "bridge", ordinal.to_string()),
+        CertificateSubject::Session(id) => (RECORD, "client", id.clone()),
+    };
+    sqlx::query(sql)
+        .bind(&c.serial)
+        .bind(&c.fingerprint)
+        .bind(kind)
+        .bind(key)
+        .bind(c.issued_at)
+        .bind(c.expires_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
 
 /// Revokes every unexpired certificate recorded for `kind`/`subject`, by serial and
 /// fingerprint.
@@ -164,36 +208,9 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::Database`].
-    pub async fn record_certificate(
-        &self,
-        serial: &str,
-        fingerprint: &str,
-        subject: &CertificateSubject,
-        issued_at: i64,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        let (sql, kind, key) = match subject {
-            CertificateSubject::User(name) => (
-                "INSERT INTO issued_certificates \
-                 (serial, fingerprint, kind, subject, issued_at, expires_at) \
-                 SELECT $1, $2, $3, id, $5, $6 FROM users WHERE name = $4",
-                "user",
-                name.clone(),
-            ),
-            CertificateSubject::Agent(id) => (RECORD, "agent", id.clone()),
-            CertificateSubject::Bridge(ordinal) => (RECORD, "bridge", ordinal.to_string()),
-            CertificateSubject::Session(id) => (RECORD, "client", id.clone()),
-        };
-        sqlx::query(sql)
-            .bind(serial)
-            .bind(fingerprint)
-            .bind(kind)
-            .bind(key)
-            .bind(issued_at)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    pub async fn record_certificate(&self, c: &NewCertificate) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        insert_certificate(&mut conn, c).await
     }
 
     /// Whether the certificate is revoked by its serial or by its fingerprint.

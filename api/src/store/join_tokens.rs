@@ -80,7 +80,7 @@ impl Store {
         .bind(t.max_uses)
         .bind(&t.created_by)
         .bind(t.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -111,7 +111,7 @@ impl Store {
         .bind(i64::MAX / 2)
         .bind(i64::MAX / 2)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -154,7 +154,7 @@ impl Store {
     pub async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE join_tokens SET revoked = 1 WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -81,7 +81,7 @@ impl Store {
         .bind(name)
         .bind(rules.to_json())
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -99,7 +99,7 @@ impl Store {
         let done = sqlx::query("UPDATE roles SET rules = $2 WHERE name = $1")
             .bind(name)
             .bind(rules.to_json())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(if done.rows_affected() == 1 {
             RoleChange::Done

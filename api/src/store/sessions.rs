@@ -206,12 +206,20 @@ pub(super) async fn lose(
 }
 
 impl Store {
-    /// Records a new, pending session.
+    /// Records a new, pending session with the certificate issued for it and the audit
+    /// event that allowed it, in one transaction (one commit, one sync to disk: this is on
+    /// every session's setup path).
     ///
     /// # Errors
     ///
     /// [`StoreError::Database`].
-    pub async fn create_session(&self, s: &Session) -> Result<(), StoreError> {
+    pub async fn create_session(
+        &self,
+        s: &Session,
+        certificate: &NewCertificate,
+        audit: &NewAuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO sessions (id, user_name, resource, agent_id, bridge, state, created_at, \
              client_key, bridges) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8)",
@@ -224,8 +232,11 @@ impl Store {
         .bind(s.created_at)
         .bind(s.client_key.as_deref())
         .bind(s.bridge.to_string())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        super::certificates::insert_certificate(&mut tx, certificate).await?;
+        super::audit::insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -288,13 +299,15 @@ impl Store {
         .bind(id)
         .bind(reason)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Applies a bridge's report about a session it carried; `false` when the session is
-    /// unknown or never went through that bridge. A start attaches the session (no longer
+    /// Applies a bridge's reports about sessions it carried, each with its audit event,
+    /// in one transaction (a busy bridge reports many sessions at once); for each, whether
+    /// it applied — `false` when the session is unknown or never went through that bridge
+    /// (its event is then not written). A start attaches the session (no longer
     /// detached). An end adds the bytes (until the agent gave its own account, whose
     /// application byte counts replace the bridges' ciphertext ones) and, when it is the
     /// session's current bridge, detaches it, unless the reason ends the session itself
@@ -303,60 +316,22 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::Database`].
-    pub async fn apply_report(
+    pub async fn apply_reports(
         &self,
-        id: &str,
         bridge: u32,
-        report: &Report,
-    ) -> Result<bool, StoreError> {
-        let through = format!("%,{bridge},%");
-        let done = match report {
-            Report::Started { at } => {
-                sqlx::query(
-                    "UPDATE sessions SET state = CASE WHEN state = 'pending' THEN 'active' ELSE state END, \
-                     started_at = COALESCE(started_at, $3), \
-                     detached_at = CASE WHEN state = 'ended' THEN detached_at ELSE NULL END \
-                     WHERE id = $1 AND bridge = $2",
-                )
-                .bind(id)
-                .bind(i64::from(bridge))
-                .bind(*at)
-                .execute(&self.pool)
-                .await?
+        reports: &[(String, Report, NewAuditEvent)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut applied = Vec::with_capacity(reports.len());
+        for (id, report, event) in reports {
+            let done = apply_report(&mut tx, id, bridge, report).await?;
+            if done {
+                super::audit::insert_audit(&mut tx, event).await?;
             }
-            Report::Ended {
-                started_at,
-                at,
-                bytes_up,
-                bytes_down,
-                reason,
-            } => {
-                let last = i64::from(FINAL_AT_BRIDGE.contains(&reason.as_str()));
-                sqlx::query(
-                    "UPDATE sessions SET started_at = COALESCE(started_at, $3), \
-                     bytes_up = CASE WHEN agent_reported = 1 THEN bytes_up ELSE bytes_up + $5 END, \
-                     bytes_down = CASE WHEN agent_reported = 1 THEN bytes_down ELSE bytes_down + $6 END, \
-                     detached_at = CASE WHEN state <> 'ended' AND bridge = $2 AND $8 = 0 \
-                       THEN COALESCE(detached_at, $4) ELSE detached_at END, \
-                     end_reason = CASE WHEN $8 = 1 THEN COALESCE(end_reason, $7) ELSE end_reason END, \
-                     ended_at = CASE WHEN $8 = 1 THEN COALESCE(ended_at, $4) ELSE ended_at END, \
-                     state = CASE WHEN $8 = 1 THEN 'ended' ELSE state END \
-                     WHERE id = $1 AND (bridge = $2 OR ',' || bridges || ',' LIKE $9)",
-                )
-                .bind(id)
-                .bind(i64::from(bridge))
-                .bind(*started_at)
-                .bind(*at)
-                .bind(*bytes_up)
-                .bind(*bytes_down)
-                .bind(reason)
-                .bind(last)
-                .bind(&through)
-                .execute(&self.pool)
-                .await?
-            }
-        };
-        Ok(done.rows_affected() == 1)
+            applied.push(done);
+        }
+        tx.commit().await?;
+        Ok(applied)
     }
 
     /// The session's path broke and its client asked to go on through `bridge`: it is
@@ -373,14 +348,14 @@ impl Store {
         .bind(id)
         .bind(i64::from(bridge))
         .bind(bridge.to_string())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// The agent's account of a session of its own that is over: it ends (an earlier reason
-    /// stays) and its byte counts become the application's. `false` when the session is
-    /// unknown or another agent's.
+    /// stays) and its byte counts become the application's, with `audit` in the same
+    /// transaction. `false` when the session is unknown or another agent's (nothing written).
     ///
     /// # Errors
     ///
@@ -392,7 +367,9 @@ impl Store {
         reason: &str,
         bytes: (i64, i64),
         now_ms: i64,
+        audit: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE sessions SET state = 'ended', ended_at = COALESCE(ended_at, $3), \
              end_reason = COALESCE(end_reason, $4), bytes_up = $5, bytes_down = $6, \
@@ -404,9 +381,15 @@ impl Store {
         .bind(reason)
         .bind(bytes.0)
         .bind(bytes.1)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if done {
+            super::audit::insert_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Ends `resume_timeout` the sessions detached before `detached_before` (neither side
@@ -574,4 +557,59 @@ impl Store {
         tx.commit().await?;
         Ok(ids)
     }
+}
+
+/// One of [`Store::apply_reports`].
+async fn apply_report(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    bridge: u32,
+    report: &Report,
+) -> Result<bool, StoreError> {
+    let through = format!("%,{bridge},%");
+    let done = match report {
+        Report::Started { at } => sqlx::query(
+            "UPDATE sessions SET state = CASE WHEN state = 'pending' THEN 'active' ELSE state END, \
+                 started_at = COALESCE(started_at, $3), \
+                 detached_at = CASE WHEN state = 'ended' THEN detached_at ELSE NULL END \
+                 WHERE id = $1 AND bridge = $2",
+        )
+        .bind(id)
+        .bind(i64::from(bridge))
+        .bind(*at)
+        .execute(&mut *conn)
+        .await?,
+        Report::Ended {
+            started_at,
+            at,
+            bytes_up,
+            bytes_down,
+            reason,
+        } => {
+            let last = i64::from(FINAL_AT_BRIDGE.contains(&reason.as_str()));
+            sqlx::query(
+                "UPDATE sessions SET started_at = COALESCE(started_at, $3), \
+                 bytes_up = CASE WHEN agent_reported = 1 THEN bytes_up ELSE bytes_up + $5 END, \
+                 bytes_down = CASE WHEN agent_reported = 1 THEN bytes_down ELSE bytes_down + $6 END, \
+                 detached_at = CASE WHEN state <> 'ended' AND bridge = $2 AND $8 = 0 \
+                   THEN COALESCE(detached_at, $4) ELSE detached_at END, \
+                 end_reason = CASE WHEN $8 = 1 THEN COALESCE(end_reason, $7) ELSE end_reason END, \
+                 ended_at = CASE WHEN $8 = 1 THEN COALESCE(ended_at, $4) ELSE ended_at END, \
+                 state = CASE WHEN $8 = 1 THEN 'ended' ELSE state END \
+                 WHERE id = $1 AND (bridge = $2 OR ',' || bridges || ',' LIKE $9)",
+            )
+            .bind(id)
+            .bind(i64::from(bridge))
+            .bind(*started_at)
+            .bind(*at)
+            .bind(*bytes_up)
+            .bind(*bytes_down)
+            .bind(reason)
+            .bind(last)
+            .bind(&through)
+            .execute(&mut *conn)
+            .await?
+        }
+    };
+    Ok(done.rows_affected() == 1)
 }

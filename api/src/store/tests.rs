@@ -66,7 +66,7 @@ impl Fresh {
     }
 
     async fn drop_now(self) {
-        self.store.pool.close().await;
+        self.store.close().await;
         match self.cleanup {
             Cleanup::File(path) => {
                 // With the write-ahead log's companions.
@@ -105,7 +105,7 @@ async fn both_backends_migrate_and_answer() {
             .await
             .unwrap();
         assert_eq!(kept.len(), 1, "{backend:?}");
-        again.pool.close().await;
+        again.close().await;
         fresh.drop_now().await;
     }
     assert!(matches!(
@@ -480,6 +480,27 @@ async fn roles_are_created_changed_and_deleted_except_builtins() {
     }
 }
 
+/// Creates `session` as `POST /connect` does: with a certificate (serial `s-<id>`) and an
+/// audit event (now) in the same transaction.
+async fn create_session(s: &Store, session: &Session) {
+    let certificate = NewCertificate {
+        serial: format!("s-{}", session.id),
+        fingerprint: format!("fp-s-{}", session.id),
+        subject: CertificateSubject::Session(session.id.clone()),
+        issued_at: session.created_at,
+        expires_at: session.created_at + 60_000,
+    };
+    let mut allowed = event(
+        crate::now_ms(),
+        &format!("user:{}", session.user),
+        "connect",
+    );
+    allowed.detail = serde_json::json!({"session": session.id}).to_string();
+    s.create_session(session, &certificate, &allowed)
+        .await
+        .unwrap();
+}
+
 fn session(id: &str, user: &str, agent: &str, bridge: u32) -> Session {
     Session {
         id: id.into(),
@@ -560,6 +581,66 @@ async fn tokens_are_bound_to_the_user_not_the_name() {
     }
 }
 
+/// A session, its certificate and the audit event that allowed it are written together or
+/// not at all.
+#[tokio::test]
+async fn a_session_its_certificate_and_its_audit_event_commit_together() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let s = &fresh.store;
+        create_session(s, &session("s1", "bob", "a1", 0)).await;
+        assert!(s.session("s1").await.unwrap().is_some());
+        let by_serial = CertificateRef {
+            serial: Some("s-s1".into()),
+            fingerprint: None,
+        };
+        let revoked = s
+            .revoke(&by_serial, "test", "user:admin", 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            revoked.kind.as_deref(),
+            Some("client"),
+            "certificate recorded"
+        );
+        assert_eq!(revoked.ended_sessions, vec!["s1".to_owned()]);
+        let events = s.audit(&AuditFilter::default(), None, 100).await.unwrap();
+        assert!(
+            events.iter().any(|e| e.event.detail.contains("\"s1\"")),
+            "audit event written: {events:?}"
+        );
+
+        // The certificate's serial is taken: nothing of the second session is kept.
+        let certificate = NewCertificate {
+            serial: "s-s1".into(),
+            fingerprint: "another".into(),
+            subject: CertificateSubject::Session("s2".into()),
+            issued_at: 1,
+            expires_at: 60_000,
+        };
+        let mut allowed = event(crate::now_ms(), "user:bob", "connect");
+        allowed.detail = serde_json::json!({"session": "s2"}).to_string();
+        let before = s
+            .audit(&AuditFilter::default(), None, 100)
+            .await
+            .unwrap()
+            .len();
+        assert!(
+            s.create_session(&session("s2", "bob", "a1", 0), &certificate, &allowed)
+                .await
+                .is_err()
+        );
+        assert!(s.session("s2").await.unwrap().is_none(), "no session row");
+        let after = s
+            .audit(&AuditFilter::default(), None, 100)
+            .await
+            .unwrap()
+            .len();
+        assert_eq!(before, after, "no audit event");
+        fresh.drop_now().await;
+    }
+}
+
 /// Revoking a recorded certificate by serial or by fingerprint ends what derives from it: a
 /// session certificate its session, a user certificate the user's tokens and sessions, an
 /// agent certificate the agent's sessions; deleting a user revokes their certificates.
@@ -578,14 +659,18 @@ async fn revocation_ends_everything_derived_from_the_certificate() {
             ("s4", "carol", "a2"),
             ("s5", "carol", "a2"),
         ] {
-            s.create_session(&session(id, user, agent, 0))
-                .await
-                .unwrap();
+            create_session(s, &session(id, user, agent, 0)).await;
         }
         let record = |serial: &'static str, subject: CertificateSubject| async move {
-            s.record_certificate(serial, &format!("fp{serial}"), &subject, 1, 100_000)
-                .await
-                .unwrap();
+            s.record_certificate(&NewCertificate {
+                serial: serial.into(),
+                fingerprint: format!("fp{serial}"),
+                subject,
+                issued_at: 1,
+                expires_at: 100_000,
+            })
+            .await
+            .unwrap();
         };
         record("01", CertificateSubject::Session("s5".into())).await;
         record("02", CertificateSubject::User("bob".into())).await;

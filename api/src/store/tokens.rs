@@ -81,7 +81,7 @@ impl Store {
     pub async fn delete_token(&self, token_hash: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM api_tokens WHERE token_hash = $1")
             .bind(token_hash)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

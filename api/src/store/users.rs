@@ -38,7 +38,7 @@ impl Store {
         .bind(password_hash)
         .bind(now_ms)
         .bind(new_id()?)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -210,7 +210,7 @@ impl Store {
         )
         .bind(user)
         .bind(role)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -224,7 +224,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM role_bindings WHERE user_name = $1 AND role_name = $2")
             .bind(user)
             .bind(role)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
