@@ -131,9 +131,12 @@ impl Tls {
 }
 
 fn api(config: &Config, tls: Arc<rustls::ClientConfig>) -> Result<Api, EnrollError> {
+    // Kept connections: an agent reports every session's end, and a TLS handshake per report
+    // cost the API more than opening the session did. Rebuilt (a new pool) at each renewal.
     Ok(Api::new(config.api_url.as_str(), tls)
         .map_err(EnrollError::Api)?
-        .connect_to(config.api_address))
+        .connect_to(config.api_address)
+        .pooled())
 }
 
 /// Why the agent has no usable identity. Every variant needs an operator; the agent exits.

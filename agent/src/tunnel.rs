@@ -340,20 +340,26 @@ async fn open(
         );
         None
     };
-    let connect = resource.address.connect();
-    let target = match tokio::time::timeout(config.limits.connect_timeout, connect).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err((
-            DialOutcome::resource(&e),
-            format!("{}: {e}", resource.address),
-        )),
-        Err(_) => Err((
-            DialOutcome::ResourceTimeout,
-            format!("{}: connect timed out", resource.address),
-        )),
+    let connect = async {
+        match tokio::time::timeout(config.limits.connect_timeout, resource.address.connect()).await
+        {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err((
+                DialOutcome::resource(&e),
+                format!("{}: {e}", resource.address),
+            )),
+            Err(_) => Err((
+                DialOutcome::ResourceTimeout,
+                format!("{}: connect timed out", resource.address),
+            )),
+        }
     };
     let current = tls.borrow().clone();
-    let mut bridge = match cut.run_until_cancelled(dial(config, &current, cmd)).await {
+    let (target, bridge) = tokio::join!(
+        connect,
+        cut.run_until_cancelled(dial(config, &current, cmd))
+    );
+    let mut bridge = match bridge {
         Some(Ok(stream)) => stream,
         Some(Err(e)) => return fail(DialOutcome::bridge(&e), "bridge", &e),
         None => return fail(DialOutcome::Shutdown, "bridge", &"cut by shutdown"),

@@ -24,6 +24,9 @@ use crate::tunnel::{CertSlot, Pairing, certified_key};
 pub const REPORT_QUEUE: usize = 100_000;
 /// Events per report request.
 const REPORT_BATCH: usize = 500;
+/// How long the first event of a report waits for others to go with it: a busy bridge sends
+/// one request for many sessions' events, not one per event (each is a write at the API).
+const REPORT_LINGER: Duration = Duration::from_millis(50);
 /// Retry back-off bounds for reports and heartbeats (jittered: a StatefulSet's bridges must
 /// not retry in lock-step).
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -129,9 +132,13 @@ fn api_client(
         &[b"http/1.1"],
     )
     .map_err(|e| EnrollError::Tls(e.to_string()))?;
+    // Kept connections: heartbeats every second and reports for every session's events; a
+    // TLS handshake each cost the API more than opening the session did. Rebuilt (a new pool)
+    // at each renewal.
     Ok(Api::new(&config.api_url, tls)
         .map_err(EnrollError::Join)?
-        .connect_to(config.api_address))
+        .connect_to(config.api_address)
+        .pooled())
 }
 
 /// The running control loops' handles.
@@ -350,6 +357,16 @@ async fn reports(
                 () = stop.cancelled() => {
                     if events.is_empty() { return }
                     events.recv_many(&mut batch, REPORT_BATCH).await;
+                }
+            }
+            let linger = tokio::time::sleep(REPORT_LINGER);
+            tokio::pin!(linger);
+            while batch.len() < REPORT_BATCH {
+                let room = REPORT_BATCH - batch.len();
+                tokio::select! {
+                    n = events.recv_many(&mut batch, room) => if n == 0 { break },
+                    () = &mut linger => break,
+                    () = stop.cancelled() => break,
                 }
             }
         }

@@ -1,8 +1,11 @@
 //! JSON over HTTPS to the API: deadlines on connect and on the whole exchange, bounded
-//! answers. By default one connection per request (agents and bridges make a request every
-//! few seconds at most); [`Api::pooled`] keeps connections open for the next request (the
-//! CLI: one connection per command). Optionally through an HTTP proxy ([`Api::with_proxies`])
-//! and observed request by request ([`Api::observed`], the CLI's `--debug`).
+//! answers. By default one connection per request; [`Api::pooled`] keeps connections open
+//! for the next request (the CLI: one connection per command; agents and bridges, which
+//! report every session's events: a handshake per report cost the API more than the
+//! session's setup). The API checks a client certificate's expiry and revocation at every
+//! request, not only in the handshake, so a kept connection grants nothing more. Optionally
+//! through an HTTP proxy ([`Api::with_proxies`]) and observed request by request
+//! ([`Api::observed`], the CLI's `--debug`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -679,6 +679,15 @@ labels = {{ env = "test", team = "blue" }}
     assert_eq!(code.code, 7, "the command's status is ours: {code:?}");
 
     // tcp without --exec prints the address; a live session is ended by the administrator.
+    // (Newer than every session so far: earlier ones may still be reported active for a
+    // moment, since bridges gather their reports.)
+    let newest_before = parse(
+        &cli(&admin, &["sessions", "ls", "--user", "alice", "--json"])
+            .ok()
+            .stdout,
+    )[0]["created_at_ms"]
+        .as_i64()
+        .unwrap_or(0);
     let mut forward = bamf(&alice)
         .args(["tcp", "echo", "-p", "0"])
         .stdin(Stdio::null())
@@ -711,7 +720,11 @@ labels = {{ env = "test", team = "blue" }}
             .ok()
             .stdout,
         );
-        if let Some(id) = active[0]["id"].as_str() {
+        let forwarded = active.as_array().and_then(|a| {
+            a.iter()
+                .find(|s| s["created_at_ms"].as_i64() > Some(newest_before))
+        });
+        if let Some(id) = forwarded.and_then(|s| s["id"].as_str()) {
             break id.to_owned();
         }
         assert!(Instant::now() < deadline, "no active session: {active}");
