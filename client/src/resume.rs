@@ -316,7 +316,7 @@ where
     // What arrived and is not delivered yet. A fresh one per attachment: after a break the
     // peer sends again from what was delivered.
     let inbox = Inbox {
-        bytes: std::sync::Mutex::new(BytesMut::new()),
+        bytes: std::sync::Mutex::new(Chunks::default()),
         fin: AtomicBool::new(incoming.fin),
         ready: Notify::new(),
     };
@@ -357,9 +357,33 @@ where
 /// the peer's FIN follows them. The reader fills it without ever waiting for the
 /// application, so acknowledgements always get through; the peer's window bounds it.
 struct Inbox {
-    bytes: std::sync::Mutex<BytesMut>,
+    bytes: std::sync::Mutex<Chunks>,
     fin: AtomicBool,
     ready: Notify,
+}
+
+/// Payloads in arrival order, each a slice of the buffer it was read into (never copied).
+#[derive(Default)]
+struct Chunks {
+    queue: std::collections::VecDeque<BytesMut>,
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: BytesMut) {
+        self.len += chunk.len();
+        self.queue.push_back(chunk);
+    }
+
+    fn pop(&mut self) -> Option<BytesMut> {
+        let chunk = self.queue.pop_front()?;
+        self.len -= chunk.len();
+        if self.queue.is_empty() {
+            // An idle stream keeps no queue.
+            self.queue = std::collections::VecDeque::new();
+        }
+        Some(chunk)
+    }
 }
 
 enum ReadError {
@@ -415,28 +439,68 @@ fn drop_front(buf: &mut BytesMut, n: u64) {
     }
 }
 
-/// Writes a frame's header and payload together without copying them into one buffer: a
-/// vectored write, which TLS seals as one record (a frame is at most one record's worth).
-async fn write_frame<W: AsyncWrite + Unpin>(
+/// `DATA` frames written together at most: one vectored write of up to 64 KiB, which TLS
+/// seals as four records and sends in one system call (and the bridge splices in one go).
+const FRAMES_PER_WRITE: usize = 4;
+
+/// Writes the next `DATA` frames from `buf` (starting at `from`, at most
+/// [`FRAMES_PER_WRITE`] of them) without copying them into one buffer: headers and payloads
+/// as one vectored write. Returns the payload bytes written.
+async fn write_frames<W: AsyncWrite + Unpin>(
     w: &mut W,
-    mut head: &[u8],
-    mut payload: &[u8],
+    buf: &[u8],
+    mut from: usize,
+) -> std::io::Result<usize> {
+    let mut heads = [[0u8; MAX_HEADER_LEN]; FRAMES_PER_WRITE];
+    let mut frames = [(0, 0, 0); FRAMES_PER_WRITE];
+    let mut count = 0;
+    let mut total = 0;
+    for (head, frame) in heads.iter_mut().zip(frames.iter_mut()) {
+        let n = buf.len().saturating_sub(from).min(MAX_DATA);
+        if n == 0 {
+            break;
+        }
+        #[allow(clippy::cast_possible_truncation)] // n <= MAX_DATA
+        let h = Header::Data { len: n as u16 }.write(head);
+        *frame = (h, from, n);
+        from += n;
+        total += n;
+        count += 1;
+    }
+    let mut parts = [std::io::IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+    for (i, (head, &(h, at, n))) in heads.iter().zip(&frames).take(count).enumerate() {
+        parts[2 * i] = std::io::IoSlice::new(&head[..h]);
+        parts[2 * i + 1] = std::io::IoSlice::new(&buf[at..at + n]);
+    }
+    write_all_vectored(w, &mut parts[..2 * count]).await?;
+    Ok(total)
+}
+
+/// Writes every byte of `parts`, in order, with vectored writes.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut parts: &mut [std::io::IoSlice<'_>],
 ) -> std::io::Result<()> {
-    while !head.is_empty() || !payload.is_empty() {
-        let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(payload)];
-        let n = w.write_vectored(&parts).await?;
+    std::io::IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let n = w.write_vectored(parts).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        let from_head = n.min(head.len());
-        head = &head[from_head..];
-        payload = &payload[n - from_head..];
+        std::io::IoSlice::advance_slices(&mut parts, n);
     }
     Ok(())
 }
 
+/// Bytes the reader asks the attachment for at a time while frames arrive.
+const READ_AHEAD: usize = 64 * 1024;
+
 /// Reads the peer's frames, never waiting for the application: data and the FIN into the
 /// inbox (at most the peer's window of it), acknowledgements to the writer.
+///
+/// Frames are parsed out of one read buffer, and a payload goes to the inbox as a slice of
+/// it: no allocation or copy per frame. A stream waiting for its peer holds no buffer (the
+/// first bytes after a quiet spell are read into a small one on the stack).
 async fn read_loop<R>(
     tr: &mut R,
     inbox: &Inbox,
@@ -452,71 +516,102 @@ where
     let most = usize::try_from(window)
         .unwrap_or(usize::MAX)
         .saturating_add(MAX_DATA);
+    let mut rx = BytesMut::new();
     loop {
-        let header = match tokio::time::timeout(settings.silence, read_header(tr)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(ReadError::Protocol(e))) => return Step::Ended(End::Protocol(e)),
-            Ok(Err(ReadError::Io)) | Err(_) => {
+        // Read: what completes the frame at the front of the buffer, or anything.
+        let read = async {
+            if rx.is_empty() {
+                let mut first = [0u8; 2 * MAX_HEADER_LEN];
+                let n = tr.read(&mut first).await?;
+                if n > 0 {
+                    rx = BytesMut::with_capacity(READ_AHEAD);
+                    rx.extend_from_slice(&first[..n]);
+                }
+                Ok(n)
+            } else {
+                if rx.capacity() - rx.len() < MAX_HEADER_LEN + MAX_DATA {
+                    rx.reserve(READ_AHEAD);
+                }
+                tr.read_buf(&mut rx).await
+            }
+        };
+        match tokio::time::timeout(settings.silence, read).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
                 // EOF after both ends were acknowledged is the normal end.
-                let finished = fin_seen && signals.fin_total.load(Ordering::Acquire) == acked;
+                let finished =
+                    rx.is_empty() && fin_seen && signals.fin_total.load(Ordering::Acquire) == acked;
                 return if finished {
                     Step::Ended(End::Finished)
                 } else {
                     Step::Broken
                 };
             }
-        };
-        match header {
-            Header::Data { len } => {
-                if fin_seen {
-                    return Step::Ended(End::Protocol(StreamError::AfterFin));
-                }
-                let len = usize::from(len);
-                let mut chunk = BytesMut::with_capacity(len);
-                while chunk.len() < len {
-                    let want = len - chunk.len();
-                    match tr.read_buf(&mut (&mut chunk).limit(want)).await {
-                        Ok(0) | Err(_) => return Step::Broken,
-                        Ok(_) => {}
+        }
+        // Every whole frame the buffer holds.
+        while let Some(&kind) = rx.first() {
+            let len = match Header::len_for(kind) {
+                Ok(len) => len,
+                Err(e) => return Step::Ended(End::Protocol(e)),
+            };
+            if rx.len() < len {
+                break;
+            }
+            let header = match Header::parse(&rx[..len]) {
+                Ok(h) => h,
+                Err(e) => return Step::Ended(End::Protocol(e)),
+            };
+            match header {
+                Header::Data { len: n } => {
+                    let n = usize::from(n);
+                    if rx.len() < len + n {
+                        break;
                     }
-                }
-                {
-                    let Ok(mut bytes) = inbox.bytes.lock() else {
-                        return Step::Broken;
-                    };
-                    if bytes.len() + len > most {
-                        return Step::Ended(End::Protocol(StreamError::OverWindow));
+                    if fin_seen {
+                        return Step::Ended(End::Protocol(StreamError::AfterFin));
                     }
-                    if bytes.is_empty() {
-                        *bytes = chunk;
-                    } else {
-                        bytes.extend_from_slice(&chunk);
+                    rx.advance(len);
+                    let payload = rx.split_to(n);
+                    {
+                        let Ok(mut bytes) = inbox.bytes.lock() else {
+                            return Step::Broken;
+                        };
+                        if bytes.len + n > most {
+                            return Step::Ended(End::Protocol(StreamError::OverWindow));
+                        }
+                        bytes.push(payload);
                     }
+                    inbox.ready.notify_one();
+                    continue;
                 }
-                inbox.ready.notify_one();
-            }
-            Header::Ack { received } => {
-                if received < acked || received > signals.sent.load(Ordering::Acquire) {
-                    return Step::Ended(End::Protocol(StreamError::BadAck(received)));
+                Header::Ack { received } => {
+                    if received < acked || received > signals.sent.load(Ordering::Acquire) {
+                        return Step::Ended(End::Protocol(StreamError::BadAck(received)));
+                    }
+                    acked = received;
+                    signals.acked.store(received, Ordering::Release);
+                    signals.wake.notify_one();
                 }
-                acked = received;
-                signals.acked.store(received, Ordering::Release);
-                signals.wake.notify_one();
-            }
-            Header::Fin => {
-                if fin_seen {
-                    return Step::Ended(End::Protocol(StreamError::AfterFin));
+                Header::Fin => {
+                    if fin_seen {
+                        return Step::Ended(End::Protocol(StreamError::AfterFin));
+                    }
+                    fin_seen = true;
+                    inbox.fin.store(true, Ordering::Release);
+                    inbox.ready.notify_one();
                 }
-                fin_seen = true;
-                inbox.fin.store(true, Ordering::Release);
-                inbox.ready.notify_one();
+                // Any frame shows the path is alive; a ping needs no answer.
+                Header::Ping => {}
+                Header::Close { reason } => return Step::Ended(End::PeerClosed(reason)),
+                Header::Resume { .. } => {
+                    return Step::Ended(End::Protocol(StreamError::UnknownFrame(1)));
+                }
             }
-            // Any frame shows the path is alive; a ping needs no answer.
-            Header::Ping => {}
-            Header::Close { reason } => return Step::Ended(End::PeerClosed(reason)),
-            Header::Resume { .. } => {
-                return Step::Ended(End::Protocol(StreamError::UnknownFrame(1)));
-            }
+            rx.advance(len);
+        }
+        if rx.is_empty() {
+            // Drained: an idle stream keeps no buffer.
+            rx = BytesMut::new();
         }
     }
 }
@@ -537,25 +632,41 @@ where
     let ack_every = (settings.buffer as u64 / 4).max(1);
     loop {
         let ready = inbox.ready.notified();
-        let chunk = match inbox.bytes.lock() {
-            Ok(mut bytes) if !bytes.is_empty() => {
-                let n = bytes.len().min(64 * 1024);
-                Some(bytes.split_to(n))
-            }
-            Ok(_) => None,
+        // Up to FRAMES_PER_WRITE payloads, written together where the application's side
+        // takes vectored writes (a socket); one at a time elsewhere.
+        let mut chunks: [BytesMut; FRAMES_PER_WRITE] = Default::default();
+        let taken = match inbox.bytes.lock() {
+            Ok(mut bytes) => chunks
+                .iter_mut()
+                .map_while(|slot| bytes.pop().map(|chunk| *slot = chunk))
+                .count(),
             Err(_) => return Step::Broken,
         };
-        match chunk {
-            Some(mut chunk) => {
-                while !chunk.is_empty() {
-                    match lw.write(&chunk).await {
+        match taken {
+            1.. => {
+                let mut first = 0;
+                while first < taken {
+                    let mut parts = [std::io::IoSlice::new(&[]); FRAMES_PER_WRITE];
+                    for (part, chunk) in parts.iter_mut().zip(&chunks[first..taken]) {
+                        *part = std::io::IoSlice::new(chunk);
+                    }
+                    match lw.write_vectored(&parts[..taken - first]).await {
                         Ok(0) => {
                             return Step::Ended(End::LocalError(io::ErrorKind::WriteZero.into()));
                         }
                         Ok(n) => {
-                            chunk.advance(n);
                             if let Err(e) = incoming.delivered(n) {
                                 return Step::Ended(End::Protocol(e));
+                            }
+                            let mut n = n;
+                            while n > 0 {
+                                let chunk = &mut chunks[first];
+                                let k = n.min(chunk.len());
+                                chunk.advance(k);
+                                n -= k;
+                                if chunk.is_empty() {
+                                    first += 1;
+                                }
                             }
                         }
                         Err(e) => return Step::Ended(End::LocalError(e)),
@@ -572,7 +683,7 @@ where
                 }
                 signals.wake.notify_one();
             }
-            None if inbox.fin.load(Ordering::Acquire) && !incoming.fin => {
+            0 if inbox.fin.load(Ordering::Acquire) && !incoming.fin => {
                 if let Err(e) = lw.shutdown().await {
                     return Step::Ended(End::LocalError(e));
                 }
@@ -585,7 +696,7 @@ where
                 signals.ack_now.store(true, Ordering::Release);
                 signals.wake.notify_one();
             }
-            None => ready.await,
+            0 => ready.await,
         }
     }
 }
@@ -623,16 +734,9 @@ where
         if sender.out.next < sender.out.end {
             let from = usize::try_from(sender.out.next - sender.out.acked.min(sender.out.end))
                 .unwrap_or(usize::MAX);
-            let n = (sender.buf.len() - from).min(MAX_DATA);
-            let mut head = [0u8; MAX_HEADER_LEN];
-            #[allow(clippy::cast_possible_truncation)] // n <= MAX_DATA
-            let h = Header::Data { len: n as u16 }.write(&mut head);
-            if write_frame(tw, &head[..h], &sender.buf[from..from + n])
-                .await
-                .is_err()
-            {
+            let Ok(n) = write_frames(tw, &sender.buf, from).await else {
                 return Step::Broken;
-            }
+            };
             sender.out.sent(n as u64);
             signals.sent.store(sender.out.sent, Ordering::Release);
             last_sent = Instant::now();
@@ -772,12 +876,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_frame_written_in_pieces_arrives_whole() {
+    async fn frames_written_in_pieces_arrive_whole() {
         let mut w = Dribble(Vec::new());
-        write_frame(&mut w, b"\x02\x00\x0b", b"hello world")
-            .await
-            .unwrap();
+        assert_eq!(write_frames(&mut w, b"_hello world", 1).await.unwrap(), 11);
         assert_eq!(w.0, b"\x02\x00\x0bhello world");
+
+        // Several frames in one write, the last one short, then nothing more.
+        let buf: Vec<u8> = (0..2 * MAX_DATA + 10).map(|i| i as u8).collect();
+        let mut w = Dribble(Vec::new());
+        assert_eq!(write_frames(&mut w, &buf, 0).await.unwrap(), buf.len());
+        let mut rest = &w.0[..];
+        let mut got = Vec::new();
+        while !rest.is_empty() {
+            let len = Header::len_for(rest[0]).unwrap();
+            let Header::Data { len: n } = Header::parse(&rest[..len]).unwrap() else {
+                panic!("not data");
+            };
+            got.extend_from_slice(&rest[len..len + usize::from(n)]);
+            rest = &rest[len + usize::from(n)..];
+        }
+        assert_eq!(got, buf);
+        assert_eq!(write_frames(&mut w, &buf, buf.len()).await.unwrap(), 0);
     }
 
     /// Attachments handed over a channel, as a bridge would pair them.
