@@ -88,3 +88,32 @@ pub fn clk_tck() -> f64 {
 pub fn cpu_seconds(pid: u32) -> f64 {
     proc_stat(pid).map_or(0.0, |(_, ticks)| ticks as f64 / clk_tck())
 }
+
+/// The disk's sync latency where `dir` is: `samples` 4 KiB writes each followed by
+/// `fdatasync`, as a database commit does; p50 and p99. A setup path that commits is bounded
+/// below by it.
+///
+/// # Errors
+///
+/// The file could not be written.
+pub fn sync_latency(
+    dir: &std::path::Path,
+    samples: usize,
+) -> std::io::Result<(std::time::Duration, std::time::Duration)> {
+    use std::io::Write;
+    let path = dir.join("sync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut took = Vec::with_capacity(samples);
+    for _ in 0..samples.max(1) {
+        let started = std::time::Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        took.push(started.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    took.sort();
+    let at = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+    Ok((at(0.50), at(0.99)))
+}

@@ -37,8 +37,9 @@ struct Cli {
     /// MiB sent (and echoed back) per throughput run.
     #[arg(long, default_value_t = 512)]
     mib: usize,
-    /// Throughput runs per path; the median is reported.
-    #[arg(long, default_value_t = 3)]
+    /// Throughput runs per path; the median is reported (the VM's absolute numbers swing
+    /// by a quarter between runs: fewer than 5 makes the ratio noisy).
+    #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Idle tunnels held open for the memory measurement.
     #[arg(long, default_value_t = 500)]
@@ -94,7 +95,11 @@ async fn main() -> Result<()> {
 
     let echo = bamf_tests::echo_server();
     let tls = bamf_client::tls_config(&ca_pem, None, &[b"http/1.1"])?;
-    let client = ApiClient::new(&url, tls)?.connect_to(Some(api.addr));
+    // Pooled, as the CLI's is: a command keeps its API connection for its next request (a
+    // `bamf tcp` listener opens a session per local connection over it).
+    let client = ApiClient::new(&url, tls)?
+        .connect_to(Some(api.addr))
+        .pooled();
     let (_, csr) = bamf_client::identity::key_and_csr()?;
     let login = wire::LoginRequest {
         user: "admin".into(),
@@ -181,6 +186,10 @@ async fn main() -> Result<()> {
     };
 
     // 1. Session setup latency.
+    // CPU time each process spends on the sessions (this process is the client).
+    let cpus =
+        || [api.pid(), bridge.pid(), agent_pid, std::process::id()].map(bamf_benches::cpu_seconds);
+    let cpu_before = cpus();
     let mut setup = Vec::with_capacity(cli.sessions);
     let mut api_part = Vec::with_capacity(cli.sessions);
     for _ in 0..cli.sessions {
@@ -191,6 +200,12 @@ async fn main() -> Result<()> {
         api_part.push(api_time);
         drop(s);
     }
+    let cpu_after = cpus();
+    let setup_cpu: Vec<f64> = cpu_before
+        .iter()
+        .zip(cpu_after)
+        .map(|(before, after)| (after - before) * 1000.0 / cli.sessions as f64)
+        .collect();
     setup.sort();
     api_part.sort();
     let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
@@ -207,6 +222,9 @@ async fn main() -> Result<()> {
         .collect();
     served.sort();
     let served_p50 = served.get(served.len() / 2).copied().unwrap_or_default();
+
+    // What one commit's sync costs on this disk (the API commits once per session).
+    let (sync_p50, sync_p99) = bamf_benches::sync_latency(dir.path(), 200)?;
 
     // 2. Throughput and the bridge's CPU time: tunnel vs passthrough, interleaved.
     let bytes = cli.mib * 1024 * 1024;
@@ -265,7 +283,7 @@ async fn main() -> Result<()> {
     let report = format!(
         "\n## Tunnels, {date}{smoke}\n\n- commit: {commit}; machine: {machine}; everything on loopback, debug logging off\n\
          - processes: `bamf-api` (SQLite, in-process presence), one `bamf-bridge` (pairing and splice), one `bamf-agent`, an echo target; client in process (the CLI's code: end-to-end TLS and the resumable stream, rustls, ECDSA P-256)\n\
-         - session setup, `POST /connect` → dial with the session certificate → first byte echoed, {n} sessions one after another: **p50 {p50:.1} ms, p99 {p99:.1} ms** (of which the API's `POST /connect`: p50 {api_p50:.1} ms, p99 {api_p99:.1} ms, the API's own handling p50 {served_p50:.0} ms)\n\
+         - session setup, `POST /connect` (over the kept API connection, as the CLI keeps it) → dial with the session certificate → first byte echoed, {n} sessions one after another: **p50 {p50:.1} ms, p99 {p99:.1} ms** (of which the API's `POST /connect`: p50 {api_p50:.1} ms, p99 {api_p99:.1} ms, the API's own handling p50 {served_p50:.0} ms); CPU per session: API {cpu_api:.1} ms, bridge {cpu_bridge:.1} ms, agent {cpu_agent:.1} ms, client {cpu_client:.1} ms; this disk's sync (4 KiB write + fdatasync, as a commit) p50 {sync_p50:.2} ms, p99 {sync_p99:.2} ms\n\
          - throughput, {mib} MiB each way on one connection, median of {runs}: tunnel (TLS end to end client→agent, spliced by the bridge; TCP agent→target) **{relay:.2} Gbit/s**; front-door passthrough of one TLS connection to a TLS echo server **{pass:.2} Gbit/s**; ratio tunnel ÷ passthrough **{ratio:.2}×**\n\
          - bridge CPU per GB carried (both directions counted), median: tunnel **{relay_cpu:.3} s**, passthrough **{pass_cpu:.3} s**, ratio **{cpu_ratio:.2}×**\n\
          - memory per established idle tunnel ({idle} tunnels): bridge **{bridge_per:.0} B**, agent **{agent_per:.0} B** (RSS growth ÷ tunnels)\n",
@@ -283,6 +301,12 @@ async fn main() -> Result<()> {
         api_p50 = ms(api_p50),
         api_p99 = ms(api_p99),
         served_p50 = ms(served_p50),
+        cpu_api = setup_cpu[0],
+        cpu_bridge = setup_cpu[1],
+        cpu_agent = setup_cpu[2],
+        cpu_client = setup_cpu[3],
+        sync_p50 = ms(sync_p50),
+        sync_p99 = ms(sync_p99),
         mib = cli.mib,
         runs = relay_rates.len(),
         ratio = relay / pass,
