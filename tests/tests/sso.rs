@@ -246,6 +246,20 @@ roles = ["prod-access"]
         format!("https://localhost:{}", self.bridge.front.port())
     }
 
+    /// An API client trusting the stack's CA, and a runtime to drive it from a plain test.
+    fn api(&self) -> (bamf_client::https::Api, tokio::runtime::Runtime) {
+        let ca = std::fs::read_to_string(&self.ca_file).unwrap();
+        let tls = bamf_client::tls_config(&ca, None, &[b"http/1.1"]).unwrap();
+        let api = bamf_client::https::Api::new(&self.url(), tls)
+            .unwrap()
+            .connect_to(Some(self.bridge.front));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (api, runtime)
+    }
+
     fn home(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("home-{name}"))
     }
@@ -514,15 +528,7 @@ fn sso_login_maps_groups_to_roles_and_password_login_is_refused() {
 #[test]
 fn sso_states_are_used_once_and_need_the_clients_verifier() {
     let stack = Stack::start("sso-replay", &alice(&["ops"]));
-    let ca = std::fs::read_to_string(&stack.ca_file).unwrap();
-    let tls = bamf_client::tls_config(&ca, None, &[b"http/1.1"]).unwrap();
-    let api = bamf_client::https::Api::new(&stack.url(), tls)
-        .unwrap()
-        .connect_to(Some(stack.bridge.front));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (api, runtime) = stack.api();
 
     // The browser comes back to our own listener; we read code and state from it.
     let sign_in = |verifier: &str| {
@@ -721,15 +727,7 @@ fn a_bot_joins_renews_past_its_first_lifetime_and_is_refused_after_revocation() 
         .ok();
     assert!(echoed.stdout.contains("hello through sso"), "{echoed:#?}");
     // The renewed-away token stopped working at the renewal.
-    let ca = std::fs::read_to_string(&stack.ca_file).unwrap();
-    let tls = bamf_client::tls_config(&ca, None, &[b"http/1.1"]).unwrap();
-    let api = bamf_client::https::Api::new(&stack.url(), tls)
-        .unwrap()
-        .connect_to(Some(stack.bridge.front));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (api, runtime) = stack.api();
     let old = runtime.block_on(api.user(&first_token).whoami());
     assert_eq!(
         old.err().and_then(|e| e.status()).map(|s| s.as_u16()),
