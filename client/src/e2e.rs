@@ -107,6 +107,11 @@ pub type AgentSession = tokio_rustls::server::TlsStream<TcpStream>;
 /// Deadline for the inner handshake.
 const INNER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Sealed bytes an end-to-end session may hold before its socket takes them: one batch of
+/// the resumable stream's frames ([`crate::resume`] writes up to 256 KiB at a time). rustls'
+/// default, 64 KiB, would split each batch into four system calls.
+const SEALED_BUFFER: usize = 256 * 1024;
+
 /// The client's inner handshake on the raw connection `raw` (see [`client_config`]).
 ///
 /// # Errors
@@ -119,14 +124,9 @@ pub async fn connect(
     let name = ServerName::try_from(INNER_SERVER_NAME)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let handshake = tokio_rustls::TlsConnector::from(config).connect(name, raw);
-    tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the end-to-end handshake timed out",
-            )
-        })?
+    let mut session = within_deadline(handshake).await?;
+    session.get_mut().1.set_buffer_limit(Some(SEALED_BUFFER));
+    Ok(session)
 }
 
 /// The agent's inner handshake on the raw connection `raw` (see [`server_config`]); the
@@ -137,6 +137,13 @@ pub async fn connect(
 /// The handshake failed or timed out.
 pub async fn accept(raw: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<AgentSession> {
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(raw);
+    let mut session = within_deadline(handshake).await?;
+    session.get_mut().1.set_buffer_limit(Some(SEALED_BUFFER));
+    Ok(session)
+}
+
+/// The inner handshake `handshake`, failed after [`INNER_HANDSHAKE_TIMEOUT`].
+async fn within_deadline<T>(handshake: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| {
