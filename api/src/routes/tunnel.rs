@@ -46,8 +46,7 @@ pub(super) async fn connect(
     };
     // A resource the caller may not reach and one that does not exist are answered alike,
     // after the same work (including the audit write): the answer must not reveal names.
-    let resources = state.store.resources().await?;
-    let Some(resource) = resources.iter().find(|r| r.name == body.resource) else {
+    let Some(resource) = state.store.resource(&body.resource).await? else {
         call.audit("connect", "not_found", detail(serde_json::json!({})))
             .await;
         return Err(ApiError::Inaccessible);
@@ -238,21 +237,17 @@ pub(super) async fn resume_session(
         return refuse("not_the_session_key", ApiError::Forbidden).await;
     }
     // Roles may have changed since the session began.
-    let resources = state.store.resources().await?;
-    let allowed = resources
-        .iter()
-        .find(|r| r.name == session.resource)
-        .filter(|r| {
-            rbac::decide(
-                roles.iter().map(|r| (r.name.as_str(), &r.rules)),
-                &rbac::Resource {
-                    name: &r.name,
-                    kind: &r.kind,
-                    labels: &r.labels,
-                },
-            )
-            .allowed()
-        });
+    let allowed = state.store.resource(&session.resource).await?.filter(|r| {
+        rbac::decide(
+            roles.iter().map(|r| (r.name.as_str(), &r.rules)),
+            &rbac::Resource {
+                name: &r.name,
+                kind: &r.kind,
+                labels: &r.labels,
+            },
+        )
+        .allowed()
+    });
     let Some(resource) = allowed else {
         return refuse("denied", ApiError::Inaccessible).await;
     };

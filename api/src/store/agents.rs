@@ -191,17 +191,35 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let labels: String = r.try_get(2)?;
-                Ok(Resource {
-                    name: r.try_get(0)?,
-                    kind: r.try_get(1)?,
-                    labels: serde_json::from_str(&labels).unwrap_or_default(),
-                    agent_id: r.try_get(3)?,
-                    agent_name: r.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(resource_row).collect()
     }
+
+    /// The resource named `name`, if one is reported (one indexed read: the setup path
+    /// asks for one resource, not the list).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn resource(&self, name: &str) -> Result<Option<Resource>, StoreError> {
+        let row = sqlx::query(
+            "SELECT r.name, r.kind, r.labels, r.agent_id, a.name FROM resources r \
+             JOIN agents a ON a.id = r.agent_id WHERE r.name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(resource_row).transpose()
+    }
+}
+
+/// A resource from the columns `r.name, r.kind, r.labels, r.agent_id, a.name`.
+fn resource_row(r: &sqlx::any::AnyRow) -> Result<Resource, StoreError> {
+    let labels: String = r.try_get(2)?;
+    Ok(Resource {
+        name: r.try_get(0)?,
+        kind: r.try_get(1)?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        agent_id: r.try_get(3)?,
+        agent_name: r.try_get(4)?,
+    })
 }

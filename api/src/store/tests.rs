@@ -380,6 +380,14 @@ async fn resources_belong_to_one_agent_and_go_with_it() {
             ]
         );
         assert_eq!(s.resources().await.unwrap()[1].labels, dev);
+        // One by name, as the setup path reads it.
+        let db = s.resource("db").await.unwrap().unwrap();
+        assert_eq!(
+            (db.agent_id.as_str(), db.agent_name.as_str()),
+            ("a1", "one")
+        );
+        assert_eq!(db.labels, dev);
+        assert!(s.resource("nothing").await.unwrap().is_none());
         // A new catalog replaces the old one.
         s.replace_resources("a1", &[res("db")], 7).await.unwrap();
         assert_eq!(s.resources().await.unwrap().len(), 2);
