@@ -643,26 +643,22 @@ where
         // Up to FRAMES_PER_WRITE payloads, written together where the application's side
         // takes vectored writes (a socket); one at a time elsewhere. On the heap, as in
         // `write_frames`.
-        let mut chunks = Vec::new();
-        let taken = match inbox.bytes.lock() {
-            Ok(mut bytes) => {
-                chunks.extend(std::iter::from_fn(|| bytes.pop()).take(FRAMES_PER_WRITE));
-                chunks.len()
-            }
+        let chunks: Vec<BytesMut> = match inbox.bytes.lock() {
+            Ok(mut bytes) => std::iter::from_fn(|| bytes.pop())
+                .take(FRAMES_PER_WRITE)
+                .collect(),
             Err(_) => return Step::Broken,
         };
-        match taken {
+        match chunks.len() {
             1.. => {
-                let mut first = 0;
-                while first < taken {
-                    let written = {
-                        let parts: Vec<_> = chunks[first..]
-                            .iter()
-                            .map(|chunk| std::io::IoSlice::new(chunk))
-                            .collect();
-                        lw.write_vectored(&parts).await
-                    };
-                    match written {
+                let mut parts: Vec<_> = chunks.iter().map(|c| std::io::IoSlice::new(c)).collect();
+                let mut parts = &mut parts[..];
+                std::io::IoSlice::advance_slices(&mut parts, 0);
+                // Not `write_all_vectored`: what each write took is counted at once, so a
+                // break that cancels this loop mid-batch leaves `received` exact (the peer
+                // sends again from it).
+                while !parts.is_empty() {
+                    match lw.write_vectored(parts).await {
                         Ok(0) => {
                             return Step::Ended(End::LocalError(io::ErrorKind::WriteZero.into()));
                         }
@@ -670,16 +666,7 @@ where
                             if let Err(e) = incoming.delivered(n) {
                                 return Step::Ended(End::Protocol(e));
                             }
-                            let mut n = n;
-                            while n > 0 {
-                                let chunk = &mut chunks[first];
-                                let k = n.min(chunk.len());
-                                chunk.advance(k);
-                                n -= k;
-                                if chunk.is_empty() {
-                                    first += 1;
-                                }
-                            }
+                            std::io::IoSlice::advance_slices(&mut parts, n);
                         }
                         Err(e) => return Step::Ended(End::LocalError(e)),
                     }
