@@ -488,9 +488,18 @@ async fn roles_are_created_changed_and_deleted_except_builtins() {
     }
 }
 
-/// Creates `session` as `POST /connect` does: with a certificate (serial `s-<id>`) and an
-/// audit event (now) in the same transaction.
+/// Creates `session` as `POST /connect` does: with its records ([`connect_records`]) in the
+/// same transaction.
 async fn create_session(s: &Store, session: &Session) {
+    let (certificate, allowed) = connect_records(session);
+    s.create_session(session, &certificate, &allowed)
+        .await
+        .unwrap();
+}
+
+/// What `POST /connect` writes with `session`: its certificate (serial `s-<id>`) and the
+/// audit event (now) that allowed it.
+fn connect_records(session: &Session) -> (NewCertificate, NewAuditEvent) {
     let certificate = NewCertificate {
         serial: format!("s-{}", session.id),
         fingerprint: format!("fp-s-{}", session.id),
@@ -504,9 +513,7 @@ async fn create_session(s: &Store, session: &Session) {
         "connect",
     );
     allowed.detail = serde_json::json!({"session": session.id}).to_string();
-    s.create_session(session, &certificate, &allowed)
-        .await
-        .unwrap();
+    (certificate, allowed)
 }
 
 fn session(id: &str, user: &str, agent: &str, bridge: u32) -> Session {
@@ -619,22 +626,16 @@ async fn a_session_its_certificate_and_its_audit_event_commit_together() {
         );
 
         // The certificate's serial is taken: nothing of the second session is kept.
-        let certificate = NewCertificate {
-            serial: "s-s1".into(),
-            fingerprint: "another".into(),
-            subject: CertificateSubject::Session("s2".into()),
-            issued_at: 1,
-            expires_at: 60_000,
-        };
-        let mut allowed = event(crate::now_ms(), "user:bob", "connect");
-        allowed.detail = serde_json::json!({"session": "s2"}).to_string();
+        let second = session("s2", "bob", "a1", 0);
+        let (mut certificate, allowed) = connect_records(&second);
+        certificate.serial = "s-s1".into();
         let before = s
             .audit(&AuditFilter::default(), None, 100)
             .await
             .unwrap()
             .len();
         assert!(
-            s.create_session(&session("s2", "bob", "a1", 0), &certificate, &allowed)
+            s.create_session(&second, &certificate, &allowed)
                 .await
                 .is_err()
         );
