@@ -114,6 +114,14 @@ pub fn sync_latency(
     drop(file);
     std::fs::remove_file(&path)?;
     took.sort();
-    let at = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
-    Ok((at(0.50), at(0.99)))
+    Ok((percentile(&took, 0.50), percentile(&took, 0.99)))
+}
+
+/// The `p` quantile (0 to 1) of `sorted`, which is sorted and not empty.
+///
+/// # Panics
+///
+/// When `sorted` is empty.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }

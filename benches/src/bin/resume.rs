@@ -263,7 +263,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(2500)).await;
     }
     pauses.sort();
-    let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    let pct = bamf_benches::percentile;
     let (pause_p50, pause_p99) = (pct(&pauses, 0.5), pct(&pauses, 0.99));
 
     // 2. Many tunnels on one bridge: bridge 1 drains away, so every session lands on 0;

@@ -185,10 +185,17 @@ async fn main() -> Result<()> {
         anyhow::Ok((s, api_time))
     };
 
+    // CPU seconds of each process: this one (the client, and the echo servers of both
+    // paths), the bridge, the agent, the API; what each spent since `before`, divided by
+    // `per`.
+    let pids = [std::process::id(), bridge.pid(), agent_pid, api.pid()];
+    let cpus = || pids.map(bamf_benches::cpu_seconds);
+    let spent = |before: [f64; 4], per: f64| {
+        let after = cpus();
+        [0, 1, 2, 3].map(|i| (after[i] - before[i]) / per)
+    };
+
     // 1. Session setup latency.
-    // CPU time each process spends on the sessions (this process is the client).
-    let cpus =
-        || [api.pid(), bridge.pid(), agent_pid, std::process::id()].map(bamf_benches::cpu_seconds);
     let cpu_before = cpus();
     let mut setup = Vec::with_capacity(cli.sessions);
     let mut api_part = Vec::with_capacity(cli.sessions);
@@ -200,15 +207,11 @@ async fn main() -> Result<()> {
         api_part.push(api_time);
         drop(s);
     }
-    let cpu_after = cpus();
-    let setup_cpu: Vec<f64> = cpu_before
-        .iter()
-        .zip(cpu_after)
-        .map(|(before, after)| (after - before) * 1000.0 / cli.sessions as f64)
-        .collect();
+    // Milliseconds per session.
+    let setup_cpu = spent(cpu_before, cli.sessions as f64 / 1000.0);
     setup.sort();
     api_part.sort();
-    let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    let pct = bamf_benches::percentile;
     let (p50, p99) = (pct(&setup, 0.50), pct(&setup, 0.99));
     let (api_p50, api_p99) = (pct(&api_part, 0.50), pct(&api_part, 0.99));
     // The API's own time for those calls (its access log), the rest being the connection.
@@ -252,19 +255,14 @@ async fn main() -> Result<()> {
     let bytes = cli.mib * 1024 * 1024;
     let mut relay_rates = Vec::new();
     let mut pass_rates = Vec::new();
-    // CPU seconds per GB carried (both directions counted) of each process: this one (the
-    // client, and the echo servers of both paths), the bridge, the agent.
+    // CPU seconds per GB carried (both directions counted) of each process.
     let (mut relay_cpu, mut pass_cpu) = (Vec::new(), Vec::new());
-    let pids = [std::process::id(), bridge.pid(), agent_pid];
-    let per_gb = |before: [f64; 3]| {
-        let after = pids.map(bamf_benches::cpu_seconds);
-        [0, 1, 2].map(|i| (after[i] - before[i]) / (2.0 * bytes as f64 / 1e9))
-    };
+    let gb = 2.0 * bytes as f64 / 1e9;
     for _ in 0..cli.runs.max(1) {
         let (mut s, _) = open(client.clone(), token.clone(), ca_pem.clone(), bridge.front).await?;
-        let cpu = pids.map(bamf_benches::cpu_seconds);
+        let cpu = cpus();
         relay_rates.push(pump(&mut s, bytes).await?);
-        relay_cpu.push(per_gb(cpu));
+        relay_cpu.push(spent(cpu, gb));
         let tls = bamf_client::tls_config(&tls_echo_ca, None, &[])?;
         let tcp = tokio::net::TcpStream::connect(bridge.front).await?;
         tcp.set_nodelay(true)?;
@@ -272,9 +270,9 @@ async fn main() -> Result<()> {
         let mut p = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await?;
-        let cpu = pids.map(bamf_benches::cpu_seconds);
+        let cpu = cpus();
         pass_rates.push(pump(&mut p, bytes).await?);
-        pass_cpu.push(per_gb(cpu));
+        pass_cpu.push(spent(cpu, gb));
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -291,8 +289,9 @@ async fn main() -> Result<()> {
     );
     let runs = relay_rates.len();
     let (relay, pass) = (median(relay_rates), median(pass_rates));
-    let process = |runs: &[[f64; 3]], i: usize| median(runs.iter().map(|r| r[i]).collect());
-    let total = |runs: &[[f64; 3]]| median(runs.iter().map(|r| r.iter().sum()).collect());
+    let process = |runs: &[[f64; 4]], i: usize| median(runs.iter().map(|r| r[i]).collect());
+    // Client, bridge and agent: the API takes no part in carrying bytes.
+    let total = |runs: &[[f64; 4]]| median(runs.iter().map(|r| r[..3].iter().sum()).collect());
     let (relay_all, pass_all) = (total(&relay_cpu), total(&pass_cpu));
     let (relay_client, pass_client) = (process(&relay_cpu, 0), process(&pass_cpu, 0));
     let relay_agent = process(&relay_cpu, 2);
@@ -323,10 +322,10 @@ async fn main() -> Result<()> {
         api_p50 = ms(api_p50),
         api_p99 = ms(api_p99),
         served_p50 = ms(served_p50),
-        cpu_api = setup_cpu[0],
+        cpu_client = setup_cpu[0],
         cpu_bridge = setup_cpu[1],
         cpu_agent = setup_cpu[2],
-        cpu_client = setup_cpu[3],
+        cpu_api = setup_cpu[3],
         sync_p50 = ms(sync_p50),
         sync_p99 = ms(sync_p99),
         mib = cli.mib,
