@@ -261,8 +261,8 @@ async fn fake_bridge(
 /// A client that never attaches again.
 struct Never;
 
-impl bamf_client::resume::Reattach<bamf_client::e2e::ClientSession> for Never {
-    async fn reattach(&mut self) -> Option<bamf_client::e2e::ClientSession> {
+impl bamf_client::resume::Reattach<bamf_client::e2e::Session> for Never {
+    async fn reattach(&mut self) -> Option<bamf_client::e2e::Session> {
         None
     }
 }

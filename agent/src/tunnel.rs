@@ -21,7 +21,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bamf_client::e2e::{AgentSession, HANDOVER_TIMEOUT, HandoverError};
+use bamf_client::e2e::{HANDOVER_TIMEOUT, HandoverError, Session};
 use bamf_client::resume::{self, Reattach};
 use bamf_client::tunnel::Outer;
 use bamf_proto::api::SessionEnd;
@@ -312,7 +312,7 @@ async fn tell_api(tls: &watch::Receiver<Arc<Tls>>, end: &SessionEnd) {
 }
 
 /// A tunnel's first attachment: the target, and the end-to-end session with the client's key.
-type Opened = (tokio::net::TcpStream, AgentSession, Vec<u8>);
+type Opened = (tokio::net::TcpStream, Session, Vec<u8>);
 
 /// Connects to the target and dials the bridge at once, then runs the handover and the
 /// end-to-end handshake. Logs and counts a failure, and returns `None` then.
@@ -415,7 +415,7 @@ struct Attaching<'a> {
 }
 
 impl Attaching<'_> {
-    async fn attach(&mut self, cmd: DialCommand) -> Result<AgentSession, String> {
+    async fn attach(&mut self, cmd: DialCommand) -> Result<Session, String> {
         if cmd.resource != self.resource {
             return Err("a dial command for another resource".into());
         }
@@ -433,8 +433,8 @@ impl Attaching<'_> {
     }
 }
 
-impl Reattach<AgentSession> for Attaching<'_> {
-    async fn reattach(&mut self) -> Option<AgentSession> {
+impl Reattach<Session> for Attaching<'_> {
+    async fn reattach(&mut self) -> Option<Session> {
         loop {
             let cmd = match self.next.take() {
                 Some(cmd) => cmd,
@@ -468,7 +468,7 @@ async fn end_to_end(
     tls: &Tls,
     cmd: &DialCommand,
     key: Option<&[u8]>,
-) -> Result<(AgentSession, Vec<u8>), (DialOutcome, String)> {
+) -> Result<(Session, Vec<u8>), (DialOutcome, String)> {
     use bamf_client::e2e::{accept, hand_over, peer_identity, peer_key};
     let raw = hand_over(bridge, HANDOVER_TIMEOUT)
         .await
@@ -484,9 +484,9 @@ async fn end_to_end(
             format!("end-to-end handshake: {e}"),
         )
     })?;
-    let state = session.get_ref().1;
-    let client_key = peer_key(state);
-    match (peer_identity(state), client_key) {
+    let chain = session.peer_certificates();
+    let client_key = peer_key(chain);
+    match (peer_identity(chain), client_key) {
         (
             Some(Identity::Client {
                 session: id,

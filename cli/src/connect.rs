@@ -33,7 +33,7 @@ const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Tunnel {
     /// The end-to-end session with the agent, through the bridge.
-    pub stream: bamf_client::e2e::ClientSession,
+    pub stream: bamf_client::e2e::Session,
     /// The session's id.
     pub session: String,
     /// The bridge it runs through.

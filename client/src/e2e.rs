@@ -11,7 +11,8 @@
 //!   agent's own check of [`peer_identity`]).
 //!
 //! [`crate::tunnel::Records`] keeps the outer layer from reading one byte of the
-//! inner session.
+//! inner session. rustls runs the inner handshake; the inner session's records are
+//! [`crate::record`]'s ([`Session`]).
 
 use std::io;
 use std::sync::Arc;
@@ -99,34 +100,20 @@ pub async fn hand_over(mut outer: Outer, deadline: Duration) -> Result<TcpStream
     records.into_inner().ok_or(HandoverError::Protocol)
 }
 
-/// The end-to-end session as the client holds it.
-pub type ClientSession = tokio_rustls::client::TlsStream<TcpStream>;
-/// The end-to-end session as the agent holds it.
-pub type AgentSession = tokio_rustls::server::TlsStream<TcpStream>;
+/// The end-to-end session, on either side: its handshake by rustls, its records by
+/// [`crate::record`].
+pub use crate::record::Session;
 
 /// Deadline for the inner handshake.
 const INNER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Sealed bytes an end-to-end session may hold before its socket takes them: one batch of
-/// the resumable stream's frames ([`crate::resume`] writes up to 256 KiB at a time). rustls'
-/// default, 64 KiB, would split each batch into four system calls.
-const SEALED_BUFFER: usize = 256 * 1024;
 
 /// The client's inner handshake on the raw connection `raw` (see [`client_config`]).
 ///
 /// # Errors
 ///
 /// The handshake failed (the agent is not the one the session names, I/O) or timed out.
-pub async fn connect(
-    raw: TcpStream,
-    config: Arc<rustls::ClientConfig>,
-) -> io::Result<ClientSession> {
-    let name = ServerName::try_from(INNER_SERVER_NAME)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, raw);
-    let mut session = within_deadline(handshake).await?;
-    session.get_mut().1.set_buffer_limit(Some(SEALED_BUFFER));
-    Ok(session)
+pub async fn connect(raw: TcpStream, config: Arc<rustls::ClientConfig>) -> io::Result<Session> {
+    within_deadline(Session::client(raw, config)).await
 }
 
 /// The agent's inner handshake on the raw connection `raw` (see [`server_config`]); the
@@ -135,11 +122,8 @@ pub async fn connect(
 /// # Errors
 ///
 /// The handshake failed or timed out.
-pub async fn accept(raw: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<AgentSession> {
-    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(raw);
-    let mut session = within_deadline(handshake).await?;
-    session.get_mut().1.set_buffer_limit(Some(SEALED_BUFFER));
-    Ok(session)
+pub async fn accept(raw: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Session> {
+    within_deadline(Session::server(raw, config)).await
 }
 
 /// The inner handshake `handshake`, failed after [`INNER_HANDSHAKE_TIMEOUT`].
@@ -185,7 +169,7 @@ pub async fn open(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
-) -> Result<ClientSession, OpenError> {
+) -> Result<Session, OpenError> {
     open_through(&Proxies::none(), host, port, via, ca_pem, cert_pem, key_pem).await
 }
 
@@ -202,7 +186,7 @@ pub async fn open_through(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
-) -> Result<ClientSession, OpenError> {
+) -> Result<Session, OpenError> {
     let outer_tls = crate::tls_config(ca_pem, Some((cert_pem, key_pem)), &[])?;
     let inner_tls = client_config(ca_pem, cert_pem, key_pem)?;
     let outer = crate::tunnel::dial_through(proxies.for_host(host), host, port, via, outer_tls)
@@ -242,7 +226,7 @@ impl std::fmt::Debug for Reopen<'_> {
 
 impl Reopen<'_> {
     /// One try: `Err(None)` when the session is over for good.
-    async fn once(&mut self) -> Result<ClientSession, Option<String>> {
+    async fn once(&mut self) -> Result<Session, Option<String>> {
         use crate::https::HttpsError;
         let csr = crate::identity::csr_for(&self.key).map_err(|e| Some(e.to_string()))?;
         let request = bamf_proto::api::ResumeRequest {
@@ -276,8 +260,8 @@ impl Reopen<'_> {
     }
 }
 
-impl crate::resume::Reattach<ClientSession> for Reopen<'_> {
-    async fn reattach(&mut self) -> Option<ClientSession> {
+impl crate::resume::Reattach<Session> for Reopen<'_> {
+    async fn reattach(&mut self) -> Option<Session> {
         let mut backoff =
             crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
         let mut told = false;
@@ -297,19 +281,17 @@ impl crate::resume::Reattach<ClientSession> for Reopen<'_> {
     }
 }
 
-/// The identity in the certificate a TLS peer presented (verified by the handshake).
-pub fn peer_identity(state: &rustls::CommonState) -> Option<Identity> {
-    use x509_parser::prelude::FromDer;
-    let leaf = state.peer_certificates()?.first()?;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
-    Identity::of_certificate(&cert).ok()
+/// The identity in the certificate chain `chain` a TLS peer presented (verified by the
+/// handshake).
+pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Option<Identity> {
+    identity_of(chain.first()?)
 }
 
 /// The raw public key (the subject public key's bits) of the certificate a TLS peer
-/// presented: a session's key, which it must keep when it attaches again.
-pub fn peer_key(state: &rustls::CommonState) -> Option<Vec<u8>> {
+/// presented (its chain `chain`): a session's key, which it must keep when it attaches again.
+pub fn peer_key(chain: &[CertificateDer<'_>]) -> Option<Vec<u8>> {
     use x509_parser::prelude::FromDer;
-    let leaf = state.peer_certificates()?.first()?;
+    let leaf = chain.first()?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
     Some(cert.public_key().subject_public_key.data.to_vec())
 }
@@ -340,13 +322,15 @@ pub fn client_config(
         agent,
         provider: provider.clone(),
     };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    // rustls runs the handshake; the records are ours (crate::record).
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -380,8 +364,10 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    // Every inner session is new: no tickets to issue or keep.
+    // Every inner session is new: no tickets to issue or keep (and the record layer takes
+    // no handshake message after the handshake).
     config.send_tls13_tickets = 0;
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -11,8 +11,9 @@
 //!   certificate files written 0600, and when a certificate is due for renewal.
 //! - [`tunnel`]: dialling a bridge by its name (SNI) with a session or agent certificate.
 //! - [`e2e`]: the handover from the bridge's TLS to the end-to-end session between client and
-//!   agent, and that session's TLS configurations; [`resume`]: carrying a connection through
-//!   a resumable stream over successive end-to-end sessions.
+//!   agent, and that session's TLS configurations; [`record`]: that session's TLS 1.3
+//!   records, sealed and opened in place; [`resume`]: carrying a connection through a
+//!   resumable stream over successive end-to-end sessions.
 
 pub mod api;
 pub mod backoff;
@@ -21,6 +22,7 @@ pub mod enroll;
 pub mod https;
 pub mod identity;
 pub mod proxy;
+pub mod record;
 pub mod resume;
 pub mod tunnel;
 

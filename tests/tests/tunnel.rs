@@ -51,7 +51,7 @@ fn client_identity(session: SessionId, agent: AgentId, bridge: u32) -> Identity 
 }
 
 /// A client's end-to-end session with the agent.
-type Tunnel = bamf_client::e2e::ClientSession;
+type Tunnel = bamf_client::e2e::Session;
 
 /// Opens a client's tunnel: dials bridge `ordinal`'s name at `front` with a session
 /// certificate, is handed over, and completes the end-to-end handshake with the agent. A

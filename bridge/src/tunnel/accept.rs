@@ -124,7 +124,7 @@ pub(crate) async fn accept(
     };
     let accept = async {
         let mut tls = acceptor.accept(Records::new(replayed)).await.ok()?;
-        let identity = peer_identity(tls.get_ref().1)?;
+        let identity = peer_identity(tls.get_ref().1.peer_certificates()?)?;
         let claim = match identity {
             Identity::Client {
                 session,
