@@ -204,19 +204,14 @@ async fn token_user(
     };
     // Bound to the user's id: a deleted or disabled user's tokens stop working at once, and
     // a user created again under the same name does not inherit them.
-    let user = state
+    let found = state
         .store
-        .token_user(&crate::auth::token_hash(token), now_ms())
+        .token_principal(&crate::auth::token_hash(token), now_ms())
         .await
         .map_err(|_| ApiError::Unavailable("store"))?;
-    let Some(name) = user else {
+    let Some((name, roles)) = found else {
         return Ok(TokenCheck::Invalid);
     };
-    let roles = state
-        .store
-        .effective_roles(&name)
-        .await
-        .map_err(|_| ApiError::Unavailable("store"))?;
     Ok(TokenCheck::User(Principal::User { name, roles }))
 }
 

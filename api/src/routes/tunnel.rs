@@ -24,7 +24,7 @@ use crate::now_ms;
 use crate::placement::{self, BRIDGE_HEARTBEAT, BRIDGE_TTL, CONTROL_KEEP_ALIVE};
 use crate::presence::BridgeStatus;
 use crate::rbac;
-use crate::store::{CertificateRef, Report, Session, SessionFilter};
+use crate::store::{Report, Session, SessionFilter};
 
 /// Comment lines on an idle command stream, so proxies and the agent see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -74,23 +74,11 @@ pub(super) async fn connect(
     }
     let agent: AgentId = resource.agent_id.parse().map_err(|_| ApiError::Internal)?;
     // A revoked agent is offline, whatever its last heartbeat said.
-    let revoked = match state
+    let revoked = state
         .store
-        .agent(&resource.agent_id)
+        .agent_revoked(&resource.agent_id)
         .await?
-        .and_then(|a| a.cert_serial)
-    {
-        Some(serial) => {
-            state
-                .store
-                .is_revoked(&CertificateRef {
-                    serial: Some(serial),
-                    fingerprint: None,
-                })
-                .await?
-        }
-        None => false,
-    };
+        .unwrap_or(false);
     if revoked || !state.presence.agent_online(agent).await? {
         return Err(ApiError::Offline("the resource's agent is offline"));
     }

@@ -77,6 +77,26 @@ impl Store {
         row.as_ref().map(agent_row).transpose()
     }
 
+    /// Whether agent `id`'s current certificate is revoked, or `None` when there is no such
+    /// agent: one query where `/connect` would make two.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn agent_revoked(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM revoked_certificates r WHERE r.serial = a.cert_serial) \
+             FROM agents a WHERE a.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?
+            .map(|n| n > 0))
+    }
+
     /// Every agent, by name.
     ///
     /// # Errors

@@ -28,12 +28,17 @@ pub enum RoleChange {
 }
 
 pub(super) fn role_row(r: &sqlx::any::AnyRow) -> Result<Role, StoreError> {
-    let rules: String = r.try_get(1)?;
+    role_at(r, 0)
+}
+
+/// A role from a row's columns `first` (name), `first + 1` (rules), `first + 2` (builtin).
+pub(super) fn role_at(r: &sqlx::any::AnyRow, first: usize) -> Result<Role, StoreError> {
+    let rules: String = r.try_get(first + 1)?;
     Ok(Role {
-        name: r.try_get(0)?,
+        name: r.try_get(first)?,
         rules: Rules::from_json(&rules)
             .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
-        builtin: r.try_get::<i64, _>(2)? != 0,
+        builtin: r.try_get::<i64, _>(first + 2)? != 0,
     })
 }
 

@@ -391,6 +391,24 @@ async fn resources_belong_to_one_agent_and_go_with_it() {
         // A new catalog replaces the old one.
         s.replace_resources("a1", &[res("db")], 7).await.unwrap();
         assert_eq!(s.resources().await.unwrap().len(), 2);
+        // The setup path's check: whether the agent's current certificate is revoked.
+        assert_eq!(s.agent_revoked("a1").await.unwrap(), Some(false));
+        assert_eq!(
+            s.agent_revoked("a2").await.unwrap(),
+            Some(false),
+            "no serial"
+        );
+        assert_eq!(s.agent_revoked("nobody").await.unwrap(), None);
+        let serial_0a = CertificateRef {
+            serial: Some("0a".into()),
+            fingerprint: None,
+        };
+        s.revoke(&serial_0a, "lost", "user:admin", 7).await.unwrap();
+        assert_eq!(
+            s.agent_revoked("a1").await.unwrap(),
+            Some(true),
+            "{backend:?}"
+        );
         // Deleting the agent takes its resources and revokes its last certificate.
         let deleted = s
             .delete_agent("a1", "user:admin", 8)
@@ -455,6 +473,15 @@ async fn roles_are_created_changed_and_deleted_except_builtins() {
             ["everyone", "web"]
         );
         assert_eq!(s.effective_roles("alice").await.unwrap()[1].rules, rules);
+        // A signed-in request reads the user and the same roles in one query.
+        s.put_token("alice-token", "alice", 1_000, 1).await.unwrap();
+        let (name, roles) = s.token_principal("alice-token", 2).await.unwrap().unwrap();
+        assert_eq!(name, "alice");
+        assert_eq!(
+            roles,
+            s.effective_roles("alice").await.unwrap(),
+            "{backend:?}"
+        );
         assert_eq!(
             s.update_role("admin", &rules).await.unwrap(),
             RoleChange::Builtin
@@ -544,25 +571,24 @@ async fn tokens_are_bound_to_the_user_not_the_name() {
     for backend in BACKENDS {
         let fresh = Fresh::new(backend).await;
         let s = &fresh.store;
+        let user = |token: &'static str, now: i64| async move {
+            s.token_principal(token, now)
+                .await
+                .unwrap()
+                .map(|(name, _)| name)
+        };
         s.create_user("bob", "h", 1).await.unwrap();
         assert!(s.put_token("t1", "bob", 1_000, 10).await.unwrap());
         assert!(s.put_token("t2", "bob", 1_000, 10).await.unwrap());
         assert!(!s.put_token("t3", "nobody", 1_000, 10).await.unwrap());
-        assert_eq!(
-            s.token_user("t1", 20).await.unwrap().as_deref(),
-            Some("bob")
-        );
-        assert_eq!(s.token_user("t1", 1_000).await.unwrap(), None, "expired");
-        assert_eq!(s.token_user("t3", 20).await.unwrap(), None);
+        assert_eq!(user("t1", 20).await.as_deref(), Some("bob"));
+        assert_eq!(user("t1", 1_000).await, None, "expired");
+        assert_eq!(user("t3", 20).await, None);
         s.delete_token("t1").await.unwrap();
-        assert_eq!(s.token_user("t1", 20).await.unwrap(), None, "logged out");
+        assert_eq!(user("t1", 20).await, None, "logged out");
         // A new password ends every token.
         assert!(s.set_password_hash("bob", "h2").await.unwrap());
-        assert_eq!(
-            s.token_user("t2", 20).await.unwrap(),
-            None,
-            "{backend:?}: reset"
-        );
+        assert_eq!(user("t2", 20).await, None, "{backend:?}: reset");
         // Deleted and created again: the old token does not come back.
         assert!(s.put_token("t4", "bob", 1_000, 10).await.unwrap());
         assert!(
@@ -572,11 +598,7 @@ async fn tokens_are_bound_to_the_user_not_the_name() {
                 .is_some()
         );
         s.create_user("bob", "h", 31).await.unwrap();
-        assert_eq!(
-            s.token_user("t4", 40).await.unwrap(),
-            None,
-            "{backend:?}: resurrected"
-        );
+        assert_eq!(user("t4", 40).await, None, "{backend:?}: resurrected");
         // Each user keeps a bounded number of tokens.
         for n in 0..super::tokens::MAX_TOKENS_PER_USER + 5 {
             s.put_token(&format!("many-{n}"), "bob", 10_000, 50 + n)
@@ -588,10 +610,7 @@ async fn tokens_are_bound_to_the_user_not_the_name() {
             .await
             .unwrap();
         assert_eq!(kept, super::tokens::MAX_TOKENS_PER_USER);
-        assert!(
-            s.token_user("many-0", 60).await.unwrap().is_none(),
-            "oldest went"
-        );
+        assert!(user("many-0", 60).await.is_none(), "oldest went");
         fresh.drop_now().await;
     }
 }
@@ -718,7 +737,7 @@ async fn revocation_ends_everything_derived_from_the_certificate() {
         let mut ended = r.ended_sessions.clone();
         ended.sort();
         assert_eq!(ended, ["s1", "s2"]);
-        assert_eq!(s.token_user("bob-token", 7).await.unwrap(), None);
+        assert!(s.token_principal("bob-token", 7).await.unwrap().is_none());
         // An agent certificate, by fingerprint: the agent's sessions end.
         let r = s
             .revoke(&by_fp("fp03"), "host lost", admin, 7)

@@ -51,26 +51,40 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The user a token belongs to, if the token is unexpired and its user (the same one it
-    /// was issued to, by id) exists and is enabled.
+    /// The user a token belongs to, with the roles that apply to them (as
+    /// [`Store::effective_roles`]), if the token is unexpired and its user (the same one it
+    /// was issued to, by id) exists and is enabled. One query: every signed-in request asks.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Database`].
-    pub async fn token_user(
+    /// [`StoreError::Database`]; stored rules that no longer parse count as a database error.
+    pub async fn token_principal(
         &self,
         token_hash: &str,
         now_ms: i64,
-    ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
-            "SELECT u.name FROM api_tokens t JOIN users u ON u.id = t.user_id \
-             WHERE t.token_hash = $1 AND t.expires_at > $2 AND u.disabled = 0",
+    ) -> Result<Option<(String, Vec<Role>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT u.name, r.name, r.rules, r.builtin FROM api_tokens t \
+             JOIN users u ON u.id = t.user_id \
+             LEFT JOIN roles r ON r.name = $3 OR r.name IN \
+             (SELECT role_name FROM role_bindings WHERE user_name = u.name) \
+             WHERE t.token_hash = $1 AND t.expires_at > $2 AND u.disabled = 0 ORDER BY r.name",
         )
         .bind(token_hash)
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .bind(crate::rbac::EVERYONE)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let roles = rows
+            .iter()
+            // A user without roles (not even `everyone`) is one row without a role.
+            .filter(|r| r.try_get::<Option<String>, _>(1).is_ok_and(|n| n.is_some()))
+            .map(|r| super::roles::role_at(r, 1))
+            .collect::<Result<_, _>>()?;
+        Ok(Some((first.try_get(0)?, roles)))
     }
 
     /// Forgets a token (logout).
