@@ -28,7 +28,7 @@ use ring::aead;
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, InsufficientSizeError, UnbufferedConnectionCommon,
+    ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedConnectionCommon,
     UnbufferedStatus,
 };
 use rustls::{ConnectionTrafficSecrets, SupportedCipherSuite};
@@ -425,19 +425,16 @@ async fn handshake<C: Handshaking>(mut conn: C, mut io: TcpStream) -> io::Result
     let mut early = BytesMut::new();
     loop {
         let UnbufferedStatus { discard, state } = conn.process(&mut incoming);
-        let next = match state.map_err(tls)? {
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
+                incoming.advance(discard);
+                return Err(refuse(&mut conn, &mut io, &mut incoming, e).await);
+            }
+        };
+        let next = match state {
             ConnectionState::EncodeTlsData(mut state) => {
-                let at = outgoing.len();
-                outgoing.resize(at + MAX_PLAINTEXT, 0);
-                let n = match state.encode(&mut outgoing[at..]) {
-                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                        outgoing.resize(at + required_size, 0);
-                        state.encode(&mut outgoing[at..])
-                    }
-                    other => other,
-                }
-                .map_err(io::Error::other)?;
-                outgoing.truncate(at + n);
+                encode(&mut state, &mut outgoing)?;
                 Next::Go
             }
             ConnectionState::TransmitTlsData(state) => {
@@ -507,6 +504,44 @@ async fn handshake<C: Handshaking>(mut conn: C, mut io: TcpStream) -> io::Result
         peer,
     })
 }
+
+/// Appends the handshake record `state` holds to `out`.
+fn encode<Data>(state: &mut EncodeTlsData<'_, Data>, out: &mut Vec<u8>) -> io::Result<()> {
+    let at = out.len();
+    out.resize(at + MAX_PLAINTEXT, 0);
+    let n = match state.encode(&mut out[at..]) {
+        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            out.resize(at + required_size, 0);
+            state.encode(&mut out[at..])
+        }
+        other => other,
+    }
+    .map_err(io::Error::other)?;
+    out.truncate(at + n);
+    Ok(())
+}
+
+/// The handshake failed with `error`: sends the alert rustls queued for it, so the peer
+/// learns why rather than seeing the connection drop, and returns the error.
+async fn refuse<C: Handshaking>(
+    conn: &mut C,
+    io: &mut TcpStream,
+    incoming: &mut [u8],
+    error: rustls::Error,
+) -> io::Error {
+    // The alert rustls queued is the one record left to encode (it offers no transmit
+    // step after an error: the bytes are sent here).
+    let mut alert = Vec::new();
+    if let Ok(ConnectionState::EncodeTlsData(mut state)) = conn.process(incoming).state
+        && encode(&mut state, &mut alert).is_ok()
+    {
+        let _ = tokio::time::timeout(ALERT_TIMEOUT, io.write_all(&alert)).await;
+    }
+    tls(error)
+}
+
+/// How long a failed handshake's alert may take to leave.
+const ALERT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Receiving {
     /// Opens the next whole record in the buffer, if there is one; `Ok(true)` if it did.
@@ -873,6 +908,23 @@ mod tests {
         let (theirs, ours) = tokio::join!(connector.connect(name, c), Session::server(s, server));
         let (got_theirs, got_ours) = exchange(theirs.unwrap(), ours.unwrap(), &bytes).await;
         assert!(got_ours == bytes && got_theirs == bytes);
+    }
+
+    #[tokio::test]
+    async fn a_refused_handshake_tells_the_peer_why() {
+        // A client that trusts another certificate refuses the server's; the server hears
+        // the alert rather than an unexplained end of the connection.
+        let (_, server) = configs();
+        let (client, _) = configs();
+        let (c, s) = connected().await;
+        let (ours, theirs) = tokio::join!(Session::client(c, client), Session::server(s, server));
+        let client_error = ours.unwrap_err().to_string();
+        assert!(
+            client_error.contains("invalid peer certificate"),
+            "{client_error}"
+        );
+        let server_error = theirs.unwrap_err().to_string();
+        assert!(server_error.contains("alert"), "{server_error}");
     }
 
     #[tokio::test]
