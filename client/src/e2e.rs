@@ -113,7 +113,9 @@ const INNER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// The handshake failed (the agent is not the one the session names, I/O) or timed out.
 pub async fn connect(raw: TcpStream, config: Arc<rustls::ClientConfig>) -> io::Result<Session> {
-    within_deadline(Session::client(raw, config)).await
+    let name = ServerName::try_from(INNER_SERVER_NAME)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    within_deadline(Session::client(raw, config, name)).await
 }
 
 /// The agent's inner handshake on the raw connection `raw` (see [`server_config`]); the

@@ -343,14 +343,17 @@ struct Sending {
 }
 
 impl Session {
-    /// The client's handshake on `io` with `config` (TLS 1.3, secret extraction enabled).
+    /// The client's handshake on `io` with `config` (TLS 1.3, secret extraction enabled),
+    /// naming the server `name`.
     ///
     /// # Errors
     ///
     /// The handshake failed (the peer, I/O).
-    pub async fn client(io: TcpStream, config: Arc<rustls::ClientConfig>) -> io::Result<Self> {
-        let name = ServerName::try_from(crate::e2e::INNER_SERVER_NAME)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    pub async fn client(
+        io: TcpStream,
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    ) -> io::Result<Self> {
         let conn = UnbufferedClientConnection::new(config, name).map_err(tls)?;
         handshake(conn, io).await
     }
@@ -812,13 +815,19 @@ mod tests {
         out
     }
 
-    /// A certificate for the inner session's server name and configurations for both sides
+    const SERVER_NAME: &str = "server.test.invalid";
+
+    fn name() -> ServerName<'static> {
+        ServerName::try_from(SERVER_NAME).unwrap()
+    }
+
+    /// A certificate for [`SERVER_NAME`] and configurations for both sides
     /// (as e2e's: TLS 1.3, secret extraction, no tickets), without client authentication.
     fn configs() -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
         use rustls_pki_types::PrivateKeyDer;
         use rustls_pki_types::pem::PemObject;
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![crate::e2e::INNER_SERVER_NAME.to_owned()])
+        let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()])
             .unwrap()
             .self_signed(&key)
             .unwrap();
@@ -897,13 +906,16 @@ mod tests {
         // Our client, rustls' server (its buffered connection, the reference).
         let (c, s) = connected().await;
         let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
-        let (ours, theirs) = tokio::join!(Session::client(c, client.clone()), acceptor.accept(s));
+        let (ours, theirs) = tokio::join!(
+            Session::client(c, client.clone(), name()),
+            acceptor.accept(s)
+        );
         let (got_ours, got_theirs) = exchange(ours.unwrap(), theirs.unwrap(), &bytes).await;
         assert!(got_ours == bytes && got_theirs == bytes);
         // rustls' client, our server; the client writes at once, so its first bytes may come
         // with its last handshake flight.
         let (c, s) = connected().await;
-        let name = ServerName::try_from(crate::e2e::INNER_SERVER_NAME).unwrap();
+        let name = ServerName::try_from(SERVER_NAME).unwrap();
         let connector = tokio_rustls::TlsConnector::from(client);
         let (theirs, ours) = tokio::join!(connector.connect(name, c), Session::server(s, server));
         let (got_theirs, got_ours) = exchange(theirs.unwrap(), ours.unwrap(), &bytes).await;
@@ -917,7 +929,10 @@ mod tests {
         let (_, server) = configs();
         let (client, _) = configs();
         let (c, s) = connected().await;
-        let (ours, theirs) = tokio::join!(Session::client(c, client), Session::server(s, server));
+        let (ours, theirs) = tokio::join!(
+            Session::client(c, client, name()),
+            Session::server(s, server)
+        );
         let client_error = ours.unwrap_err().to_string();
         assert!(
             client_error.contains("invalid peer certificate"),
@@ -931,7 +946,10 @@ mod tests {
     async fn bytes_altered_on_the_way_end_the_session_with_an_error() {
         let (client, server) = configs();
         let (c, s) = connected().await;
-        let (ours, theirs) = tokio::join!(Session::client(c, client), Session::server(s, server));
+        let (ours, theirs) = tokio::join!(
+            Session::client(c, client, name()),
+            Session::server(s, server)
+        );
         let (mut ours, theirs) = (ours.unwrap(), theirs.unwrap());
         // The server's socket, as a bridge could alter it: a record with one bit flipped.
         let mut raw = theirs.io;
@@ -950,7 +968,10 @@ mod tests {
     async fn a_session_whose_key_is_used_up_fails_its_writes_and_its_peer_reads_what_came() {
         let (client, server) = configs();
         let (c, s) = connected().await;
-        let (ours, theirs) = tokio::join!(Session::client(c, client), Session::server(s, server));
+        let (ours, theirs) = tokio::join!(
+            Session::client(c, client, name()),
+            Session::server(s, server)
+        );
         let (mut ours, mut theirs) = (ours.unwrap(), theirs.unwrap());
         // Two records left under this key.
         ours.tx.sealer.0.limit = ours.tx.sealer.0.seq + 2;
