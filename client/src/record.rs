@@ -388,31 +388,32 @@ trait Handshaking: std::ops::DerefMut<Target = UnbufferedConnectionCommon<Self::
     fn into_secrets(self) -> Result<rustls::ExtractedSecrets, rustls::Error>;
 }
 
-impl Handshaking for UnbufferedClientConnection {
-    type Data = rustls::client::ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn into_secrets(self) -> Result<rustls::ExtractedSecrets, rustls::Error> {
-        self.dangerous_into_kernel_connection().map(|(s, _)| s)
-    }
+/// The same two calls on rustls' two connection types.
+macro_rules! handshaking {
+    ($conn:ty, $data:ty) => {
+        impl Handshaking for $conn {
+            type Data = $data;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+            fn into_secrets(self) -> Result<rustls::ExtractedSecrets, rustls::Error> {
+                self.dangerous_into_kernel_connection().map(|(s, _)| s)
+            }
+        }
+    };
 }
 
-impl Handshaking for UnbufferedServerConnection {
-    type Data = rustls::server::ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn into_secrets(self) -> Result<rustls::ExtractedSecrets, rustls::Error> {
-        self.dangerous_into_kernel_connection().map(|(s, _)| s)
-    }
-}
+handshaking!(
+    UnbufferedClientConnection,
+    rustls::client::ClientConnectionData
+);
+handshaking!(
+    UnbufferedServerConnection,
+    rustls::server::ServerConnectionData
+);
 
 /// Drives `conn`'s handshake over `io` until it is done on this side, then takes its keys.
 /// Bytes read past the handshake stay in the session's read buffer; application bytes
