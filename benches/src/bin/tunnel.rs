@@ -38,8 +38,9 @@ struct Cli {
     #[arg(long, default_value_t = 512)]
     mib: usize,
     /// Throughput runs per path; the median is reported (the VM's absolute numbers swing
-    /// by a quarter between runs: fewer than 5 makes the ratio noisy).
-    #[arg(long, default_value_t = 5)]
+    /// by a quarter between runs: five pairs of one build gave ratios from 0.79× to 0.92×,
+    /// fifteen keep it within a few percent).
+    #[arg(long, default_value_t = 15)]
     runs: usize,
     /// Idle tunnels held open for the memory measurement.
     #[arg(long, default_value_t = 500)]
