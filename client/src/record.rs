@@ -924,6 +924,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_quiet_session_holds_no_buffer() {
+        let (client, server) = configs();
+        let (c, s) = connected().await;
+        let (ours, theirs) = tokio::join!(
+            Session::client(c, client, name()),
+            Session::server(s, server)
+        );
+        let (mut ours, mut theirs) = (ours.unwrap(), theirs.unwrap());
+        let bytes = sample(5 * MAX_PLAINTEXT + 3);
+        ours.write_all(&bytes).await.unwrap();
+        ours.flush().await.unwrap();
+        let mut got = vec![0; bytes.len()];
+        theirs.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, bytes);
+        // Both ends idle now: nothing kept for reading or for writing.
+        assert_eq!((ours.tx.buf.capacity(), ours.rx.buf.capacity()), (0, 0));
+        assert_eq!((theirs.tx.buf.capacity(), theirs.rx.buf.capacity()), (0, 0));
+    }
+
+    #[tokio::test]
     async fn a_refused_handshake_tells_the_peer_why() {
         // A client that trusts another certificate refuses the server's; the server hears
         // the alert rather than an unexplained end of the connection.
