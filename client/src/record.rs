@@ -686,6 +686,9 @@ impl AsyncRead for Session {
             let n = rx.early.len().min(out.remaining());
             out.put_slice(&rx.early[..n]);
             rx.early.advance(n);
+            if rx.early.is_empty() {
+                rx.early = BytesMut::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let mut filled = false;
