@@ -46,6 +46,11 @@ pub struct Session {
 /// may be a broken path that both sides attach again around.
 const FINAL_AT_BRIDGE: &[&str] = &["killed", "target_unreachable"];
 
+/// The sessions on a bridge that ended since a time, newest first ([`Store::ended_unpaired`]):
+/// every bridge heartbeat asks, so the index `sessions_ended_by_bridge` serves it.
+pub(super) const ENDED_ON_BRIDGE: &str = "SELECT id FROM sessions WHERE bridge = $1 \
+     AND state = 'ended' AND ended_at >= $2 ORDER BY ended_at DESC LIMIT 1000";
+
 /// Which sessions to list; `None` means any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionFilter {
@@ -466,14 +471,11 @@ impl Store {
         bridge: u32,
         since_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id FROM sessions WHERE bridge = $1 AND state = 'ended' \
-             AND ended_at >= $2 ORDER BY ended_at DESC LIMIT 1000",
-        )
-        .bind(i64::from(bridge))
-        .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(ENDED_ON_BRIDGE)
+            .bind(i64::from(bridge))
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .iter()
             .map(|r| r.try_get(0))

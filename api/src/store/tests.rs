@@ -759,6 +759,30 @@ async fn revocation_ends_everything_derived_from_the_certificate() {
     }
 }
 
+/// A bridge's heartbeat reads only the recently ended sessions on it, in index order: not
+/// every session it ever ended, sorted (SQLite plans without statistics, as a new database
+/// does; PostgreSQL chooses by its statistics).
+#[tokio::test]
+async fn a_bridge_heartbeat_reads_only_recent_sessions() {
+    let fresh = Fresh::new(Backend::Sqlite).await;
+    let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN QUERY PLAN {}",
+        super::sessions::ENDED_ON_BRIDGE
+    )))
+    .bind(0_i64)
+    .bind(0_i64)
+    .fetch_all(fresh.store.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| sqlx::Row::try_get::<String, _>(r, 3).unwrap())
+    .collect();
+    let plan = plan.join("; ");
+    assert!(plan.contains("sessions_ended_by_bridge"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    fresh.drop_now().await;
+}
+
 #[test]
 fn the_builtin_rules_parse() {
     for migration in [
