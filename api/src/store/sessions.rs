@@ -51,6 +51,14 @@ const FINAL_AT_BRIDGE: &[&str] = &["killed", "target_unreachable"];
 pub(super) const ENDED_ON_BRIDGE: &str = "SELECT id FROM sessions WHERE bridge = $1 \
      AND state = 'ended' AND ended_at >= $2 ORDER BY ended_at DESC LIMIT 1000";
 
+/// Open, attached sessions created before a time on bridges silent since then
+/// ([`Store::end_sessions_of_silent_bridges`], every second): the index
+/// `sessions_open_by_bridge` holds open sessions only.
+pub(super) const OPEN_ON_SILENT_BRIDGES: &str = "SELECT s.id FROM sessions s \
+     JOIN bridges b ON b.ordinal = s.bridge \
+     WHERE s.state <> 'ended' AND s.created_at < $1 AND s.detached_at IS NULL \
+     AND (b.last_seen_at IS NULL OR b.last_seen_at < $1)";
+
 /// Which sessions to list; `None` means any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionFilter {
@@ -494,17 +502,13 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let ids: Vec<String> = sqlx::query(
-            "SELECT s.id FROM sessions s JOIN bridges b ON b.ordinal = s.bridge \
-             WHERE s.state <> 'ended' AND s.created_at < $1 AND s.detached_at IS NULL \
-             AND (b.last_seen_at IS NULL OR b.last_seen_at < $1)",
-        )
-        .bind(silent_since)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
+        let ids: Vec<String> = sqlx::query(OPEN_ON_SILENT_BRIDGES)
+            .bind(silent_since)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         lose(&mut tx, &ids, now_ms).await?;
         tx.commit().await?;
         Ok(ids)

@@ -759,27 +759,40 @@ async fn revocation_ends_everything_derived_from_the_certificate() {
     }
 }
 
-/// A bridge's heartbeat reads only the recently ended sessions on it, in index order: not
-/// every session it ever ended, sorted (SQLite plans without statistics, as a new database
-/// does; PostgreSQL chooses by its statistics).
+/// What the API asks every second reads only what it needs: a bridge's heartbeat the recently
+/// ended sessions on it, in index order (not every session it ever ended, sorted); the sweep
+/// for silent bridges the open sessions (not the whole table). SQLite plans without
+/// statistics, as a new database does; PostgreSQL chooses by its statistics.
 #[tokio::test]
-async fn a_bridge_heartbeat_reads_only_recent_sessions() {
+async fn what_runs_every_second_reads_only_what_it_needs() {
     let fresh = Fresh::new(Backend::Sqlite).await;
-    let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN QUERY PLAN {}",
-        super::sessions::ENDED_ON_BRIDGE
-    )))
-    .bind(0_i64)
-    .bind(0_i64)
-    .fetch_all(fresh.store.pool())
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| sqlx::Row::try_get::<String, _>(r, 3).unwrap())
-    .collect();
-    let plan = plan.join("; ");
-    assert!(plan.contains("sessions_ended_by_bridge"), "{plan}");
-    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    for (query, index, binds) in [
+        (
+            super::sessions::ENDED_ON_BRIDGE,
+            "sessions_ended_by_bridge",
+            2,
+        ),
+        (
+            super::sessions::OPEN_ON_SILENT_BRIDGES,
+            "sessions_open_by_bridge",
+            1,
+        ),
+    ] {
+        let mut explain = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {query}")));
+        for _ in 0..binds {
+            explain = explain.bind(0_i64);
+        }
+        let plan: Vec<String> = explain
+            .fetch_all(fresh.store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| sqlx::Row::try_get::<String, _>(r, 3).unwrap())
+            .collect();
+        let plan = plan.join("; ");
+        assert!(plan.contains(index), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
     fresh.drop_now().await;
 }
 
