@@ -865,6 +865,17 @@ mod tests {
         (dialled.unwrap(), accepted.unwrap().0)
     }
 
+    /// A client session and a server session, handshaken with each other.
+    async fn sessions() -> (Session, Session) {
+        let (client, server) = configs();
+        let (c, s) = connected().await;
+        let (ours, theirs) = tokio::join!(
+            Session::client(c, client, name()),
+            Session::server(s, server)
+        );
+        (ours.unwrap(), theirs.unwrap())
+    }
+
     /// Sends `bytes` one way and the same back the other, at once, then closes; returns what
     /// each side read (to its end: `close_notify`).
     async fn exchange<A, B>(mut a: A, mut b: B, bytes: &[u8]) -> (Vec<u8>, Vec<u8>)
@@ -928,13 +939,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_quiet_session_holds_no_buffer() {
-        let (client, server) = configs();
-        let (c, s) = connected().await;
-        let (ours, theirs) = tokio::join!(
-            Session::client(c, client, name()),
-            Session::server(s, server)
-        );
-        let (mut ours, mut theirs) = (ours.unwrap(), theirs.unwrap());
+        let (mut ours, mut theirs) = sessions().await;
         let bytes = sample(5 * MAX_PLAINTEXT + 3);
         ours.write_all(&bytes).await.unwrap();
         ours.flush().await.unwrap();
@@ -968,13 +973,7 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_altered_on_the_way_end_the_session_with_an_error() {
-        let (client, server) = configs();
-        let (c, s) = connected().await;
-        let (ours, theirs) = tokio::join!(
-            Session::client(c, client, name()),
-            Session::server(s, server)
-        );
-        let (mut ours, theirs) = (ours.unwrap(), theirs.unwrap());
+        let (mut ours, theirs) = sessions().await;
         // The server's socket, as a bridge could alter it: a record with one bit flipped.
         let mut raw = theirs.io;
         let mut record = sealed(&mut { theirs.tx }.sealer, APPLICATION_DATA, b"marker");
@@ -990,13 +989,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_whose_key_is_used_up_fails_its_writes_and_its_peer_reads_what_came() {
-        let (client, server) = configs();
-        let (c, s) = connected().await;
-        let (ours, theirs) = tokio::join!(
-            Session::client(c, client, name()),
-            Session::server(s, server)
-        );
-        let (mut ours, mut theirs) = (ours.unwrap(), theirs.unwrap());
+        let (mut ours, mut theirs) = sessions().await;
         // Two records left under this key.
         ours.tx.sealer.0.limit = ours.tx.sealer.0.seq + 2;
         let bytes = sample(3 * MAX_PLAINTEXT);
