@@ -927,8 +927,8 @@ mod tests {
         );
         let (got_ours, got_theirs) = exchange(ours.unwrap(), theirs.unwrap(), &bytes).await;
         assert!(got_ours == bytes && got_theirs == bytes);
-        // rustls' client, our server; the client writes at once, so its first bytes may come
-        // with its last handshake flight.
+        // rustls' client, our server (bytes that come with the client's last handshake flight:
+        // `bytes_that_came_with_the_last_handshake_flight_are_read_first`).
         let (c, s) = connected().await;
         let name = ServerName::try_from(SERVER_NAME).unwrap();
         let connector = tokio_rustls::TlsConnector::from(client);
@@ -949,6 +949,48 @@ mod tests {
         // Both ends idle now: nothing kept for reading or for writing.
         assert_eq!((ours.tx.buf.capacity(), ours.rx.buf.capacity()), (0, 0));
         assert_eq!((theirs.tx.buf.capacity(), theirs.rx.buf.capacity()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn bytes_that_came_with_the_last_handshake_flight_are_read_first() {
+        let (client, server) = configs();
+        // Client ↔ relay ↔ server. The relay passes the ClientHello at once, then holds what
+        // the client sends next (its last flight and its first bytes) and passes it in one
+        // write: the server reads both at once, as a busy network may deliver them.
+        let (c, relay_client) = connected().await;
+        let (relay_server, s) = connected().await;
+        tokio::spawn(async move {
+            let (mut from_client, mut to_client) = relay_client.into_split();
+            let (mut from_server, mut to_server) = relay_server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+            });
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = from_client.read(&mut buf).await.unwrap();
+            to_server.write_all(&buf[..n]).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let n = from_client.read(&mut buf).await.unwrap();
+            to_server.write_all(&buf[..n]).await.unwrap();
+            let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+        });
+        let connector = tokio_rustls::TlsConnector::from(client);
+        let theirs = async {
+            let mut tls = connector.connect(name(), c).await.unwrap();
+            tls.write_all(b"first bytes").await.unwrap();
+            tls.flush().await.unwrap();
+            tls
+        };
+        let (_theirs, ours) = tokio::join!(theirs, Session::server(s, server));
+        let mut ours = ours.unwrap();
+        assert_eq!(
+            &ours.rx.early[..],
+            b"first bytes",
+            "not read with the handshake"
+        );
+        let mut got = [0u8; 11];
+        ours.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"first bytes");
+        assert_eq!(ours.rx.early.capacity(), 0, "kept after it was read");
     }
 
     #[tokio::test]
@@ -1046,22 +1088,14 @@ mod tests {
     #[test]
     fn headers_that_are_not_tls_13_records_are_refused() {
         assert_eq!(Opener::record_len(&[23, 3]), Ok(None));
-        assert_eq!(
-            Opener::record_len(&[22, 3, 3, 0, 40]),
-            Err(RecordError::Header)
-        );
-        assert_eq!(
-            Opener::record_len(&[23, 3, 1, 0, 40]),
-            Err(RecordError::Header)
-        );
-        assert_eq!(
-            Opener::record_len(&[23, 3, 3, 0, 16]),
-            Err(RecordError::Header)
-        );
-        assert_eq!(
-            Opener::record_len(&[23, 3, 3, 0x41, 1]),
-            Err(RecordError::Overflow)
-        );
+        for (header, refused) in [
+            ([22, 3, 3, 0, 40], RecordError::Header), // a handshake record
+            ([23, 3, 1, 0, 40], RecordError::Header), // another version
+            ([23, 3, 3, 0, 16], RecordError::Header), // shorter than a tag and a type
+            ([23, 3, 3, 0x41, 1], RecordError::Overflow), // longer than TLS allows
+        ] {
+            assert_eq!(Opener::record_len(&header), Err(refused), "{header:?}");
+        }
         // Garbage of every length never panics.
         let (_, mut opener) = pair(u64::MAX);
         let mut state = 0x2545_f491_4f6c_dd1d_u64;

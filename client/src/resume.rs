@@ -879,7 +879,7 @@ mod tests {
 
         // A full batch of frames in one write, then the rest (the last frame short), then
         // nothing more.
-        let batch = FRAMES_PER_WRITE * MAX_DATA;
+        let batch = BATCH;
         let buf: Vec<u8> = (0..batch + 2 * MAX_DATA + 10).map(|i| i as u8).collect();
         let mut w = Dribble(Vec::new());
         assert_eq!(write_frames(&mut w, &buf, 0).await.unwrap(), batch);
