@@ -51,8 +51,8 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The user a token belongs to, with the roles that apply to them (as
-    /// [`Store::effective_roles`]), if the token is unexpired and its user (the same one it
+    /// The user a token belongs to, with the roles that apply to them (`everyone` and those
+    /// bound, with their rules), if the token is unexpired and its user (the same one it
     /// was issued to, by id) exists and is enabled. One query: every signed-in request asks.
     ///
     /// # Errors

@@ -2,9 +2,7 @@
 
 use sqlx::Row;
 
-use super::roles::role_row;
 use super::*;
-use crate::rbac;
 
 /// A user as listed (never the password hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,23 +240,5 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
-    }
-
-    /// The roles that apply to `user`: `everyone` and those bound, with their rules.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Database`]; stored rules that no longer parse count as a database
-    /// error (they were checked on the way in).
-    pub async fn effective_roles(&self, user: &str) -> Result<Vec<Role>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, rules, builtin FROM roles WHERE name = $2 OR name IN \
-             (SELECT role_name FROM role_bindings WHERE user_name = $1) ORDER BY name",
-        )
-        .bind(user)
-        .bind(rbac::EVERYONE)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(role_row).collect()
     }
 }
