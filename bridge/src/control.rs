@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bamf_client::backoff::Backoff;
+use bamf_client::batch::{self, Batching};
 use bamf_client::enroll::{self, IdentityFiles, IssuedError, KeyPair};
 use bamf_client::https::{Api, HttpsError};
 use bamf_client::identity;
@@ -343,68 +344,26 @@ async fn control_stream(api: Arc<arc_swap::ArcSwap<Api>>, stop: CancellationToke
 
 async fn reports(
     api: Arc<arc_swap::ArcSwap<Api>>,
-    mut events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<Event>,
     stop: CancellationToken,
 ) {
-    let mut batch: Vec<Event> = Vec::new();
-    let mut failures = 0u32;
-    let mut retry = backoff();
-    loop {
-        if batch.is_empty() {
-            tokio::select! {
-                // At shutdown, what is queued is still sent (the caller waits a little).
-                n = events.recv_many(&mut batch, REPORT_BATCH) => if n == 0 { return },
-                () = stop.cancelled() => {
-                    if events.is_empty() { return }
-                    events.recv_many(&mut batch, REPORT_BATCH).await;
-                }
+    let batching = Batching {
+        max: REPORT_BATCH,
+        linger: REPORT_LINGER,
+        retry: (BACKOFF_MIN, BACKOFF_MAX),
+    };
+    batch::deliver("session reports", events, stop, batching, |events| {
+        let api = api.load_full();
+        async move {
+            let reports = Reports { events };
+            let sent = api.bridge_reports(&reports).await.map(drop);
+            if sent.is_ok() {
+                crate::metrics::reports_sent(reports.events.len());
             }
-            let linger = tokio::time::sleep(REPORT_LINGER);
-            tokio::pin!(linger);
-            while batch.len() < REPORT_BATCH {
-                let room = REPORT_BATCH - batch.len();
-                tokio::select! {
-                    n = events.recv_many(&mut batch, room) => if n == 0 { break },
-                    () = &mut linger => break,
-                    () = stop.cancelled() => break,
-                }
-            }
+            (reports.events, sent)
         }
-        let reports = Reports {
-            events: std::mem::take(&mut batch),
-        };
-        let sent = api.load().bridge_reports(&reports).await;
-        batch = reports.events;
-        match sent {
-            Ok(_) => {
-                if failures > 0 {
-                    tracing::info!(
-                        events = batch.len(),
-                        "reports: delivered after {failures} failures"
-                    );
-                }
-                crate::metrics::reports_sent(batch.len());
-                batch.clear();
-                failures = 0;
-                retry.reset();
-            }
-            Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
-                // The API refuses these events for good (malformed): retrying cannot help.
-                tracing::error!(error = %e, events = batch.len(), "reports refused; dropped");
-                batch.clear();
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 || failures.is_multiple_of(10) {
-                    tracing::warn!(error = %e, failures, queued = batch.len() + events.len(), "reports: API unavailable, will retry");
-                }
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(retry.next_delay()) => {}
-                }
-            }
-        }
-    }
+    })
+    .await;
 }
 
 /// Renews at half-life (`bamf_client::enroll::renew_at_half_life`), swapping the new

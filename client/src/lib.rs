@@ -2,7 +2,8 @@
 //!
 //! - [`api`]: one typed method per API route, with the contract's types.
 //! - [`enroll`]: the identity's files (crash-safe), checking what the API issued, renewal at
-//!   half-life; [`backoff`]: jittered exponential back-off for every retry.
+//!   half-life; [`backoff`]: jittered exponential back-off for every retry; [`batch`]: what
+//!   bridges and agents report about sessions, sent in batches and retried.
 //! - [`https`]: a small JSON-over-HTTPS client for the API, with the CA as the only trust
 //!   root (the CLI adds the system's roots: [`api_tls_config`]) and an optional client
 //!   certificate (agents and bridges authenticate by it).
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod batch;
 pub mod e2e;
 pub mod enroll;
 pub mod https;
