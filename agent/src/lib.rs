@@ -28,14 +28,15 @@
 //! - [`enroll`]: join, the files in `data_dir`, renewal, and the TLS set-ups made from them.
 //! - [`heartbeat`]: the catalog report.
 //! - [`commands`]: the command stream, reconnected with back-off; [`sse`] parses it.
-//! - [`tunnel`]: serving one dial command; the relay with idle timeout and half-close.
+//! - [`tunnel`]: serving one dial command; the relay with idle timeout and half-close; the
+//!   sessions' ends, sent to the API in batches.
 //! - [`health`]: readiness for the health listener (`/health`, `/ready`, `/metrics`, served
 //!   by [`bamf_runtime::admin`]).
 //! - [`metrics`]: the agent's Prometheus metrics.
 //!
 //! [`run`] ties them together and owns the shutdown order: readiness off, stop the command
 //! stream (and so new tunnels), stop reporting, drain open tunnels under the grace period,
-//! cut what is left, report.
+//! cut what is left, send their ends to the API (for a moment at most), report.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ use std::sync::atomic::Ordering;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub mod commands;
@@ -60,6 +61,9 @@ mod tests;
 
 use crate::config::Config;
 use crate::enroll::{EnrollError, JoinToken, Tls};
+
+/// At shutdown, how long the drained tunnels' ends get to reach the API.
+const ENDS_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Binds the health listener, before anything else happens, so that a port conflict is
 /// found at once.
@@ -149,7 +153,14 @@ pub async fn run(
 
     let stop_stream = CancellationToken::new();
     let stop_background = CancellationToken::new();
-    let tunnels = tunnel::Tunnels::new(config.clone(), tls_rx.clone());
+    let (ends_tx, ends_rx) = mpsc::channel(tunnel::ENDS_QUEUE);
+    let tunnels = tunnel::Tunnels::new(config.clone(), tls_rx.clone(), ends_tx);
+    let stop_ends = CancellationToken::new();
+    let ends = tokio::spawn(tunnel::report_ends(
+        tls_rx.clone(),
+        ends_rx,
+        stop_ends.clone(),
+    ));
     let stream = tokio::spawn(commands::follow(
         tls_rx.clone(),
         tunnels.clone(),
@@ -187,8 +198,13 @@ pub async fn run(
     );
     // 4. Drain under the grace period, 5. then cut what is left.
     let drained = tunnels.drain(config.limits.shutdown_grace).await;
+    // 6. The tunnels' ends reach the API, for a moment at most.
+    stop_ends.cancel();
+    if tokio::time::timeout(ENDS_FLUSH, ends).await.is_err() {
+        tracing::warn!("shutdown: the API did not take every session's end in time");
+    }
     stop_health.await;
-    // 6. Report.
+    // 7. Report.
     let report = ShutdownReport {
         open_at_start: drained.open_at_start,
         cut: drained.cut,

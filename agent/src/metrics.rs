@@ -51,6 +51,8 @@ pub enum DialOutcome {
     UnknownResource,
     /// `max_tunnels` are open; the command was dropped.
     LimitReached,
+    /// A client attached again to a session this agent no longer serves; refused.
+    NotServed,
     /// The resource refused the connection.
     ResourceRefused,
     /// The resource did not accept within `connect_timeout`.
@@ -81,6 +83,7 @@ impl DialOutcome {
             Self::Ok => "ok",
             Self::UnknownResource => "unknown_resource",
             Self::LimitReached => "limit_reached",
+            Self::NotServed => "not_served",
             Self::ResourceRefused => "resource_refused",
             Self::ResourceTimeout => "resource_timeout",
             Self::ResourceError => "resource_error",

@@ -109,6 +109,7 @@ fn dial_event(agent: &str, resource: &str) -> String {
         resource: resource.into(),
         bridge_host: BRIDGE.into(),
         bridge_port: 443,
+        reattach: false,
     };
     format!(
         "event: dial\ndata: {}\n\n",
@@ -283,23 +284,20 @@ async fn echo() -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dial_commands_from_the_stream_open_tunnels_through_the_bridge() {
-    let pki = Pki::new();
-    let (api_addr, api_connections) = fake_api(pki.acceptor("localhost")).await;
-    let session_cert = pki.issue_identity(&bamf_proto::san::Identity::Client {
-        session: SESSION.parse().unwrap(),
-        user: "alice".parse().unwrap(),
-        resource: "echo".parse().unwrap(),
-        agent: AGENT.parse().unwrap(),
-        bridge: 0,
-    });
-    let (bridge_addr, bridge_connections, mut tunnels_seen) =
-        fake_bridge(pki.acceptor(BRIDGE), pki.ca_pem.clone(), session_cert).await;
-    let resource = echo().await;
-
-    let dir = std::env::temp_dir().join(format!("bamf-agent-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// The agent's configuration and TLS set-ups, in `dir`: API and bridge at the given
+/// addresses, one `echo` resource at `resource`, and an agent certificate from `pki`.
+fn agent(
+    pki: &Pki,
+    dir: &std::path::Path,
+    api_addr: std::net::SocketAddr,
+    bridge_addr: std::net::SocketAddr,
+    resource: std::net::SocketAddr,
+) -> (
+    Arc<Config>,
+    watch::Sender<Arc<Tls>>,
+    watch::Receiver<Arc<Tls>>,
+) {
+    std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("ca.crt"), &pki.ca_pem).unwrap();
     let raw = RawConfig {
         name: Some("edge-1".into()),
@@ -316,7 +314,7 @@ async fn dial_commands_from_the_stream_open_tunnels_through_the_bridge() {
         }],
         ..RawConfig::default()
     };
-    let config = Arc::new(Config::build(raw, &dir).unwrap());
+    let config = Arc::new(Config::build(raw, dir).unwrap());
     let (cert_pem, key_pem) = pki.issue_identity(&bamf_proto::san::Identity::Agent {
         agent: AGENT.parse().unwrap(),
     });
@@ -326,8 +324,29 @@ async fn dial_commands_from_the_stream_open_tunnels_through_the_bridge() {
         pair: bamf_client::enroll::KeyPair { key_pem, cert_pem },
         ca_pem: pki.ca_pem.clone(),
     };
-    let (_tls_tx, tls_rx) = watch::channel(Arc::new(Tls::new(&config, &creds).unwrap()));
-    let tunnels = tunnel::Tunnels::new(config.clone(), tls_rx.clone());
+    let (tls_tx, tls_rx) = watch::channel(Arc::new(Tls::new(&config, &creds).unwrap()));
+    (config, tls_tx, tls_rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dial_commands_from_the_stream_open_tunnels_through_the_bridge() {
+    let pki = Pki::new();
+    let (api_addr, api_connections) = fake_api(pki.acceptor("localhost")).await;
+    let session_cert = pki.issue_identity(&bamf_proto::san::Identity::Client {
+        session: SESSION.parse().unwrap(),
+        user: "alice".parse().unwrap(),
+        resource: "echo".parse().unwrap(),
+        agent: AGENT.parse().unwrap(),
+        bridge: 0,
+    });
+    let (bridge_addr, bridge_connections, mut tunnels_seen) =
+        fake_bridge(pki.acceptor(BRIDGE), pki.ca_pem.clone(), session_cert).await;
+    let resource = echo().await;
+
+    let dir = std::env::temp_dir().join(format!("bamf-agent-stream-{}", std::process::id()));
+    let (config, _tls_tx, tls_rx) = agent(&pki, &dir, api_addr, bridge_addr, resource);
+    let (ends, _ends) = tokio::sync::mpsc::channel(1);
+    let tunnels = tunnel::Tunnels::new(config.clone(), tls_rx.clone(), ends);
     let connected = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
     let follow = tokio::spawn(commands::follow(
@@ -377,5 +396,79 @@ async fn dial_commands_from_the_stream_open_tunnels_through_the_bridge() {
     );
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(tunnels.open(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client attaching again to a session this agent does not serve (it ended here, its end
+/// still on the way to the API) is refused at the bridge: no new stream from offset 0, no
+/// connection to the resource, no second account of the session. A first dial for the same
+/// session is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_attaching_again_to_a_session_not_served_here_is_refused() {
+    let pki = Pki::new();
+    // A bridge that reports each tunnel's preamble.
+    let bridge = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bridge_addr = bridge.local_addr().unwrap();
+    let acceptor = pki.acceptor(BRIDGE);
+    let (preambles, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = bridge.accept().await {
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut preamble = [0u8; AGENT_PREAMBLE_LEN];
+            tls.read_exact(&mut preamble).await.unwrap();
+            preambles
+                .send(parse_agent_preamble(&preamble).unwrap())
+                .unwrap();
+        }
+    });
+    // A resource that counts its connections.
+    let resource = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let resource_addr = resource.local_addr().unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counted = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = resource.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::mem::forget(tcp);
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("bamf-agent-reattach-{}", std::process::id()));
+    // No API is needed: commands are dispatched directly.
+    let unused: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let (config, _tls_tx, tls_rx) = agent(&pki, &dir, unused, bridge_addr, resource_addr);
+    let (ends, _ends) = tokio::sync::mpsc::channel(1);
+    let tunnels = tunnel::Tunnels::new(config, tls_rx, ends);
+    let command = |reattach: bool| DialCommand {
+        session: SESSION.parse().unwrap(),
+        agent: AGENT.parse().unwrap(),
+        resource: "echo".into(),
+        bridge_host: BRIDGE.into(),
+        bridge_port: 443,
+        reattach,
+    };
+
+    tunnels.dispatch(command(true));
+    let (session, target) = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.to_string(), SESSION);
+    assert_eq!(target, bamf_proto::tunnel::Target::Unreachable, "refused");
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "the resource was not dialled"
+    );
+    assert!(tunnels.sessions().is_empty(), "nothing is served");
+
+    // The first dial of a session is served as ever.
+    tunnels.dispatch(command(false));
+    let (_, target) = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(target, bamf_proto::tunnel::Target::Reached);
+    assert_eq!(reached.load(Ordering::SeqCst), 1);
+    tunnels.drain(Duration::from_millis(100)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,14 +21,15 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bamf_client::batch::{self, Batching};
 use bamf_client::e2e::{HANDOVER_TIMEOUT, HandoverError, Session};
 use bamf_client::resume::{self, Reattach};
 use bamf_client::tunnel::Outer;
-use bamf_proto::api::SessionEnd;
+use bamf_proto::api::{SessionEnd, SessionEnds};
 use bamf_proto::san::{Identity, SessionId};
 use bamf_proto::tunnel::{DialCommand, agent_failure_preamble, agent_preamble};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -89,6 +90,8 @@ pub struct Tunnels {
     tasks: TaskTracker,
     cut: CancellationToken,
     sessions: Sessions,
+    /// Where ended sessions' accounts wait for the API ([`report_ends`]).
+    ends: mpsc::Sender<SessionEnd>,
 }
 
 /// How a drain ended.
@@ -101,8 +104,13 @@ pub struct DrainReport {
 }
 
 impl Tunnels {
-    /// No tunnels yet; at most `config.limits.max_tunnels` at once.
-    pub fn new(config: Arc<Config>, tls: watch::Receiver<Arc<Tls>>) -> Self {
+    /// No tunnels yet; at most `config.limits.max_tunnels` at once; their ends are queued
+    /// on `ends`.
+    pub fn new(
+        config: Arc<Config>,
+        tls: watch::Receiver<Arc<Tls>>,
+        ends: mpsc::Sender<SessionEnd>,
+    ) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(config.limits.max_tunnels.get())),
             config,
@@ -110,6 +118,7 @@ impl Tunnels {
             tasks: TaskTracker::new(),
             cut: CancellationToken::new(),
             sessions: Arc::default(),
+            ends,
         }
     }
 
@@ -124,6 +133,24 @@ impl Tunnels {
             .and_then(|s| s.get(&cmd.session).cloned());
         if let Some(session) = attaching {
             session.put(cmd);
+            return;
+        }
+        if cmd.reattach {
+            // Not served here any more: it ended (its end may not have reached the API yet)
+            // or this agent restarted. Started afresh, it would answer the client's stream
+            // from offset 0 and give the session a second, empty account.
+            metrics::dial_skipped(DialOutcome::NotServed);
+            tracing::info!(
+                session = %cmd.session,
+                bridge = %cmd.bridge_host,
+                "a client attached again to a session not served here; refused"
+            );
+            let (config, tls) = (self.config.clone(), self.tls.borrow().clone());
+            self.tasks.spawn(async move {
+                if let Ok(mut bridge) = dial(&config, &tls, &cmd).await {
+                    refuse(&mut bridge, cmd.session).await;
+                }
+            });
             return;
         }
         let Some(resource) = self.config.resource(&cmd.resource).cloned() else {
@@ -149,14 +176,15 @@ impl Tunnels {
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.insert(cmd.session, mailbox.clone());
         }
-        let (config, tls, cut, sessions) = (
+        let (config, tls, cut, sessions, ends) = (
             self.config.clone(),
             self.tls.clone(),
             self.cut.clone(),
             self.sessions.clone(),
+            self.ends.clone(),
         );
         self.tasks.spawn(async move {
-            serve(&config, &cmd, &resource, tls, mailbox, &cut).await;
+            serve(&config, &cmd, &resource, tls, mailbox, &cut, &ends).await;
             if let Ok(mut sessions) = sessions.lock() {
                 sessions.remove(&cmd.session);
             }
@@ -220,6 +248,7 @@ async fn serve(
     tls: watch::Receiver<Arc<Tls>>,
     attach: Arc<Mailbox>,
     cut: &CancellationToken,
+    ends: &mpsc::Sender<SessionEnd>,
 ) {
     let started = Instant::now();
     // Boxed: the dial and handshakes' state is large and lives only for a moment; inline, it
@@ -281,34 +310,45 @@ async fn serve(
         reattaches: report.reattached,
         paused_ms: u64::try_from(report.paused.as_millis()).unwrap_or(u64::MAX),
     };
-    // In the background: the tunnel's slot is free now, whatever the API does.
-    tokio::spawn(async move { tell_api(&tls, &end).await });
-}
-
-/// Keep telling the API a session ended for this long (it may be restarting); after that,
-/// the API's own deadline ends the session `resume_timeout`.
-const TELL_API_FOR: Duration = Duration::from_secs(120);
-
-/// Tells the API a session is over, retrying with back-off while it is unreachable.
-async fn tell_api(tls: &watch::Receiver<Arc<Tls>>, end: &SessionEnd) {
-    let mut backoff =
-        bamf_client::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
-    let started = Instant::now();
-    while started.elapsed() < TELL_API_FOR {
-        let api = tls.borrow().api.clone();
-        match api.session_ended(end).await {
-            Ok(()) => return,
-            Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
-                tracing::warn!(session = %end.session, error = %e, "the API refused the session's end");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(session = %end.session, error = %e, "telling the API a session ended failed; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
+    // Queued: the tunnel's slot is free now, whatever the API does.
+    match ends.try_send(end) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(end)) => {
+            tracing::warn!(session = %end.session, queued = ENDS_QUEUE, "too many session ends wait for the API; this one is dropped");
         }
     }
-    tracing::warn!(session = %end.session, "the API never heard that this session ended");
+}
+
+/// Session ends waiting for the API at most (about 150 bytes each). Beyond it an end is
+/// dropped and logged: the API still ends the session, by the bridge's report or when nobody
+/// attaches again in time, with the bridges' byte counts.
+pub const ENDS_QUEUE: usize = 10_000;
+
+/// The agent's session ends go in batches: those ending within 50 ms of each other in one
+/// request, and one write at the API (a drain ends many at once). While the API is
+/// unreachable a batch is retried, from 250 ms doubling to 5 s.
+const ENDS_BATCHING: Batching = Batching {
+    max: 500,
+    linger: Duration::from_millis(50),
+    retry: (Duration::from_millis(250), Duration::from_secs(5)),
+};
+
+/// Tells the API the session ends the tunnels queue on `ends`, in batches, until every
+/// sender is gone or `stop` (what is queued then still goes, once).
+pub async fn report_ends(
+    tls: watch::Receiver<Arc<Tls>>,
+    ends: mpsc::Receiver<SessionEnd>,
+    stop: CancellationToken,
+) {
+    batch::deliver("session ends", ends, stop, ENDS_BATCHING, |ends| {
+        let api = tls.borrow().api.clone();
+        async move {
+            let ends = SessionEnds { ends };
+            let sent = api.sessions_ended(&ends).await.map(drop);
+            (ends.ends, sent)
+        }
+    })
+    .await;
 }
 
 /// A tunnel's first attachment: the target, and the end-to-end session with the client's key.
@@ -367,9 +407,7 @@ async fn open(
     let target = match target {
         Ok(stream) => stream,
         Err((outcome, e)) => {
-            // Tell the bridge, so the client is closed now rather than at the match timeout.
-            let _ = write_preamble(&mut bridge, &agent_failure_preamble(cmd.session)).await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), bridge.shutdown()).await;
+            refuse(&mut bridge, cmd.session).await;
             return fail(outcome, "resource", &e);
         }
     };
@@ -386,6 +424,13 @@ async fn open(
         None => return fail(DialOutcome::Shutdown, "end_to_end", &"cut by shutdown"),
     };
     Some((target, session, key))
+}
+
+/// Tells the bridge this agent will not serve `session`, so that the client is closed now
+/// rather than at the bridge's match timeout.
+async fn refuse(bridge: &mut Outer, session: SessionId) {
+    let _ = write_preamble(bridge, &agent_failure_preamble(session)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), bridge.shutdown()).await;
 }
 
 /// Dials the bridge a command names, with the agent certificate.
@@ -530,17 +575,17 @@ mod tests {
 
     #[test]
     fn an_open_tunnel_keeps_a_small_future() {
-        let serve =
-            future_size(
-                |(config, cmd, resource): (Arc<Config>, DialCommand, Resource),
-                 (tls, mailbox, cut): (
-                    watch::Receiver<Arc<Tls>>,
-                    Arc<Mailbox>,
-                    CancellationToken,
-                )| async move {
-                    serve(&config, &cmd, &resource, tls, mailbox, &cut).await
-                },
-            );
+        let serve = future_size(
+            |(config, cmd, resource): (Arc<Config>, DialCommand, Resource),
+             (tls, mailbox, cut, ends): (
+                watch::Receiver<Arc<Tls>>,
+                Arc<Mailbox>,
+                CancellationToken,
+                mpsc::Sender<SessionEnd>,
+            )| async move {
+                serve(&config, &cmd, &resource, tls, mailbox, &cut, &ends).await
+            },
+        );
         // What every open tunnel's task holds for its whole life: 9 152 bytes before the dial
         // and re-attach were boxed and the session split onto the heap, 2 960 after (debug).
         assert!(serve < 4096, "serve future is {serve} bytes");

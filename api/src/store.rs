@@ -38,7 +38,7 @@ pub use certificates::{CertificateRef, CertificateSubject, NewCertificate, Revoc
 pub use join_tokens::{JoinKind, JoinOutcome, JoinToken};
 pub use retention::{Checkpoint, PURGE_ACTOR, PurgeBatch, PurgeOutcome};
 pub use roles::{Role, RoleChange};
-pub use sessions::{Report, Session, SessionFilter};
+pub use sessions::{AgentEnd, Report, Session, SessionFilter};
 pub use sso::{NO_PASSWORD, SsoSignIn};
 pub use users::User;
 
@@ -209,6 +209,20 @@ fn with_root_cert(url: &str, ca_file: Option<&std::path::Path>) -> String {
     }
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}sslrootcert={encoded}")
+}
+
+/// `($1, $2), ($3, $4)`: `rows` rows of `width` numbered parameters, the first `$first`, for
+/// statements that write many rows in one round trip to the database.
+fn placeholders(rows: usize, width: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (0..width)
+                .map(|c| format!("${}", first + r * width + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Store {

@@ -10,7 +10,7 @@ use bamf_proto::api::{
     BridgeCertificate, BridgeHeartbeat, BridgeHeartbeatAnswer, BridgeJoinRequest, BridgeRecord,
     ConnectRequest, Health, JoinTokenRecord, JoinTokenRequest, Login, LoginRequest, NewBot,
     NewJoinToken, Page, PasswordRequest, RenewRequest, Reports, ReportsAnswer, Resource,
-    ResumeRequest, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest, SessionEnd,
+    ResumeRequest, RevocationRecord, RevocationRequest, RoleRecord, RoleRequest, SessionEnds,
     SessionGrant, SessionQuery, SessionRecord, SsoBegin, SsoBeginRequest, SsoDevice,
     SsoDeviceBeginRequest, SsoDevicePollRequest, SsoFinishRequest, UserRecord, UserRequest, Whoami,
 };
@@ -145,7 +145,7 @@ routes! {
     /// `POST /api/v1/bridges/reports`.
     fn bridge_reports(reports: &Reports) -> ReportsAnswer: POST("/api/v1/bridges/reports"), reports;
     /// `POST /api/v1/agent/sessions/end`.
-    fn session_ended(end: &SessionEnd) -> (): POST("/api/v1/agent/sessions/end"), end;
+    fn sessions_ended(ends: &SessionEnds) -> ReportsAnswer: POST("/api/v1/agent/sessions/end"), ends;
 }
 
 routes! {

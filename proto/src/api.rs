@@ -756,14 +756,22 @@ contract! {
         pub events: Vec<SessionEvent>,
     }
 
-    /// The answer to reports.
+    /// The answer to reports (a bridge's, or an agent's session ends).
     pub struct ReportsAnswer {
         /// How many events were applied (the others named unknown sessions).
         pub applied: u32,
     }
 
-    /// `POST /api/v1/agent/sessions/end`: the agent's account of a session that is over
-    /// (only the ends know: a bridge sees its attachment end, not the session).
+    /// `POST /api/v1/agent/sessions/end`: the agent's accounts of sessions that are over,
+    /// oldest first (sent together: one request, and one write at the API, for many).
+    #[serde(deny_unknown_fields)]
+    pub struct SessionEnds {
+        /// The sessions' ends.
+        pub ends: Vec<SessionEnd>,
+    }
+
+    /// The agent's account of a session that is over (only the ends know: a bridge sees its
+    /// attachment end, not the session).
     #[serde(deny_unknown_fields)]
     pub struct SessionEnd {
         /// The session.

@@ -132,6 +132,12 @@ pub struct DialCommand {
     pub bridge_host: String,
     /// The bridges' public port.
     pub bridge_port: u16,
+    /// The session's client attached again (`POST /api/v1/sessions/{id}/resume`): only an
+    /// agent still serving the session takes it; one that is not (the session ended there,
+    /// its end still on the way to the API, or the agent restarted) refuses it at the
+    /// bridge instead of starting the stream afresh.
+    #[serde(default)]
+    pub reattach: bool,
 }
 
 /// A bridge's report about one of its sessions (`POST /api/v1/bridges/reports`, a batch of
@@ -205,10 +211,14 @@ mod tests {
 
     #[test]
     fn dial_commands_are_json_with_typed_ids() {
-        let text = r#"{"session":"0b6f1a52-3c0e-4d7e-9a41-5a4f6c3b2d10","agent":"1b6f1a52-3c0e-4d7e-9a41-5a4f6c3b2d10","resource":"db-1","bridge_host":"0.bridge.example.com","bridge_port":443}"#;
+        let text = r#"{"session":"0b6f1a52-3c0e-4d7e-9a41-5a4f6c3b2d10","agent":"1b6f1a52-3c0e-4d7e-9a41-5a4f6c3b2d10","resource":"db-1","bridge_host":"0.bridge.example.com","bridge_port":443,"reattach":true}"#;
         let c: DialCommand = serde_json::from_str(text).unwrap();
-        assert_eq!(c.resource, "db-1");
+        assert_eq!((c.resource.as_str(), c.reattach), ("db-1", true));
         assert_eq!(serde_json::to_string(&c).unwrap(), text);
+        // From an API that does not say: a first dial.
+        let first: DialCommand =
+            serde_json::from_str(&text.replace(r#","reattach":true"#, "")).unwrap();
+        assert!(!first.reattach);
         let bad_id = text.replace("0b6f1a52", "0B6F1A52");
         assert!(serde_json::from_str::<DialCommand>(&bad_id).is_err());
         let extra = text.replace("}", r#","x":1}"#);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bamf_proto::HostName;
 use bamf_proto::api::{
     BridgeHeartbeat, BridgeHeartbeatAnswer, ConnectRequest, DEFAULT_PAGE, Page, Reports,
-    ReportsAnswer, ResumeRequest, SessionEnd, SessionGrant, SessionQuery, SessionRecord,
+    ReportsAnswer, ResumeRequest, SessionEnds, SessionGrant, SessionQuery, SessionRecord,
     SessionState,
 };
 use bamf_proto::san::{AgentId, Identity, Name, SessionId};
@@ -24,7 +24,7 @@ use crate::now_ms;
 use crate::placement::{self, BRIDGE_HEARTBEAT, BRIDGE_TTL, CONTROL_KEEP_ALIVE};
 use crate::presence::BridgeStatus;
 use crate::rbac;
-use crate::store::{Report, Session, SessionFilter};
+use crate::store::{AgentEnd, Report, Session, SessionFilter};
 
 /// Comment lines on an idle command stream, so proxies and the agent see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -139,7 +139,8 @@ pub(super) async fn connect(
             &allowed,
         )
         .await?;
-    let bridge_host = tell_agent(state, session, agent, &resource.name, bridge.ordinal).await?;
+    let bridge_host =
+        tell_agent(state, session, agent, &resource.name, bridge.ordinal, false).await?;
     if bridge_host.is_none() {
         // Allowed and recorded, but the agent's command stream went away meanwhile: the
         // session ends at once, with the reason in its row.
@@ -169,6 +170,7 @@ async fn tell_agent(
     agent: AgentId,
     resource: &str,
     ordinal: u32,
+    reattach: bool,
 ) -> Result<Option<String>, ApiError> {
     let bridge_host = HostName::bridge(ordinal, &state.tunnel_domain)
         .map_err(|_| ApiError::Internal)?
@@ -179,6 +181,7 @@ async fn tell_agent(
         resource: resource.to_owned(),
         bridge_host: bridge_host.clone(),
         bridge_port: state.tunnel_port,
+        reattach,
     };
     let text = serde_json::to_string(&command).map_err(|_| ApiError::Internal)?;
     let delivered = state.presence.publish_command(agent, &text).await?;
@@ -270,8 +273,15 @@ pub(super) async fn resume_session(
         bridge: bridge.ordinal,
     };
     let issued = super::issue(state, &body.csr, &identity, None).await?;
-    let Some(bridge_host) =
-        tell_agent(state, session_id, agent, &session.resource, bridge.ordinal).await?
+    let Some(bridge_host) = tell_agent(
+        state,
+        session_id,
+        agent,
+        &session.resource,
+        bridge.ordinal,
+        true,
+    )
+    .await?
     else {
         return Err(ApiError::Offline(
             "the resource's agent is not listening for commands",
@@ -294,43 +304,54 @@ pub(super) async fn resume_session(
     })
 }
 
-/// `POST /api/v1/agent/sessions/end`: the agent says one of its sessions is over.
-pub(super) async fn session_ended(call: &Call<'_>, body: SessionEnd) -> Result<(), ApiError> {
+/// `POST /api/v1/agent/sessions/end`: the agent says some of its sessions are over.
+pub(super) async fn sessions_ended(
+    call: &Call<'_>,
+    body: SessionEnds,
+) -> Result<ReportsAnswer, ApiError> {
     let Principal::Agent(agent) = call.principal else {
         return Err(ApiError::Forbidden);
     };
-    if body.reason.is_empty() || body.reason.len() > 64 {
-        return Err(ApiError::BadRequest(
-            "reason must be 1-64 characters".into(),
-        ));
+    if body.ends.len() > MAX_EVENTS {
+        return Err(ApiError::BadRequest(format!("at most {MAX_EVENTS} ends")));
     }
-    let id = body.session.to_string();
-    let bytes = (
-        i64::try_from(body.bytes_up).unwrap_or(i64::MAX),
-        i64::try_from(body.bytes_down).unwrap_or(i64::MAX),
-    );
-    let ended = call.audit_event(
-        "session.end",
-        "allowed",
-        serde_json::json!({"session": id, "reason": body.reason, "bytes_up": body.bytes_up,
-            "bytes_down": body.bytes_down, "reattaches": body.reattaches, "paused_ms": body.paused_ms}),
-    );
-    if !call
+    let mut ends = Vec::with_capacity(body.ends.len());
+    for end in body.ends {
+        if end.reason.is_empty() || end.reason.len() > 64 {
+            return Err(ApiError::BadRequest(
+                "reason must be 1-64 characters".into(),
+            ));
+        }
+        let session = end.session.to_string();
+        let event = call.audit_event(
+            "session.end",
+            "allowed",
+            serde_json::json!({"session": session, "reason": end.reason, "bytes_up": end.bytes_up,
+                "bytes_down": end.bytes_down, "reattaches": end.reattaches, "paused_ms": end.paused_ms}),
+        );
+        let end = AgentEnd {
+            session,
+            reason: end.reason,
+            bytes_up: i64::try_from(end.bytes_up).unwrap_or(i64::MAX),
+            bytes_down: i64::try_from(end.bytes_down).unwrap_or(i64::MAX),
+        };
+        ends.push((end, event));
+    }
+    // One transaction for all of them.
+    let done = call
         .state
         .store
-        .end_session_by_agent(
-            &id,
-            &agent.to_string(),
-            &body.reason,
-            bytes,
-            now_ms(),
-            &ended,
-        )
-        .await?
-    {
-        return Err(ApiError::NotFound);
+        .end_sessions_by_agent(&agent.to_string(), &ends, now_ms())
+        .await?;
+    let mut applied = 0;
+    for ((end, _), done) in ends.iter().zip(done) {
+        if done {
+            applied += 1;
+        } else {
+            tracing::warn!(session = %end.session, %agent, "session end for an unknown session or another agent's: ignored");
+        }
     }
-    Ok(())
+    Ok(ReportsAnswer { applied })
 }
 
 /// `GET /api/v1/agent/commands`: server-sent events, one `dial` event per command, comment

@@ -58,6 +58,35 @@ pub(super) fn audit_event(r: &AnyRow) -> Result<AuditEvent, StoreError> {
     })
 }
 
+/// Audit rows one statement inserts at most (five parameters each, well under the
+/// databases' limits).
+const ROWS_PER_INSERT: usize = 100;
+
+/// Inserts `events` in order, in one statement per [`ROWS_PER_INSERT`] (as part of a larger
+/// transaction): a batch of reports costs one round trip to the database for its events,
+/// not one each, while it holds the one writer.
+pub(super) async fn insert_audits(
+    conn: &mut sqlx::AnyConnection,
+    events: &[&NewAuditEvent],
+) -> Result<(), StoreError> {
+    for rows in events.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO audit_events (at, actor, kind, outcome, detail) VALUES {}",
+            placeholders(rows.len(), 5, 1)
+        )));
+        for e in rows {
+            insert = insert
+                .bind(e.at)
+                .bind(&e.actor)
+                .bind(&e.kind)
+                .bind(&e.outcome)
+                .bind(&e.detail);
+        }
+        insert.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Inserts `e` (as part of a larger transaction or on its own); its id.
 pub(super) async fn insert_audit(
     conn: &mut sqlx::AnyConnection,

@@ -68,6 +68,19 @@ pub struct SessionFilter {
     pub user: Option<String>,
 }
 
+/// An agent's account of a session of its own that is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentEnd {
+    /// The session.
+    pub session: String,
+    /// Why it ended.
+    pub reason: String,
+    /// Application bytes from the client to the resource.
+    pub bytes_up: i64,
+    /// Application bytes from the resource to the client.
+    pub bytes_down: i64,
+}
+
 /// What a bridge reports about a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
@@ -335,14 +348,54 @@ impl Store {
         reports: &[(String, Report, NewAuditEvent)],
     ) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut applied = Vec::with_capacity(reports.len());
-        for (id, report, event) in reports {
-            let done = apply_report(&mut tx, id, bridge, report).await?;
-            if done {
-                super::audit::insert_audit(&mut tx, event).await?;
+        let mut applied = vec![false; reports.len()];
+        for round in rounds(reports.iter().map(|(id, _, _)| id.as_str())) {
+            let mut starts = Vec::new();
+            let mut ends = Vec::new();
+            for i in round {
+                let (id, report, _) = &reports[i];
+                match report {
+                    Report::Started { at } => starts.push((i, (id.as_str(), *at))),
+                    Report::Ended {
+                        started_at,
+                        at,
+                        bytes_up,
+                        bytes_down,
+                        reason,
+                    } => ends.push((
+                        i,
+                        EndRow {
+                            id,
+                            started_at: *started_at,
+                            at: *at,
+                            bytes_up: *bytes_up,
+                            bytes_down: *bytes_down,
+                            reason,
+                        },
+                    )),
+                }
             }
-            applied.push(done);
+            for rows in starts.chunks(ROWS_PER_UPDATE) {
+                let batch: Vec<_> = rows.iter().map(|(_, row)| *row).collect();
+                let updated = apply_starts(&mut tx, bridge, &batch).await?;
+                for (i, (id, _)) in rows {
+                    applied[*i] = updated.contains(*id);
+                }
+            }
+            for rows in ends.chunks(ROWS_PER_UPDATE) {
+                let batch: Vec<_> = rows.iter().map(|(_, row)| row).collect();
+                let updated = apply_ends(&mut tx, bridge, &batch).await?;
+                for (i, row) in rows {
+                    applied[*i] = updated.contains(row.id);
+                }
+            }
         }
+        let events: Vec<&NewAuditEvent> = reports
+            .iter()
+            .zip(&applied)
+            .filter_map(|((_, _, event), &done)| done.then_some(event))
+            .collect();
+        super::audit::insert_audits(&mut tx, &events).await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -366,43 +419,58 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The agent's account of a session of its own that is over: it ends (an earlier reason
-    /// stays) and its byte counts become the application's, with `audit` in the same
-    /// transaction. `false` when the session is unknown or another agent's (nothing written).
+    /// An agent's accounts of sessions of its own that are over, in one transaction: each
+    /// ends (an earlier reason stays) and its byte counts become the application's, with its
+    /// audit event. For each, whether it applied: `false` when the session is unknown or
+    /// another agent's (its event is then not written).
     ///
     /// # Errors
     ///
     /// [`StoreError::Database`].
-    pub async fn end_session_by_agent(
+    pub async fn end_sessions_by_agent(
         &self,
-        id: &str,
         agent_id: &str,
-        reason: &str,
-        bytes: (i64, i64),
+        ends: &[(AgentEnd, NewAuditEvent)],
         now_ms: i64,
-        audit: &NewAuditEvent,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE sessions SET state = 'ended', ended_at = COALESCE(ended_at, $3), \
-             end_reason = COALESCE(end_reason, $4), bytes_up = $5, bytes_down = $6, \
-             detached_at = NULL, agent_reported = 1 WHERE id = $1 AND agent_id = $2",
-        )
-        .bind(id)
-        .bind(agent_id)
-        .bind(now_ms)
-        .bind(reason)
-        .bind(bytes.0)
-        .bind(bytes.1)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if done {
-            super::audit::insert_audit(&mut tx, audit).await?;
+        let mut applied = vec![false; ends.len()];
+        for round in rounds(ends.iter().map(|(end, _)| end.session.as_str())) {
+            for rows in round.chunks(ROWS_PER_UPDATE) {
+                let mut update = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE sessions SET state = 'ended', \
+                     ended_at = COALESCE(sessions.ended_at, $2), \
+                     end_reason = COALESCE(sessions.end_reason, r.column2), \
+                     bytes_up = r.column3, bytes_down = r.column4, detached_at = NULL, \
+                     agent_reported = 1 \
+                     FROM (VALUES {}) AS r WHERE sessions.id = r.column1 \
+                     AND sessions.agent_id = $1 RETURNING sessions.id",
+                    placeholders(rows.len(), 4, 3)
+                )))
+                .bind(agent_id)
+                .bind(now_ms);
+                for &i in rows {
+                    let end = &ends[i].0;
+                    update = update
+                        .bind(&end.session)
+                        .bind(&end.reason)
+                        .bind(end.bytes_up)
+                        .bind(end.bytes_down);
+                }
+                let updated = updated_ids(update.fetch_all(&mut *tx).await?)?;
+                for &i in rows {
+                    applied[i] = updated.contains(&ends[i].0.session);
+                }
+            }
         }
+        let events: Vec<&NewAuditEvent> = ends
+            .iter()
+            .zip(&applied)
+            .filter_map(|((_, event), &done)| done.then_some(event))
+            .collect();
+        super::audit::insert_audits(&mut tx, &events).await?;
         tx.commit().await?;
-        Ok(done)
+        Ok(applied)
     }
 
     /// Ends `resume_timeout` the sessions detached before `detached_before` (neither side
@@ -565,57 +633,109 @@ impl Store {
     }
 }
 
-/// One of [`Store::apply_reports`].
-async fn apply_report(
-    conn: &mut sqlx::AnyConnection,
-    id: &str,
-    bridge: u32,
-    report: &Report,
-) -> Result<bool, StoreError> {
-    let through = format!("%,{bridge},%");
-    let done = match report {
-        Report::Started { at } => sqlx::query(
-            "UPDATE sessions SET state = CASE WHEN state = 'pending' THEN 'active' ELSE state END, \
-                 started_at = COALESCE(started_at, $3), \
-                 detached_at = CASE WHEN state = 'ended' THEN detached_at ELSE NULL END \
-                 WHERE id = $1 AND bridge = $2",
-        )
-        .bind(id)
-        .bind(i64::from(bridge))
-        .bind(*at)
-        .execute(&mut *conn)
-        .await?,
-        Report::Ended {
-            started_at,
-            at,
-            bytes_up,
-            bytes_down,
-            reason,
-        } => {
-            let last = i64::from(FINAL_AT_BRIDGE.contains(&reason.as_str()));
-            sqlx::query(
-                "UPDATE sessions SET started_at = COALESCE(started_at, $3), \
-                 bytes_up = CASE WHEN agent_reported = 1 THEN bytes_up ELSE bytes_up + $5 END, \
-                 bytes_down = CASE WHEN agent_reported = 1 THEN bytes_down ELSE bytes_down + $6 END, \
-                 detached_at = CASE WHEN state <> 'ended' AND bridge = $2 AND $8 = 0 \
-                   THEN COALESCE(detached_at, $4) ELSE detached_at END, \
-                 end_reason = CASE WHEN $8 = 1 THEN COALESCE(end_reason, $7) ELSE end_reason END, \
-                 ended_at = CASE WHEN $8 = 1 THEN COALESCE(ended_at, $4) ELSE ended_at END, \
-                 state = CASE WHEN $8 = 1 THEN 'ended' ELSE state END \
-                 WHERE id = $1 AND (bridge = $2 OR ',' || bridges || ',' LIKE $9)",
-            )
-            .bind(id)
-            .bind(i64::from(bridge))
-            .bind(*started_at)
-            .bind(*at)
-            .bind(*bytes_up)
-            .bind(*bytes_down)
-            .bind(reason)
-            .bind(last)
-            .bind(&through)
-            .execute(&mut *conn)
-            .await?
+/// Rows one report statement updates at most (seven parameters each).
+const ROWS_PER_UPDATE: usize = 100;
+
+/// A batch's reports in rounds, by index: round k holds each session's k-th report, in batch
+/// order. Reports about different sessions change different rows, so only each session's own
+/// order matters: a round goes in one statement per kind (one round trip to the database
+/// for many sessions, while the one writer is held), the rounds in order.
+fn rounds<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, id) in ids.enumerate() {
+        let k = seen.entry(id).or_insert(0);
+        if rounds.len() == *k {
+            rounds.push(Vec::new());
         }
-    };
-    Ok(done.rows_affected() == 1)
+        rounds[*k].push(i);
+        *k += 1;
+    }
+    rounds
+}
+
+/// Applies start reports from `bridge`, `(session, paired at)` of distinct sessions: the
+/// session is active, attached (no longer detached), started when it first paired. Only the
+/// session's current bridge may start it. Returns the sessions updated.
+async fn apply_starts(
+    conn: &mut sqlx::AnyConnection,
+    bridge: u32,
+    rows: &[(&str, i64)],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut update = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE sessions SET \
+         state = CASE WHEN sessions.state = 'pending' THEN 'active' ELSE sessions.state END, \
+         started_at = COALESCE(sessions.started_at, r.column2), \
+         detached_at = CASE WHEN sessions.state = 'ended' THEN sessions.detached_at ELSE NULL END \
+         FROM (VALUES {}) AS r WHERE sessions.id = r.column1 AND sessions.bridge = $1 \
+         RETURNING sessions.id",
+        placeholders(rows.len(), 2, 2)
+    )))
+    .bind(i64::from(bridge));
+    for (id, at) in rows {
+        update = update.bind(*id).bind(*at);
+    }
+    updated_ids(update.fetch_all(&mut *conn).await?)
+}
+
+/// The ids an `UPDATE … RETURNING sessions.id` returned.
+fn updated_ids(
+    rows: Vec<sqlx::any::AnyRow>,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+/// An end report, as [`apply_ends`] binds it.
+struct EndRow<'a> {
+    id: &'a str,
+    started_at: Option<i64>,
+    at: i64,
+    bytes_up: i64,
+    bytes_down: i64,
+    reason: &'a str,
+}
+
+/// Applies end reports from `bridge` (of distinct sessions), which carried them now or
+/// before: the bridges' byte counts add up until the agent gave its own account; the session
+/// is detached when this was its current bridge, unless the reason ends the session itself
+/// ([`FINAL_AT_BRIDGE`]); an earlier end reason stays. Returns the sessions updated.
+async fn apply_ends(
+    conn: &mut sqlx::AnyConnection,
+    bridge: u32,
+    rows: &[&EndRow<'_>],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    // Columns of r: id, started_at, at, bytes_up, bytes_down, reason, final (1: the reason
+    // ends the session).
+    let mut update = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE sessions SET started_at = COALESCE(sessions.started_at, r.column2), \
+         bytes_up = CASE WHEN sessions.agent_reported = 1 THEN sessions.bytes_up \
+           ELSE sessions.bytes_up + r.column4 END, \
+         bytes_down = CASE WHEN sessions.agent_reported = 1 THEN sessions.bytes_down \
+           ELSE sessions.bytes_down + r.column5 END, \
+         detached_at = CASE WHEN sessions.state <> 'ended' AND sessions.bridge = $1 \
+           AND r.column7 = 0 THEN COALESCE(sessions.detached_at, r.column3) \
+           ELSE sessions.detached_at END, \
+         end_reason = CASE WHEN r.column7 = 1 THEN COALESCE(sessions.end_reason, r.column6) \
+           ELSE sessions.end_reason END, \
+         ended_at = CASE WHEN r.column7 = 1 THEN COALESCE(sessions.ended_at, r.column3) \
+           ELSE sessions.ended_at END, \
+         state = CASE WHEN r.column7 = 1 THEN 'ended' ELSE sessions.state END \
+         FROM (VALUES {}) AS r WHERE sessions.id = r.column1 \
+         AND (sessions.bridge = $1 OR ',' || sessions.bridges || ',' LIKE $2) \
+         RETURNING sessions.id",
+        placeholders(rows.len(), 7, 3)
+    )))
+    .bind(i64::from(bridge))
+    .bind(format!("%,{bridge},%"));
+    for row in rows {
+        update = update
+            .bind(row.id)
+            .bind(row.started_at)
+            .bind(row.at)
+            .bind(row.bytes_up)
+            .bind(row.bytes_down)
+            .bind(row.reason)
+            .bind(i64::from(FINAL_AT_BRIDGE.contains(&row.reason)));
+    }
+    updated_ids(update.fetch_all(&mut *conn).await?)
 }

@@ -880,3 +880,132 @@ async fn sso_users_are_found_by_subject_and_their_roles_follow_the_claims() {
         fresh.drop_now().await;
     }
 }
+
+/// A bridge's batch of reports applies as if one by one: a session that ended and started
+/// again on the same bridge within one batch is attached; a start from a bridge that is not
+/// the session's, or for an unknown session, is not applied and not audited; an end from a
+/// bridge the session went through before adds its bytes but does not detach it; an end
+/// whose reason ends the session ends it. Then the agent's accounts replace the bytes and
+/// end the sessions of its own only.
+#[tokio::test]
+async fn a_batch_of_reports_applies_in_each_sessions_own_order() {
+    for backend in BACKENDS {
+        let fresh = Fresh::new(backend).await;
+        let s = &fresh.store;
+        for (id, bridge) in [("s1", 0), ("s2", 0), ("s3", 1), ("s4", 0)] {
+            create_session(s, &session(id, "bob", "a1", bridge)).await;
+        }
+        assert!(s.reattach_session("s4", 1).await.unwrap());
+        let ended = |at: i64, up: i64, reason: &str| Report::Ended {
+            started_at: Some(10),
+            at,
+            bytes_up: up,
+            bytes_down: 2 * up,
+            reason: reason.into(),
+        };
+        let reports: Vec<(String, Report, NewAuditEvent)> = [
+            ("s1", Report::Started { at: 10 }),
+            ("s2", Report::Started { at: 11 }),
+            ("s1", ended(20, 5, "client_closed")),
+            ("s1", Report::Started { at: 30 }),
+            ("s3", Report::Started { at: 12 }),
+            ("s2", ended(21, 7, "killed")),
+            ("nobody", Report::Started { at: 13 }),
+            ("s4", ended(22, 3, "client_closed")),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(n, (id, report))| {
+            let kind = format!("report-{n}");
+            (id.to_owned(), report, event(100, "bridge:0", &kind))
+        })
+        .collect();
+        let applied = s.apply_reports(0, &reports).await.unwrap();
+        assert_eq!(
+            applied,
+            [true, true, true, true, false, true, false, true],
+            "{backend:?}"
+        );
+
+        let s1 = s.session("s1").await.unwrap().unwrap();
+        assert_eq!(
+            (s1.state.as_str(), s1.started_at, s1.detached_at),
+            ("active", Some(10), None),
+            "{backend:?}: ended, then attached again"
+        );
+        assert_eq!((s1.bytes_up, s1.bytes_down, s1.end_reason), (5, 10, None));
+        let s2 = s.session("s2").await.unwrap().unwrap();
+        assert_eq!(
+            (s2.state.as_str(), s2.ended_at, s2.end_reason.as_deref()),
+            ("ended", Some(21), Some("killed"))
+        );
+        let s3 = s.session("s3").await.unwrap().unwrap();
+        assert_eq!((s3.state.as_str(), s3.started_at), ("pending", None));
+        let s4 = s.session("s4").await.unwrap().unwrap();
+        assert_eq!(
+            (s4.state.as_str(), s4.detached_at, s4.bytes_up),
+            ("pending", None, 3),
+            "{backend:?}: an earlier bridge's end counts bytes, does not detach"
+        );
+        // Only what applied is audited, in the batch's order.
+        let kinds: Vec<String> = s
+            .audit(&AuditFilter::default(), None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .rev()
+            .filter(|e| e.event.kind.starts_with("report-"))
+            .map(|e| e.event.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "report-0", "report-1", "report-2", "report-3", "report-5", "report-7"
+            ]
+        );
+
+        // The agent's accounts: its own sessions only; its bytes replace the bridges'.
+        let end = |id: &str| AgentEnd {
+            session: id.into(),
+            reason: "closed".into(),
+            bytes_up: 50,
+            bytes_down: 60,
+        };
+        let ends = [
+            (end("s1"), event(200, "agent:a1", "end-s1")),
+            (end("nobody"), event(200, "agent:a1", "end-nobody")),
+        ];
+        let applied = s.end_sessions_by_agent("a1", &ends, 300).await.unwrap();
+        assert_eq!(applied, [true, false]);
+        let theirs = [(end("s3"), event(200, "agent:a2", "end-s3"))];
+        assert_eq!(
+            s.end_sessions_by_agent("a2", &theirs, 300).await.unwrap(),
+            [false],
+            "another agent's session"
+        );
+        let s1 = s.session("s1").await.unwrap().unwrap();
+        assert_eq!(
+            (s1.state.as_str(), s1.ended_at, s1.bytes_up, s1.bytes_down),
+            ("ended", Some(300), 50, 60)
+        );
+        assert_eq!(s1.end_reason.as_deref(), Some("closed"));
+        // A bridge's later end no longer adds to the agent's count.
+        let late = [(
+            "s1".to_owned(),
+            ended(310, 9, "client_closed"),
+            event(310, "bridge:0", "late"),
+        )];
+        assert_eq!(s.apply_reports(0, &late).await.unwrap(), [true]);
+        assert_eq!(s.session("s1").await.unwrap().unwrap().bytes_up, 50);
+        let audited: Vec<String> = s
+            .audit(&AuditFilter::default(), None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.kind)
+            .filter(|k| k.starts_with("end-"))
+            .collect();
+        assert_eq!(audited, ["end-s1"]);
+        fresh.drop_now().await;
+    }
+}
