@@ -102,15 +102,20 @@ impl Pki {
     }
 }
 
-fn dial_event(agent: &str, resource: &str) -> String {
-    let cmd = DialCommand {
+/// A dial command for `SESSION` through `BRIDGE`.
+fn dial_command(agent: &str, resource: &str, reattach: bool) -> DialCommand {
+    DialCommand {
         session: SESSION.parse().unwrap(),
         agent: agent.parse().unwrap(),
         resource: resource.into(),
         bridge_host: BRIDGE.into(),
         bridge_port: 443,
-        reattach: false,
-    };
+        reattach,
+    }
+}
+
+fn dial_event(agent: &str, resource: &str) -> String {
+    let cmd = dial_command(agent, resource, false);
     format!(
         "event: dial\ndata: {}\n\n",
         serde_json::to_string(&cmd).unwrap()
@@ -438,14 +443,7 @@ async fn a_client_attaching_again_to_a_session_not_served_here_is_refused() {
     let (config, _tls_tx, tls_rx) = agent(&pki, &dir, unused, bridge_addr, resource_addr);
     let (ends, _ends) = tokio::sync::mpsc::channel(1);
     let tunnels = tunnel::Tunnels::new(config, tls_rx, ends);
-    let command = |reattach: bool| DialCommand {
-        session: SESSION.parse().unwrap(),
-        agent: AGENT.parse().unwrap(),
-        resource: "echo".into(),
-        bridge_host: BRIDGE.into(),
-        bridge_port: 443,
-        reattach,
-    };
+    let command = |reattach: bool| dial_command(AGENT, "echo", reattach);
 
     tunnels.dispatch(command(true));
     let (session, target) = tokio::time::timeout(Duration::from_secs(10), seen.recv())
