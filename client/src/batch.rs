@@ -25,7 +25,7 @@ pub struct Batching {
 
 /// Sends what arrives on `events` through `send`, in batches (see [`Batching`]), until
 /// `events` closes; `what` names the events in logs. `send` gets the batch and gives it
-/// back with how its request went. A batch the API refuses (4xx: malformed, so retrying cannot help) is
+/// back with how its request went. A batch the API refuses (4xx: retrying cannot help) is
 /// dropped and logged; other failures are retried.
 ///
 /// At `stop`, what is queued is still sent (the caller bounds how long it waits), and a batch
