@@ -135,8 +135,10 @@ pub struct DialCommand {
     /// The session's client attached again (`POST /api/v1/sessions/{id}/resume`): only an
     /// agent still serving the session takes it; one that is not (the session ended there,
     /// its end still on the way to the API, or the agent restarted) refuses it at the
-    /// bridge instead of starting the stream afresh.
-    #[serde(default)]
+    /// bridge instead of starting the stream afresh. Left out when false, so that agents
+    /// older than it (which refuse unknown fields) still take every first dial during an
+    /// upgrade.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reattach: bool,
 }
 
@@ -215,10 +217,11 @@ mod tests {
         let c: DialCommand = serde_json::from_str(text).unwrap();
         assert_eq!((c.resource.as_str(), c.reattach), ("db-1", true));
         assert_eq!(serde_json::to_string(&c).unwrap(), text);
-        // From an API that does not say: a first dial.
-        let first: DialCommand =
-            serde_json::from_str(&text.replace(r#","reattach":true"#, "")).unwrap();
+        // A first dial does not name the field, as before it existed.
+        let first_text = text.replace(r#","reattach":true"#, "");
+        let first: DialCommand = serde_json::from_str(&first_text).unwrap();
         assert!(!first.reattach);
+        assert_eq!(serde_json::to_string(&first).unwrap(), first_text);
         let bad_id = text.replace("0b6f1a52", "0B6F1A52");
         assert!(serde_json::from_str::<DialCommand>(&bad_id).is_err());
         let extra = text.replace("}", r#","x":1}"#);
