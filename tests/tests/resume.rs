@@ -789,24 +789,35 @@ impl Drop for Terminal {
     }
 }
 
-/// The active session to `resource`, as the API lists it: (id, bridge).
+/// The active session to `resource`, as the API lists it: (id, bridge). Polled: the bridge
+/// reports a session's start in its next batch (50 ms later), so the application may answer
+/// before the API knows.
 async fn active_session(fleet: &Fleet, resource: &str) -> (String, usize) {
-    let listed = fleet
-        .admin
-        .call(Method::GET, "/api/v1/sessions?state=active", None)
-        .await
-        .unwrap();
-    let session = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["resource"] == resource)
-        .unwrap_or_else(|| panic!("no active {resource} session: {listed}"))
-        .clone();
-    (
-        session["id"].as_str().unwrap().to_owned(),
-        usize::try_from(session["bridge"].as_u64().unwrap()).unwrap(),
-    )
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = fleet
+            .admin
+            .call(Method::GET, "/api/v1/sessions?state=active", None)
+            .await
+            .unwrap();
+        let found = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["resource"] == resource)
+            .cloned();
+        if let Some(session) = found {
+            return (
+                session["id"].as_str().unwrap().to_owned(),
+                usize::try_from(session["bridge"].as_u64().unwrap()).unwrap(),
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no active {resource} session: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// An interactive `bamf ssh` in a terminal, and `bamf psql` inside an open transaction, each
