@@ -343,15 +343,30 @@ pub(super) async fn sessions_ended(
         .store
         .end_sessions_by_agent(&agent.to_string(), &ends, now_ms())
         .await?;
+    let sessions = ends.iter().map(|(end, _)| end.session.as_str());
+    Ok(applied(sessions, &done, &format!("agent:{agent}")))
+}
+
+/// The answer to a batch of reports from `from` about `sessions`, of which `done` applied;
+/// each that did not (an unknown session, or another reporter's) is logged.
+fn applied<'a>(
+    sessions: impl Iterator<Item = &'a str>,
+    done: &[bool],
+    from: &str,
+) -> ReportsAnswer {
     let mut applied = 0;
-    for ((end, _), done) in ends.iter().zip(done) {
+    for (session, &done) in sessions.zip(done) {
         if done {
             applied += 1;
         } else {
-            tracing::warn!(session = %end.session, %agent, "session end for an unknown session or another agent's: ignored");
+            tracing::warn!(
+                session,
+                from,
+                "report for an unknown session or another's: ignored"
+            );
         }
     }
-    Ok(ReportsAnswer { applied })
+    ReportsAnswer { applied }
 }
 
 /// `GET /api/v1/agent/commands`: server-sent events, one `dial` event per command, comment
@@ -546,15 +561,8 @@ pub(super) async fn bridge_reports(
     }
     // One transaction for the whole report.
     let done = call.state.store.apply_reports(ordinal, &reports).await?;
-    let mut applied = 0;
-    for ((id, _, _), done) in reports.iter().zip(done) {
-        if done {
-            applied += 1;
-        } else {
-            tracing::warn!(session = %id, bridge = ordinal, "report for an unknown session or another bridge's: ignored");
-        }
-    }
-    Ok(ReportsAnswer { applied })
+    let sessions = reports.iter().map(|(id, _, _)| id.as_str());
+    Ok(applied(sessions, &done, &format!("bridge:{ordinal}")))
 }
 
 /// Newest first; the cursor is the last session's `created_at_ms`.

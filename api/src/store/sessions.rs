@@ -390,12 +390,8 @@ impl Store {
                 }
             }
         }
-        let events: Vec<&NewAuditEvent> = reports
-            .iter()
-            .zip(&applied)
-            .filter_map(|((_, _, event), &done)| done.then_some(event))
-            .collect();
-        super::audit::insert_audits(&mut tx, &events).await?;
+        let events = reports.iter().map(|(_, _, event)| event);
+        audit_applied(&mut tx, events, &applied).await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -463,12 +459,7 @@ impl Store {
                 }
             }
         }
-        let events: Vec<&NewAuditEvent> = ends
-            .iter()
-            .zip(&applied)
-            .filter_map(|((_, event), &done)| done.then_some(event))
-            .collect();
-        super::audit::insert_audits(&mut tx, &events).await?;
+        audit_applied(&mut tx, ends.iter().map(|(_, event)| event), &applied).await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -676,6 +667,19 @@ async fn apply_starts(
         update = update.bind(*id).bind(*at);
     }
     updated_ids(update.fetch_all(&mut *conn).await?)
+}
+
+/// Writes the audit events of the reports that `applied`, in order, in one statement.
+async fn audit_applied<'a>(
+    conn: &mut sqlx::AnyConnection,
+    events: impl Iterator<Item = &'a NewAuditEvent>,
+    applied: &[bool],
+) -> Result<(), StoreError> {
+    let events: Vec<&NewAuditEvent> = events
+        .zip(applied)
+        .filter_map(|(event, &done)| done.then_some(event))
+        .collect();
+    super::audit::insert_audits(conn, &events).await
 }
 
 /// The ids an `UPDATE … RETURNING sessions.id` returned.
