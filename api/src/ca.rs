@@ -25,6 +25,14 @@ use time::OffsetDateTime;
 /// certificate it has just been given.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
+/// How far a certificate living `lifetime` is backdated: [`CLOCK_SKEW`], but at most a
+/// quarter of its life. Holders renew at half their certificate's validity, so a full minute
+/// of backdating would put a short-lived certificate's half-life (a 20 s one's: 20 s before it
+/// was issued) in the past, and its holder would renew again at once, in a loop.
+fn backdating(lifetime: Duration) -> Duration {
+    CLOCK_SKEW.min(lifetime / 4)
+}
+
 /// Lifetime of the CA certificate generated on first start.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -296,7 +304,7 @@ impl Authority {
                 .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         params.use_authority_key_identifier_extension = true;
-        params.not_before = now - CLOCK_SKEW;
+        params.not_before = now - backdating(lifetime);
         params.not_after = now + lifetime;
         let serial = random_serial()?;
         params.serial_number = Some(SerialNumber::from(serial.to_vec()));

@@ -169,6 +169,41 @@ fn lifetimes_end_where_configured() {
     assert!(expired.unwrap_err().contains("Expired"));
 }
 
+/// A certificate is backdated a minute for clocks that run behind, but never so far that its
+/// half-life, when its holder renews it, has passed when it is issued.
+#[test]
+fn a_short_lived_certificates_half_life_is_ahead_when_it_is_issued() {
+    let ca = Authority::generate("BAMF test CA", now()).unwrap();
+    let identity = Identity::Agent {
+        agent: AGENT.parse().unwrap(),
+    };
+    let issued_at = now();
+    let valid_from = |lifetime: u64, before: u64| {
+        let issued = ca
+            .issue(
+                &csr(&[]),
+                &identity,
+                None,
+                Duration::from_secs(lifetime),
+                issued_at,
+            )
+            .unwrap();
+        verify(
+            ca.cert_pem(),
+            &issued.pem,
+            issued_at - Duration::from_secs(before),
+            false,
+        )
+        .is_ok()
+    };
+    // An hour: a minute of backdating.
+    assert!(valid_from(3600, 59));
+    assert!(!valid_from(3600, 61));
+    // 20 s: a quarter of its life, so its half-life is 7.5 s after issue.
+    assert!(valid_from(20, 4));
+    assert!(!valid_from(20, 6), "backdated past its half-life");
+}
+
 #[test]
 fn the_csr_decides_nothing() {
     let ca = Authority::generate("BAMF test CA", now()).unwrap();
